@@ -1,0 +1,88 @@
+//! `memtrain`: train the reference GPT under a memory policy, or bench policies side by side.
+
+mod bench;
+mod plot;
+mod train;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[global_allocator]
+static ALLOC: memtrain::memory::CountingAllocator = memtrain::memory::CountingAllocator;
+
+/// Train and compress neural networks in a fraction of the memory.
+#[derive(Parser, Debug)]
+#[command(name = "memtrain", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train the reference GPT and print the step's memory report.
+    Train(train::TrainArgs),
+    /// Train each policy for a few steps and compare memory, time and loss.
+    Bench(bench::BenchArgs),
+}
+
+/// Options both subcommands share.
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// Model geometry: tiny, small or gpt2.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// UTF-8 text to train on (90% train, 10% validation); default: the built-in
+    /// arithmetic corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Sequences per step.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence; default and maximum: the preset's max_seq.
+    #[arg(long)]
+    seq: Option<usize>,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
+    lr: f64,
+    /// Seed of the weights and the batches.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+/// Loads `--data` or builds the built-in corpus.
+fn load_text(data: Option<&PathBuf>) -> anyhow::Result<(String, memtrain::train::DataSource)> {
+    use anyhow::Context;
+    match data {
+        Some(path) => {
+            let text = memtrain::data::read_text(path).context("--data")?;
+            let source = memtrain::train::DataSource::file(path, &text);
+            Ok((text, source))
+        }
+        None => Ok((
+            memtrain::data::synthetic_corpus(memtrain::data::SYNTHETIC_LINES, 0),
+            memtrain::train::DataSource::Builtin,
+        )),
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

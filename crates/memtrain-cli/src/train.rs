@@ -1,0 +1,174 @@
+//! `memtrain train`.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use memtrain::data::{Dataset, Tokenizer};
+use memtrain::memory::{MemoryReport, live_bytes};
+use memtrain::model::{MemoryPolicy, Preset};
+use memtrain::train::{DataSource, TrainConfig, Trainer};
+
+use crate::{Common, load_text, mib};
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Total training steps (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 5000)]
+    steps: u64,
+    /// Tokenizer: byte (vocabulary 256) or gpt2 (BPE, vocabulary 50257).
+    #[arg(long, default_value = "byte")]
+    tokenizer: String,
+    /// Memory policy SPEC, e.g. "act=exact,attn=exact" (missing keys: plain variants).
+    #[arg(long, default_value = "")]
+    policy: String,
+    /// Directory for checkpoints and metrics.csv.
+    #[arg(long, default_value = "memtrain-out")]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in --out (its preset, policy, batch, seq, lr,
+    /// seed and data are used).
+    #[arg(long)]
+    resume: bool,
+    /// Validation loss and a checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 500)]
+    eval_every: u64,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+}
+
+fn print_report(r: &MemoryReport) {
+    println!("memory report (last step, MiB):");
+    for (name, v) in [
+        ("param_bytes", r.param_bytes),
+        ("grad_bytes", r.grad_bytes),
+        ("optimizer_bytes", r.optimizer_bytes),
+        ("activation_bytes", r.activation_bytes),
+        ("peak_bytes", r.peak_bytes),
+    ] {
+        println!("  {name:<17} {:>10.2}", mib(v));
+    }
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    if args.steps == 0 {
+        bail!("invalid --steps: got 0, expected a positive integer");
+    }
+    let device = Device::flex().autodiff();
+    let (mut trainer, text, source) = if args.resume {
+        let (trainer, state) = Trainer::resume(&args.out, &device).context("--resume")?;
+        let (text, source) = match &state.data {
+            DataSource::Builtin => load_text(None)?,
+            DataSource::File { path, .. } => {
+                let path = args.common.data.clone().unwrap_or_else(|| path.clone());
+                load_text(Some(&path))?
+            }
+        };
+        if source != state.data {
+            bail!(
+                "--resume: the data ({source:?}) is not what the checkpoint trained on ({:?})",
+                state.data
+            );
+        }
+        (trainer, text, source)
+    } else {
+        let preset: Preset = args.common.preset.parse()?;
+        let policy: MemoryPolicy = args.policy.parse().context("--policy")?;
+        let tokenizer: Tokenizer = args.tokenizer.parse()?;
+        let mut config = TrainConfig::new(preset);
+        config.tokenizer = tokenizer;
+        config.batch = args.common.batch.unwrap_or(16);
+        config.seq = args.common.seq.unwrap_or(config.seq);
+        config.lr = args.common.lr;
+        config.seed = args.common.seed;
+        config.policy = policy;
+        config.validate()?;
+        let (text, source) = load_text(args.common.data.as_ref())?;
+        (Trainer::new(config, &device)?, text, source)
+    };
+    let config = trainer.config().clone();
+    let data = Dataset::new(&text, config.tokenizer, config.seq).context("--data")?;
+    drop(text);
+    if trainer.step_count() >= args.steps {
+        bail!(
+            "invalid --steps: got {}, but the checkpoint is already at step {}",
+            args.steps,
+            trainer.step_count()
+        );
+    }
+    println!(
+        "memtrain train: preset {} ({} parameters), batch {}, seq {}, policy {}, {} train / {} validation tokens",
+        config.preset,
+        config.model_config().param_count(),
+        config.batch,
+        config.seq,
+        config.policy,
+        data.train_tokens().len(),
+        data.valid_tokens().len()
+    );
+    let metrics_path = args.out.join("metrics.csv");
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("{}", metrics_path.display()))?;
+    if metrics.metadata().map(|m| m.len() == 0).unwrap_or(false) {
+        writeln!(metrics, "step,train_loss,val_loss")?;
+    }
+    let first = trainer.step_count();
+    if first == 0 {
+        let v = trainer.evaluate(&data, args.eval_batches);
+        println!("step 0: val_loss {v:.4}");
+        writeln!(metrics, "0,,{v}")?;
+    }
+    let bar = ProgressBar::new(args.steps);
+    bar.set_position(first);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("static template"),
+    );
+    let tokens_per_step = (config.batch * config.seq) as f64;
+    let mut last = None;
+    let started = Instant::now();
+    while trainer.step_count() < args.steps {
+        let batch = trainer.next_batch(&data);
+        let stats = trainer.step(&batch);
+        let step = trainer.step_count();
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4}  {:.0} tok/s  live {:.1} MiB",
+            stats.loss,
+            tokens_per_step / stats.seconds,
+            mib(live_bytes() as u64)
+        ));
+        let at_eval = args.eval_every > 0 && step % args.eval_every == 0;
+        if at_eval || step == args.steps {
+            let v = trainer.evaluate(&data, args.eval_batches);
+            bar.suspend(|| println!("step {step}: train_loss {:.4} val_loss {v:.4}", stats.loss));
+            writeln!(metrics, "{step},{},{v}", stats.loss)?;
+            let dir = trainer.save_checkpoint(&args.out, &source)?;
+            bar.suspend(|| println!("checkpoint {}", dir.display()));
+        }
+        last = Some(stats);
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let last = last.expect("at least one step ran");
+    println!(
+        "trained {} steps in {elapsed:.1} s; final train loss {:.4}",
+        args.steps - first,
+        last.loss
+    );
+    print_report(&last.memory);
+    Ok(())
+}

@@ -1,0 +1,284 @@
+//! The `memtrain` binary end to end: bad input, resume after `kill -9`, bench JSON.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn memtrain() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_memtrain"))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("memtrain-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run(args: &[&str]) -> Output {
+    memtrain().args(args).output().unwrap()
+}
+
+/// A user mistake: non-zero exit, one line on stderr naming `needle`, no panic.
+fn assert_user_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "not one line: {stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in: {stderr}");
+}
+
+const QUICK: [&str; 6] = ["--batch", "2", "--seq", "16", "--eval-batches", "1"];
+
+fn train(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["train", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&QUICK);
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+#[test]
+fn should_reject_bad_data_files() {
+    let dir = scratch("data");
+    let missing = dir.join("nope.txt");
+    let empty = dir.join("empty.txt");
+    let binary = dir.join("bin.txt");
+    let tiny = dir.join("tiny.txt");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    std::fs::write(&tiny, "ab").unwrap();
+    for (path, needle) in [
+        (&missing, "nope.txt"),
+        (&empty, "empty"),
+        (&binary, "UTF-8"),
+        (&tiny, "2 tokens"),
+    ] {
+        let out = train(
+            &dir.join("out"),
+            &["--steps", "1", "--data", path.to_str().unwrap()],
+        );
+        assert_user_error(&out, needle);
+    }
+    assert!(
+        !dir.join("out").join("latest").exists(),
+        "a failed run wrote a checkpoint"
+    );
+}
+
+#[test]
+fn should_reject_bad_numbers_presets_and_policies() {
+    let dir = scratch("args");
+    let out = dir.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["train", "--out", out, "--steps", "0"],
+            "--steps: got 0",
+        ),
+        (
+            vec!["train", "--out", out, "--batch", "0"],
+            "--batch: got \"0\"",
+        ),
+        (
+            vec!["train", "--out", out, "--seq", "65"],
+            "--seq: got \"65\"",
+        ),
+        (vec!["train", "--out", out, "--preset", "huge"], "\"huge\""),
+        (
+            vec!["train", "--out", out, "--policy", "color=red"],
+            "\"color\"",
+        ),
+        (
+            vec!["train", "--out", out, "--policy", "act=relu"],
+            "\"relu\"",
+        ),
+        (vec!["train", "--out", out, "--lr", "-1"], "--lr"),
+        (
+            vec!["bench", "--policies", "act=exact;attn=magic"],
+            "\"magic\"",
+        ),
+        (vec!["bench", "--steps", "0"], "--steps: got 0"),
+        (
+            vec!["bench", "--preset", "tiny", "--seq", "1000"],
+            "--seq: got \"1000\"",
+        ),
+    ] {
+        assert_user_error(&run(&args), needle);
+    }
+}
+
+#[test]
+fn should_reject_missing_and_corrupt_checkpoints() {
+    let dir = scratch("ckpt");
+    let out = dir.join("run");
+    assert_user_error(&train(&out, &["--steps", "2", "--resume"]), "latest");
+
+    let ok = train(&out, &["--steps", "2", "--eval-every", "1"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+    let ckpt = out.join(latest.trim());
+    // A truncated model file.
+    let model = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    assert_user_error(
+        &train(&out, &["--steps", "4", "--resume"]),
+        "model.safetensors",
+    );
+    std::fs::write(&model, &bytes).unwrap();
+    // A garbled state file.
+    let state = ckpt.join("state.json");
+    let good_state = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"{ not json").unwrap();
+    assert_user_error(&train(&out, &["--steps", "4", "--resume"]), "state.json");
+    std::fs::write(&state, &good_state).unwrap();
+    // A garbled optimizer file.
+    let optim = ckpt.join("optimizer.bpk");
+    let good_optim = std::fs::read(&optim).unwrap();
+    std::fs::write(&optim, b"garbage").unwrap();
+    assert_user_error(&train(&out, &["--steps", "4", "--resume"]), "optimizer.bpk");
+    std::fs::write(&optim, &good_optim).unwrap();
+    // Restored, it resumes.
+    let ok = train(&out, &["--steps", "4", "--resume"]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}
+
+fn final_loss(stdout: &[u8]) -> (u64, String) {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .rfind(|l| l.contains("val_loss"))
+        .unwrap_or_else(|| panic!("no val_loss line in: {text}"))
+        .to_string();
+    let step = line
+        .trim_start_matches("step ")
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (step, line)
+}
+
+#[test]
+fn should_resume_after_kill_9_to_the_same_loss() {
+    let dir = scratch("resume");
+    let steps = "60";
+    let every = ["--eval-every", "10"];
+    let straight = train(
+        &dir.join("straight"),
+        &[&["--steps", steps], &every[..]].concat(),
+    );
+    assert!(
+        straight.status.success(),
+        "{}",
+        String::from_utf8_lossy(&straight.stderr)
+    );
+
+    // Start the same run, kill -9 it once it has written a checkpoint but not finished.
+    let out = dir.join("killed");
+    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--steps", steps];
+    args.extend_from_slice(&QUICK);
+    args.extend_from_slice(&every);
+    let mut child = memtrain()
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !out.join("latest").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    let at = std::fs::read_to_string(out.join("latest")).unwrap();
+    assert!(
+        !status.success(),
+        "the run finished before it was killed (latest: {at})"
+    );
+    assert_ne!(
+        at.trim(),
+        format!("step-{:06}", 60),
+        "killed too late to test resuming"
+    );
+
+    let resumed = train(&out, &["--steps", steps, "--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let (s1, l1) = final_loss(&straight.stdout);
+    let (s2, l2) = final_loss(&resumed.stdout);
+    assert_eq!(s1, 60);
+    assert_eq!((s1, &l1), (s2, &l2), "resumed from {at}");
+}
+
+#[test]
+fn should_write_bench_json_with_exactly_the_documented_keys() {
+    let dir = scratch("bench");
+    let json = dir.join("out.json");
+    let out = run(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "2",
+        "--policies",
+        "act=exact;attn=exact",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    let mut want = vec![
+        "policy",
+        "preset",
+        "batch",
+        "seq",
+        "param_bytes",
+        "grad_bytes",
+        "optimizer_bytes",
+        "activation_bytes",
+        "peak_bytes",
+        "step_seconds_median",
+        "final_loss",
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    // Same seed and batches: the same loss for the same (plain) policy twice.
+    assert_eq!(rows[0]["final_loss"], rows[1]["final_loss"]);
+    assert!(rows[0]["activation_bytes"].as_u64().unwrap() > 0);
+}

@@ -1,0 +1,78 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Every fallible memtrain operation returns this error.
+///
+/// Messages name the offending value and, where there is a fixed set, the valid choices.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range or unknown.
+    #[error("invalid {what}: got {got:?}, expected {expected}")]
+    Config {
+        /// Which setting (`--steps`, `policy key`, ...).
+        what: String,
+        /// The value the user gave.
+        got: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// Reading a data file failed or its contents are unusable.
+    #[error("data file {path}: {reason}")]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// A checkpoint could not be written or read back.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// Why it failed.
+        reason: String,
+    },
+    /// An I/O failure on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Config`].
+    pub fn config(
+        what: impl Into<String>,
+        got: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Config {
+            what: what.into(),
+            got: got.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl ToString) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,39 @@
+//! memtrain trains and compresses neural networks in a fraction of the memory, on
+//! [burn](https://burn.dev).
+//!
+//! Training memory is four things: weights, gradients, optimizer state and the activations
+//! saved for backward. Each module attacks one of them, and [`memory`] measures all four:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`memory`] | the counting allocator, [`memory::MemoryReport`], the analytic formulas |
+//! | [`model`] | the reference GPT-2 and the [`model::MemoryPolicy`] that chooses each part |
+//! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
+//! | [`train`] | the measured training step, checkpoints, the policy bench |
+//!
+//! # Quick start
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
+//! use memtrain::model::Preset;
+//! use memtrain::train::{TrainConfig, Trainer};
+//!
+//! let device = Device::flex().autodiff();
+//! let mut config = TrainConfig::new(Preset::Tiny);
+//! config.seq = 16;
+//! config.batch = 2;
+//! let data = Dataset::new(&synthetic_corpus(300, 0), Tokenizer::Byte, config.seq).unwrap();
+//! let mut trainer = Trainer::new(config, &device).unwrap();
+//! let batch = trainer.next_batch(&data);
+//! let stats = trainer.step(&batch);
+//! assert!(stats.loss.is_finite());
+//! ```
+
+pub mod data;
+mod error;
+pub mod memory;
+pub mod model;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,188 @@
+//! Byte accounting: analytic formulas and the measured meter.
+//!
+//! Training memory is four things: parameters, gradients, optimizer state and the
+//! activations kept for backward. The meter ([`CountingAllocator`]) measures each of them for
+//! a real training step ([`MemoryReport`]); the formulas here predict them, and the tests
+//! check that the two agree.
+
+mod meter;
+
+use serde::{Deserialize, Serialize};
+
+pub use meter::{CountingAllocator, Region, is_installed, live_bytes, peak_bytes, reset_peak};
+
+use crate::model::GptConfig;
+
+/// Bytes of one f32.
+pub const F32: usize = 4;
+
+/// The memory of one training step, measured with [`CountingAllocator`].
+///
+/// All fields are bytes. They are measured, not computed: see [`crate::train::Trainer::step`]
+/// for exactly where each is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MemoryReport {
+    /// Live bytes the model's parameters hold.
+    pub param_bytes: u64,
+    /// Live bytes the gradients hold right after backward.
+    pub grad_bytes: u64,
+    /// Live bytes the optimizer state holds.
+    pub optimizer_bytes: u64,
+    /// Live bytes right after the forward pass and loss, minus live bytes before it: what the
+    /// autodiff graph keeps for backward.
+    pub activation_bytes: u64,
+    /// Peak during forward, backward and optimizer step, above the live bytes before the step.
+    pub peak_bytes: u64,
+}
+
+/// One tensor a layer keeps for backward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SavedTensor {
+    /// Which op keeps it and why.
+    pub name: &'static str,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Bytes per element.
+    pub elem_bytes: usize,
+}
+
+impl SavedTensor {
+    fn f32(name: &'static str, shape: &[usize]) -> Self {
+        SavedTensor {
+            name,
+            shape: shape.to_vec(),
+            elem_bytes: F32,
+        }
+    }
+
+    /// Bytes of the tensor.
+    pub fn bytes(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.elem_bytes
+    }
+}
+
+/// What one plain block of the reference GPT keeps for backward under burn's autodiff.
+///
+/// `b` batch, `t` seq, `d` d_model, `h` heads, `dh = d / h`. Every tensor below was found by
+/// reading burn 0.22's autodiff ops and confirmed with the meter (the test
+/// `should_match_the_plain_activation_estimate` in `tests/memory.rs`):
+///
+/// | tensor | shape | kept by |
+/// |---|---|---|
+/// | ln1 centred input `x - mean` | `[b, t, d]` | the square and the division in LayerNorm |
+/// | ln1 normalised input | `[b, t, d]` | the multiply by gamma |
+/// | ln1 row statistics (variance + eps, its root) | `[b, t, 1]` × 2 | sqrt and the division |
+/// | qkv input (= ln1 output) | `[b, t, d]` | the fused QKV linear |
+/// | q, k, v heads (slices copied by the reshape) | `[b, h, t, dh]` × 3 | the two attention matmuls |
+/// | scores minus row max | `[b, h, t, t]` | exp (burn keeps its input) |
+/// | exp of the scores | `[b, h, t, t]` | the softmax division |
+/// | softmax row sums | `[b, h, t, 1]` | the softmax division |
+/// | probabilities | `[b, h, t, t]` | the probabilities × v matmul |
+/// | merged heads | `[b, t, d]` | the attention output projection |
+/// | ln2: as ln1 | `[b, t, d]` × 2, `[b, t, 1]` × 2 | LayerNorm |
+/// | fc input (= ln2 output) | `[b, t, d]` | the MLP's first linear |
+/// | GELU input | `[b, t, 4d]` | GELU |
+/// | GELU output | `[b, t, 4d]` | the MLP's second linear |
+///
+/// In all `4 (18 b t d + 3 b h t² + b h t + 4 b t)` bytes. At the `small` geometry, batch 8
+/// (`b t = 2048`, `d = 384`, `h = 6`, `t = 256`) that is 94.4 MB a block, 40% of it in the
+/// three `[b, h, t, t]` tensors. Weights are shared with the parameters and cost nothing.
+pub fn plain_block_saved(config: &GptConfig, batch: usize, seq: usize) -> Vec<SavedTensor> {
+    let (b, t, d, h) = (batch, seq, config.d_model, config.n_heads);
+    let dh = config.d_head();
+    let mut v = Vec::new();
+    for _ in ["ln1", "ln2"] {
+        v.push(SavedTensor::f32("layernorm: centred input", &[b, t, d]));
+        v.push(SavedTensor::f32("layernorm: normalised input", &[b, t, d]));
+        v.push(SavedTensor::f32("layernorm: variance + eps", &[b, t, 1]));
+        v.push(SavedTensor::f32("layernorm: its square root", &[b, t, 1]));
+    }
+    v.push(SavedTensor::f32(
+        "qkv linear: input (ln1 output)",
+        &[b, t, d],
+    ));
+    for _ in 0..3 {
+        v.push(SavedTensor::f32(
+            "attention: a q/k/v head tensor",
+            &[b, h, t, dh],
+        ));
+    }
+    v.push(SavedTensor::f32(
+        "softmax: scores minus row max (exp input)",
+        &[b, h, t, t],
+    ));
+    v.push(SavedTensor::f32(
+        "softmax: exp of the scores",
+        &[b, h, t, t],
+    ));
+    v.push(SavedTensor::f32("softmax: row sums", &[b, h, t, 1]));
+    v.push(SavedTensor::f32(
+        "attention: probabilities (PV matmul input)",
+        &[b, h, t, t],
+    ));
+    v.push(SavedTensor::f32(
+        "attention proj: input (merged heads)",
+        &[b, t, d],
+    ));
+    v.push(SavedTensor::f32(
+        "fc linear: input (ln2 output)",
+        &[b, t, d],
+    ));
+    v.push(SavedTensor::f32("gelu: input", &[b, t, 4 * d]));
+    v.push(SavedTensor::f32(
+        "mlp proj linear: input (gelu output)",
+        &[b, t, 4 * d],
+    ));
+    v
+}
+
+/// What the plain reference GPT keeps for backward: every block's
+/// [`plain_block_saved`] plus the embedding, the final LayerNorm, the tied LM head and the
+/// cross-entropy.
+///
+/// Outside the blocks: the token ids `[b, t]` (i64, kept by the embedding), the final
+/// LayerNorm (`[b, t, d]` × 2 and `[b, t, 1]` × 2), the LM head input `[b t, d]`, and the
+/// shifted logits `[b t, vocab]` that log-softmax's exp keeps.
+pub fn plain_model_saved(config: &GptConfig, batch: usize, seq: usize) -> Vec<SavedTensor> {
+    let (b, t, d) = (batch, seq, config.d_model);
+    let mut v = Vec::new();
+    for _ in 0..config.n_layers {
+        v.extend(plain_block_saved(config, batch, seq));
+    }
+    v.push(SavedTensor {
+        name: "embedding: token ids",
+        shape: vec![b, t],
+        elem_bytes: 8,
+    });
+    v.push(SavedTensor::f32("ln_f: centred input", &[b, t, d]));
+    v.push(SavedTensor::f32("ln_f: normalised input", &[b, t, d]));
+    v.push(SavedTensor::f32("ln_f: variance + eps", &[b, t, 1]));
+    v.push(SavedTensor::f32("ln_f: its square root", &[b, t, 1]));
+    v.push(SavedTensor::f32(
+        "lm head: input (ln_f output)",
+        &[b * t, d],
+    ));
+    v.push(SavedTensor::f32(
+        "log-softmax: shifted logits",
+        &[b * t, config.vocab_size],
+    ));
+    v
+}
+
+/// Sum of [`SavedTensor::bytes`].
+pub fn total_bytes(tensors: &[SavedTensor]) -> usize {
+    tensors.iter().map(SavedTensor::bytes).sum()
+}
+
+/// Parameter bytes of a GPT: `4 × param_count`.
+pub fn param_bytes(config: &GptConfig) -> usize {
+    F32 * config.param_count()
+}
+
+/// AdamW state bytes for `n_params` f32 parameters: two moments, `8 × n_params`.
+///
+/// burn's AdamW also keeps one step counter per parameter tensor, which is host metadata of
+/// a few bytes and not counted here.
+pub fn adamw_state_bytes(n_params: usize) -> usize {
+    2 * F32 * n_params
+}

@@ -1,0 +1,210 @@
+//! The reference GPT-2: embeddings, pre-LayerNorm blocks, tied LM head.
+
+use burn::module::{Module, ModuleMapper, Param, ParamId};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Int, Tensor};
+
+use super::config::GptConfig;
+use super::layers::{Activation, AttentionCore, LinearLayer};
+use super::policy::{BlockPolicy, MemoryPolicy};
+use crate::error::Result;
+
+/// GPT-2's initialisation scale for weights.
+const INIT_STD: f64 = 0.02;
+
+/// Causal multi-head self-attention with a fused QKV projection, as in GPT-2.
+#[derive(Module, Debug)]
+pub struct SelfAttention {
+    qkv: LinearLayer,
+    proj: LinearLayer,
+    #[module(skip)]
+    core: AttentionCore,
+    n_heads: usize,
+}
+
+impl SelfAttention {
+    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+        let d = config.d_model;
+        let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
+        SelfAttention {
+            qkv: LinearLayer::new(d, 3 * d, INIT_STD, policy, device),
+            proj: LinearLayer::new(d, d, proj_std, policy, device),
+            core: AttentionCore::new(policy.attn),
+            n_heads: config.n_heads,
+        }
+    }
+
+    /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, t, d] = x.dims();
+        let (h, dh) = (self.n_heads, d / self.n_heads);
+        let qkv = self.qkv.forward(x);
+        let heads = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..t, i * d..(i + 1) * d])
+                .reshape([b, t, h, dh])
+                .swap_dims(1, 2)
+        };
+        let y = self.core.forward(heads(0), heads(1), heads(2));
+        self.proj.forward(y.swap_dims(1, 2).reshape([b, t, d]))
+    }
+}
+
+/// The 4x MLP: `fc` (d to 4d), GELU, `proj` (4d to d).
+#[derive(Module, Debug)]
+pub struct Mlp {
+    fc: LinearLayer,
+    #[module(skip)]
+    act: Activation,
+    proj: LinearLayer,
+}
+
+impl Mlp {
+    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+        let d = config.d_model;
+        let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
+        Mlp {
+            fc: LinearLayer::new(d, 4 * d, INIT_STD, policy, device),
+            act: Activation::new(policy.act),
+            proj: LinearLayer::new(4 * d, d, proj_std, policy, device),
+        }
+    }
+
+    /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.proj.forward(self.act.forward(self.fc.forward(x)))
+    }
+}
+
+/// A pre-LayerNorm transformer block: `x + attn(ln1(x))`, then `h + mlp(ln2(h))`.
+#[derive(Module, Debug)]
+pub struct Block {
+    ln1: LayerNorm,
+    attn: SelfAttention,
+    ln2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+        Block {
+            ln1: LayerNormConfig::new(config.d_model).init(device),
+            attn: SelfAttention::new(config, policy, device),
+            ln2: LayerNormConfig::new(config.d_model).init(device),
+            mlp: Mlp::new(config, policy, device),
+        }
+    }
+
+    /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let h = x.clone() + self.attn.forward(self.ln1.forward(x));
+        h.clone() + self.mlp.forward(self.ln2.forward(h))
+    }
+}
+
+/// The reference GPT-2 language model, built from a [`GptConfig`] and a [`MemoryPolicy`].
+///
+/// Token and learned position embeddings, `n_layers` pre-LayerNorm [`Block`]s, a final
+/// LayerNorm and an LM head tied to the token embedding. Weights follow GPT-2's
+/// initialisation (N(0, 0.02²), residual projections scaled by 1/sqrt(2 n_layers)).
+/// Parameter ids are assigned in a fixed order (1, 2, ...), so that an optimizer state saved
+/// with one instance loads into another built from the same config.
+///
+/// # Memory
+///
+/// Parameters: [`GptConfig::param_count`] × 4 bytes. What a block keeps for backward under
+/// the plain policy is listed by [`crate::memory::plain_block_saved`].
+///
+/// ```
+/// use memtrain::model::{Gpt, MemoryPolicy, Preset};
+/// use burn::tensor::{Device, Int, Tensor};
+/// let device = Device::flex();
+/// let config = Preset::Tiny.config(256);
+/// let gpt = Gpt::new(&config, &MemoryPolicy::default(), &device).unwrap();
+/// let tokens = Tensor::<2, Int>::zeros([2, 8], &device);
+/// assert_eq!(gpt.forward(tokens).dims(), [2, 8, 256]);
+/// ```
+#[derive(Module, Debug)]
+pub struct Gpt {
+    wte: Embedding,
+    wpe: Embedding,
+    blocks: Vec<Block>,
+    ln_f: LayerNorm,
+}
+
+struct SequentialIds(u64);
+
+impl ModuleMapper for SequentialIds {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        self.0 += 1;
+        let (_, tensor, mapper) = param.consume();
+        Param::from_mapped_value(ParamId::from(self.0), tensor, mapper)
+    }
+}
+
+impl Gpt {
+    /// Builds and initialises the model on `device`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Config`] when the geometry is invalid.
+    pub fn new(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
+        config.validate()?;
+        let embed = |n| {
+            EmbeddingConfig::new(n, config.d_model)
+                .with_initializer(Initializer::Normal {
+                    mean: 0.0,
+                    std: INIT_STD,
+                })
+                .init(device)
+        };
+        let gpt = Gpt {
+            wte: embed(config.vocab_size),
+            wpe: embed(config.max_seq),
+            blocks: (0..config.n_layers)
+                .map(|i| Block::new(config, policy.block(i), device))
+                .collect(),
+            ln_f: LayerNormConfig::new(config.d_model).init(device),
+        };
+        Ok(gpt.map(&mut SequentialIds(0)))
+    }
+
+    /// The transformer blocks.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// Token ids `[batch, seq]` to logits `[batch, seq, vocab]`.
+    ///
+    /// # Panics
+    ///
+    /// When `seq` exceeds the position embedding's `max_seq`.
+    pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
+        let [b, t] = tokens.dims();
+        let [max_seq, d] = self.wpe.weight.dims();
+        assert!(
+            t <= max_seq,
+            "sequence length {t} exceeds max_seq {max_seq}"
+        );
+        let pos = self.wpe.weight.val().slice([0..t, 0..d]).unsqueeze::<3>();
+        let mut x = self.wte.forward(tokens) + pos;
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = self.ln_f.forward(x).reshape([b * t, d]);
+        let logits = x.matmul(self.wte.weight.val().transpose());
+        let [_, vocab] = logits.dims();
+        logits.reshape([b, t, vocab])
+    }
+
+    /// Mean next-token cross-entropy of `tokens [batch, seq]` against `targets [batch, seq]`.
+    pub fn loss(&self, tokens: Tensor<2, Int>, targets: Tensor<2, Int>) -> Tensor<1> {
+        let [b, t] = targets.dims();
+        let logits = self.forward(tokens);
+        let vocab = logits.dims()[2];
+        CrossEntropyLossConfig::new()
+            .init(&logits.device())
+            .forward(logits.reshape([b * t, vocab]), targets.reshape([b * t]))
+    }
+}

@@ -1,0 +1,267 @@
+//! `MemoryPolicy`: how each part of the reference GPT is computed and what it keeps.
+//!
+//! A policy is written as a SPEC, comma-separated `key=value` pairs, for example
+//! `act=exact,attn=exact`. A missing key means the plain variant. Every key is an enum here;
+//! a method that adds a variant adds one enum variant, its parse arm, and one match arm where
+//! the layer is built (see [`crate::model`]).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One key of a policy SPEC.
+pub trait PolicyKey: Sized + Copy + Default + fmt::Display {
+    /// The key as written in a SPEC (`act`, `linear`, ...).
+    const KEY: &'static str;
+    /// The accepted values, for error messages.
+    const CHOICES: &'static str;
+    /// Parses a value of this key.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the key, the value and [`Self::CHOICES`].
+    fn parse(value: &str) -> Result<Self>;
+
+    /// The error for an unknown value of this key.
+    fn unknown(value: &str) -> Error {
+        Error::config(
+            format!("value for policy key `{}`", Self::KEY),
+            value,
+            format!("one of: {}", Self::CHOICES),
+        )
+    }
+}
+
+macro_rules! simple_key {
+    (@join $first:literal $(, $rest:literal)*) => { concat!($first $(, ", ", $rest)*) };
+    ($(#[$doc:meta])* $name:ident, $key:literal, { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl PolicyKey for $name {
+            const KEY: &'static str = $key;
+            const CHOICES: &'static str = simple_key!(@join $($text),+);
+            fn parse(value: &str) -> Result<Self> {
+                match value {
+                    $($text => Ok(Self::$variant),)+
+                    other => Err(Self::unknown(other)),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(match self { $(Self::$variant => $text,)+ })
+            }
+        }
+    };
+}
+
+simple_key!(
+    /// How the MLP nonlinearity (GELU) keeps what its backward needs.
+    ActPolicy, "act", {
+        /// burn's GELU: keeps its input, 4 bytes an element.
+        #[default]
+        Exact => "exact",
+    }
+);
+
+simple_key!(
+    /// How linear layers keep what the weight gradient needs.
+    LinearPolicy, "linear", {
+        /// burn's `Linear`: keeps its input.
+        #[default]
+        Exact => "exact",
+    }
+);
+
+simple_key!(
+    /// How causal self-attention is computed.
+    AttnPolicy, "attn", {
+        /// matmul + mask + softmax + matmul: keeps `[batch, heads, seq, seq]` tensors.
+        #[default]
+        Exact => "exact",
+    }
+);
+
+simple_key!(
+    /// Which blocks are recomputed in backward instead of keeping their insides.
+    RematPolicy, "remat", {
+        /// Keep everything.
+        #[default]
+        None => "none",
+    }
+);
+
+simple_key!(
+    /// How weight matrices are stored.
+    WeightsPolicy, "weights", {
+        /// Dense `[d_input, d_output]` matrices.
+        #[default]
+        Dense => "dense",
+    }
+);
+
+simple_key!(
+    /// The optimizer.
+    OptimPolicy, "optim", {
+        /// burn's AdamW: two fp32 moments per parameter.
+        #[default]
+        Adamw => "adamw",
+    }
+);
+
+/// The per-block part of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BlockPolicy {
+    /// MLP activation.
+    pub act: ActPolicy,
+    /// Linear layers.
+    pub linear: LinearPolicy,
+    /// Attention.
+    pub attn: AttnPolicy,
+    /// Weight format.
+    pub weights: WeightsPolicy,
+}
+
+/// How every part of the reference GPT is computed.
+///
+/// `MemoryPolicy::default()` is plain burn. Parse one from a SPEC with [`str::parse`]:
+///
+/// ```
+/// use memtrain::model::MemoryPolicy;
+/// let p: MemoryPolicy = "act=exact,optim=adamw".parse().unwrap();
+/// assert_eq!(p, MemoryPolicy::default());
+/// assert_eq!(p.to_string(), "act=exact,linear=exact,attn=exact,remat=none,weights=dense,optim=adamw");
+/// let err = "act=relu".parse::<MemoryPolicy>().unwrap_err().to_string();
+/// assert!(err.contains("relu") && err.contains("exact"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoryPolicy {
+    /// The policy of every block without an override.
+    pub block: BlockPolicy,
+    /// Per-block overrides, by block index.
+    pub overrides: BTreeMap<usize, BlockPolicy>,
+    /// Rematerialization across blocks.
+    pub remat: RematPolicy,
+    /// Optimizer.
+    pub optim: OptimPolicy,
+}
+
+/// The keys a SPEC accepts.
+pub const POLICY_KEYS: &str = "act, linear, attn, remat, weights, optim";
+
+impl MemoryPolicy {
+    /// The policy of block `index`.
+    pub fn block(&self, index: usize) -> BlockPolicy {
+        self.overrides.get(&index).copied().unwrap_or(self.block)
+    }
+}
+
+impl FromStr for MemoryPolicy {
+    type Err = Error;
+
+    fn from_str(spec: &str) -> Result<Self> {
+        let mut policy = MemoryPolicy::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (key, value) = item.split_once('=').ok_or_else(|| {
+                Error::config(
+                    "policy item",
+                    item,
+                    format!("key=value with key one of: {POLICY_KEYS}"),
+                )
+            })?;
+            let (key, value) = (key.trim(), value.trim());
+            if seen.contains(&key) {
+                return Err(Error::config("policy key", key, "each key at most once"));
+            }
+            match key {
+                ActPolicy::KEY => policy.block.act = ActPolicy::parse(value)?,
+                LinearPolicy::KEY => policy.block.linear = LinearPolicy::parse(value)?,
+                AttnPolicy::KEY => policy.block.attn = AttnPolicy::parse(value)?,
+                WeightsPolicy::KEY => policy.block.weights = WeightsPolicy::parse(value)?,
+                RematPolicy::KEY => policy.remat = RematPolicy::parse(value)?,
+                OptimPolicy::KEY => policy.optim = OptimPolicy::parse(value)?,
+                other => {
+                    return Err(Error::config(
+                        "policy key",
+                        other,
+                        format!("one of: {POLICY_KEYS}"),
+                    ));
+                }
+            }
+            seen.push(key);
+        }
+        Ok(policy)
+    }
+}
+
+impl fmt::Display for MemoryPolicy {
+    /// The canonical SPEC of the default block policy and the global keys; per-block
+    /// overrides follow as ` [block N: SPEC]`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = &self.block;
+        write!(
+            f,
+            "act={},linear={},attn={},remat={},weights={},optim={}",
+            b.act, b.linear, b.attn, self.remat, b.weights, self.optim
+        )?;
+        for (i, o) in &self.overrides {
+            write!(
+                f,
+                " [block {i}: act={},linear={},attn={},weights={}]",
+                o.act, o.linear, o.attn, o.weights
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn should_default_missing_keys_to_plain() {
+        let p: MemoryPolicy = "".parse().unwrap();
+        assert_eq!(p, MemoryPolicy::default());
+        let p: MemoryPolicy = " attn = exact ".parse().unwrap();
+        assert_eq!(p, MemoryPolicy::default());
+    }
+
+    #[test]
+    fn should_name_bad_key_and_choices() {
+        let e = "foo=1".parse::<MemoryPolicy>().unwrap_err().to_string();
+        assert!(e.contains("foo") && e.contains("act, linear"), "{e}");
+        let e = "optim=sgd".parse::<MemoryPolicy>().unwrap_err().to_string();
+        assert!(e.contains("sgd") && e.contains("adamw"), "{e}");
+        let e = "act".parse::<MemoryPolicy>().unwrap_err().to_string();
+        assert!(e.contains("key=value"), "{e}");
+        let e = "act=exact,act=exact"
+            .parse::<MemoryPolicy>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most once"), "{e}");
+    }
+
+    #[test]
+    fn should_round_trip_through_display_and_serde() {
+        let mut p = MemoryPolicy::default();
+        p.overrides.insert(1, BlockPolicy::default());
+        let back: MemoryPolicy = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        let q: MemoryPolicy = MemoryPolicy::default().to_string().parse().unwrap();
+        assert_eq!(q, MemoryPolicy::default());
+    }
+}

@@ -1,0 +1,250 @@
+//! The training loop: one measured step, evaluation, checkpoints, and the policy bench.
+
+mod bench;
+mod checkpoint;
+
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
+use serde::{Deserialize, Serialize};
+
+pub use bench::{BenchConfig, BenchRow, run_bench};
+pub use checkpoint::{CheckpointState, DataSource, LATEST};
+
+use crate::data::{Batch, Dataset, Tokenizer};
+use crate::error::{Error, Result};
+use crate::memory::{MemoryReport, Region};
+use crate::model::{Gpt, GptConfig, MemoryPolicy, OptimPolicy, Preset};
+
+/// Everything that defines a training run, saved in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model geometry.
+    pub preset: Preset,
+    /// Tokenizer (sets the vocabulary).
+    pub tokenizer: Tokenizer,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence (at most the preset's `max_seq`).
+    pub seq: usize,
+    /// AdamW learning rate (constant).
+    pub lr: f64,
+    /// Seeds the weights and the batches.
+    pub seed: u64,
+    /// How each part of the model is computed.
+    pub policy: MemoryPolicy,
+}
+
+impl TrainConfig {
+    /// Defaults for a preset: batch 8, the preset's full sequence, lr 1e-3, seed 42, plain policy.
+    pub fn new(preset: Preset) -> Self {
+        TrainConfig {
+            preset,
+            tokenizer: Tokenizer::Byte,
+            batch: 8,
+            seq: preset.config(256).max_seq,
+            lr: 1e-3,
+            seed: 42,
+            policy: MemoryPolicy::default(),
+        }
+    }
+
+    /// The model geometry.
+    pub fn model_config(&self) -> GptConfig {
+        self.preset.config(self.tokenizer.vocab_size())
+    }
+
+    /// Checks every value.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the bad value: `batch` or `seq` zero, `seq` above the preset's
+    /// `max_seq`, a learning rate that is not a positive finite number.
+    pub fn validate(&self) -> Result<()> {
+        let max_seq = self.model_config().max_seq;
+        if self.batch == 0 {
+            return Err(Error::config("--batch", self.batch, "a positive integer"));
+        }
+        if self.seq == 0 || self.seq > max_seq {
+            return Err(Error::config(
+                "--seq",
+                self.seq,
+                format!("1..={max_seq} (the {} preset's max_seq)", self.preset),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config("--lr", self.lr, "a positive finite number"));
+        }
+        Ok(())
+    }
+}
+
+/// What one training step measured.
+#[derive(Debug, Clone, Copy)]
+pub struct StepStats {
+    /// Training loss of the batch (before the update).
+    pub loss: f32,
+    /// The step's memory.
+    pub memory: MemoryReport,
+    /// Wall time of forward, backward and optimizer step.
+    pub seconds: f64,
+}
+
+/// A model, its optimizer and the step counter.
+///
+/// # Memory
+///
+/// [`Trainer::step`] measures a [`MemoryReport`] every step with the counting allocator, which
+/// the binary must install (`#[global_allocator]`); without it the report reads zero.
+pub struct Trainer {
+    config: TrainConfig,
+    // `None` only inside `step`, so the optimizer can own the only reference and update
+    // parameters in place.
+    model: Option<Gpt>,
+    optim: ModuleOptimizer,
+    step: u64,
+    device: Device,
+    param_bytes: u64,
+    optimizer_bytes: Option<u64>,
+    warm: bool,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("step", &self.step)
+            .finish_non_exhaustive()
+    }
+}
+
+fn optimizer(policy: OptimPolicy) -> ModuleOptimizer {
+    match policy {
+        OptimPolicy::Adamw => AdamWConfig::new().init(),
+    }
+}
+
+impl Trainer {
+    /// A fresh model and optimizer on `device` (an autodiff device), seeded by `config.seed`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] from [`TrainConfig::validate`].
+    pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
+        config.validate()?;
+        device.seed(config.seed);
+        let region = Region::start();
+        let model = Gpt::new(&config.model_config(), &config.policy, device)?;
+        let param_bytes = region.live().max(0) as u64;
+        Ok(Trainer {
+            optim: optimizer(config.policy.optim),
+            config,
+            model: Some(model),
+            step: 0,
+            device: device.clone(),
+            param_bytes,
+            optimizer_bytes: None,
+            warm: false,
+        })
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Steps taken so far.
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Gpt {
+        self.model
+            .as_ref()
+            .expect("the model is only taken inside `step`")
+    }
+
+    /// The device the model trains on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The training batch of the next step (a pure function of seed and step).
+    pub fn next_batch(&self, data: &Dataset) -> Batch {
+        data.train_batch(
+            self.config.seed,
+            self.step,
+            self.config.batch,
+            self.config.seq,
+            &self.device,
+        )
+    }
+
+    /// One AdamW step on `batch`, measured.
+    ///
+    /// The first call first runs one forward and backward without an update, so that one-off
+    /// allocations (thread pools, matmul scratch) are not counted as activations.
+    ///
+    /// Where each [`MemoryReport`] field is read: `activation_bytes` is live bytes right after
+    /// the loss minus live bytes before the forward; `grad_bytes` is live bytes after
+    /// `backward` and gradient collection minus the same base (the graph is freed by then);
+    /// `peak_bytes` is the peak from the forward to the end of the optimizer step above the
+    /// base; `optimizer_bytes` is live bytes after the first optimizer step minus the base
+    /// before it (AdamW allocates its state then); `param_bytes` is live bytes after building
+    /// the model minus before.
+    pub fn step(&mut self, batch: &Batch) -> StepStats {
+        if !self.warm {
+            let loss = self
+                .model()
+                .loss(batch.inputs.clone(), batch.targets.clone());
+            drop(loss.backward());
+            self.warm = true;
+        }
+        let region = Region::start();
+        let start = Instant::now();
+        let loss = self
+            .model()
+            .loss(batch.inputs.clone(), batch.targets.clone());
+        let activation_bytes = region.live().max(0) as u64;
+        let grads = GradientsParams::from_grads(loss.backward(), self.model());
+        let grad_bytes = region.live().max(0) as u64;
+        let loss = loss.into_scalar::<f32>();
+        let model = self
+            .model
+            .take()
+            .expect("the model is only taken inside `step`");
+        self.model = Some(self.optim.step(self.config.lr, model, grads));
+        let seconds = start.elapsed().as_secs_f64();
+        let peak_bytes = region.peak() as u64;
+        let optimizer_bytes = *self
+            .optimizer_bytes
+            .get_or_insert_with(|| region.live().max(0) as u64);
+        self.step += 1;
+        StepStats {
+            loss,
+            seconds,
+            memory: MemoryReport {
+                param_bytes: self.param_bytes,
+                grad_bytes,
+                optimizer_bytes,
+                activation_bytes,
+                peak_bytes,
+            },
+        }
+    }
+
+    /// Mean validation loss over `batches` fixed validation batches, without autodiff.
+    pub fn evaluate(&self, data: &Dataset, batches: usize) -> f32 {
+        let model = self.model().valid();
+        let device = self.device.clone().without_autodiff();
+        let mut total = 0.0;
+        for i in 0..batches.max(1) {
+            let b = data.valid_batch(i, self.config.batch, self.config.seq, &device);
+            total += model.loss(b.inputs, b.targets).into_scalar::<f32>();
+        }
+        total / batches.max(1) as f32
+    }
+}
