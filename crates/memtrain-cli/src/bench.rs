@@ -136,6 +136,24 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config.preset, config.batch, config.seq, config.steps
     );
     print_table(&rows);
+    let model = preset.config(Tokenizer::Byte.vocab_size());
+    println!("activation_bytes measured vs analytic (memtrain::memory::model_saved):");
+    for (row, policy) in rows.iter().zip(&config.policies) {
+        let analytic = memtrain::memory::total_bytes(&memtrain::memory::model_saved(
+            &model,
+            policy,
+            config.batch,
+            config.seq,
+        )) as u64;
+        println!(
+            "  {:<w$}  {:>10.1} MiB vs {:>10.1} MiB  {:+.2}%",
+            row.policy,
+            mib(row.activation_bytes),
+            mib(analytic),
+            100.0 * (row.activation_bytes as f64 / analytic as f64 - 1.0),
+            w = rows.iter().map(|r| r.policy.len()).max().unwrap_or(6)
+        );
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&rows)?;
         write_atomic(path, &json).context("--json")?;

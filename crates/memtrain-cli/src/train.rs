@@ -39,6 +39,9 @@ pub struct TrainArgs {
     /// Validation loss and a checkpoint every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     eval_every: u64,
+    /// Steps of linear learning-rate warm-up.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
@@ -87,6 +90,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.batch = args.common.batch.unwrap_or(16);
         config.seq = args.common.seq.unwrap_or(config.seq);
         config.lr = args.common.lr;
+        config.warmup = args.warmup;
         config.seed = args.common.seed;
         config.policy = policy;
         config.validate()?;

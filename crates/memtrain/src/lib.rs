@@ -30,6 +30,7 @@
 //! assert!(stats.loss.is_finite());
 //! ```
 
+pub mod attention;
 pub mod data;
 mod error;
 pub mod memory;

@@ -6,10 +6,10 @@ use std::sync::Mutex;
 use burn::tensor::{Device, Tensor};
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
 use memtrain::memory::{
-    self, CountingAllocator, Region, adamw_state_bytes, param_bytes, plain_block_saved,
-    plain_model_saved, total_bytes,
+    self, CountingAllocator, Region, adamw_state_bytes, block_saved, model_saved, param_bytes,
+    total_bytes,
 };
-use memtrain::model::{GptConfig, Preset};
+use memtrain::model::{BlockPolicy, GptConfig, MemoryPolicy, Preset};
 use memtrain::train::{TrainConfig, Trainer};
 
 #[global_allocator]
@@ -88,9 +88,9 @@ fn should_match_param_and_adamw_formulas() {
     }
 }
 
-#[test]
-fn should_match_the_plain_activation_estimate() {
-    let _g = SERIAL.lock().unwrap();
+/// Trains two steps under `spec` and checks the measured activation bytes against
+/// [`model_saved`] within 5%.
+fn check_activation_estimate(spec: &str) {
     let device = Device::flex().autodiff();
     // Two geometries: tiny, and small's width with two blocks (quick, and d/h as in small).
     let mut wide = TrainConfig::new(Preset::Small);
@@ -98,9 +98,10 @@ fn should_match_the_plain_activation_estimate() {
     wide.seq = 128;
     let mut tiny = TrainConfig::new(Preset::Tiny);
     tiny.batch = 8;
-    for cfg in [tiny, wide] {
+    for mut cfg in [tiny, wide] {
+        cfg.policy = spec.parse().unwrap();
         let model = cfg.model_config();
-        let expect = total_bytes(&plain_model_saved(&model, cfg.batch, cfg.seq)) as f64;
+        let expect = total_bytes(&model_saved(&model, &cfg.policy, cfg.batch, cfg.seq)) as f64;
         let data = data_for(cfg.seq);
         let mut trainer = Trainer::new(cfg.clone(), &device).unwrap();
         let batch = trainer.next_batch(&data);
@@ -112,7 +113,7 @@ fn should_match_the_plain_activation_estimate() {
         let err = (measured - expect).abs() / expect;
         assert!(
             err < 0.05,
-            "{}: measured {measured} analytic {expect} ({:.2}% off)",
+            "{spec} {}: measured {measured} analytic {expect} ({:.2}% off)",
             cfg.preset,
             100.0 * err
         );
@@ -120,11 +121,30 @@ fn should_match_the_plain_activation_estimate() {
 }
 
 #[test]
+fn should_match_the_activation_estimate_plain() {
+    let _g = SERIAL.lock().unwrap();
+    check_activation_estimate("");
+}
+
+#[test]
+fn should_match_the_activation_estimate_memeff_attention() {
+    let _g = SERIAL.lock().unwrap();
+    check_activation_estimate("attn=memeff");
+}
+
+#[test]
 fn should_sum_the_block_formula() {
-    // Golden value: 4 (18 b t d + 3 b h t^2 + b h t + 4 b t) at small, batch 8.
+    // Golden values: 4 (18 b t d + 3 b h t^2 + b h t + 4 b t) at small, batch 8, and
+    // 4 (18 b t d + b h t + 4 b t) with attn=memeff.
     let c = Preset::Small.config(256);
     let (b, t, d, h) = (8, 256, 384, 6);
-    let golden = 4 * (18 * b * t * d + 3 * b * h * t * t + b * h * t + 4 * b * t);
-    assert_eq!(total_bytes(&plain_block_saved(&c, b, t)), golden);
-    assert_eq!(golden, 94_453_760);
+    let plain = 4 * (18 * b * t * d + 3 * b * h * t * t + b * h * t + 4 * b * t);
+    assert_eq!(
+        total_bytes(&block_saved(&c, &BlockPolicy::default(), b, t)),
+        plain
+    );
+    assert_eq!(plain, 94_453_760);
+    let memeff: MemoryPolicy = "attn=memeff".parse().unwrap();
+    let fused = 4 * (18 * b * t * d + b * h * t + 4 * b * t);
+    assert_eq!(total_bytes(&block_saved(&c, &memeff.block, b, t)), fused);
 }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use meter::{CountingAllocator, Region, is_installed, live_bytes, peak_bytes, reset_peak};
 
-use crate::model::GptConfig;
+use crate::model::{AttnPolicy, BlockPolicy, GptConfig, MemoryPolicy};
 
 /// Bytes of one f32.
 pub const F32: usize = 4;
@@ -61,11 +61,12 @@ impl SavedTensor {
     }
 }
 
-/// What one plain block of the reference GPT keeps for backward under burn's autodiff.
+/// What one block of the reference GPT keeps for backward under burn's autodiff, for a
+/// block policy.
 ///
 /// `b` batch, `t` seq, `d` d_model, `h` heads, `dh = d / h`. Every tensor below was found by
-/// reading burn 0.22's autodiff ops and confirmed with the meter (the test
-/// `should_match_the_plain_activation_estimate` in `tests/memory.rs`):
+/// reading burn 0.22's autodiff ops and confirmed with the meter (the tests
+/// `should_match_the_activation_estimate_*` in `tests/memory.rs`). Under the plain policy:
 ///
 /// | tensor | shape | kept by |
 /// |---|---|---|
@@ -73,7 +74,7 @@ impl SavedTensor {
 /// | ln1 normalised input | `[b, t, d]` | the multiply by gamma |
 /// | ln1 row statistics (variance + eps, its root) | `[b, t, 1]` × 2 | sqrt and the division |
 /// | qkv input (= ln1 output) | `[b, t, d]` | the fused QKV linear |
-/// | q, k, v heads (slices copied by the reshape) | `[b, h, t, dh]` × 3 | the two attention matmuls |
+/// | QKV output (q, k, v are views of it) | `[b, t, 3d]` | the two attention matmuls |
 /// | scores minus row max | `[b, h, t, t]` | exp (burn keeps its input) |
 /// | exp of the scores | `[b, h, t, t]` | the softmax division |
 /// | softmax row sums | `[b, h, t, 1]` | the softmax division |
@@ -85,45 +86,62 @@ impl SavedTensor {
 /// | GELU output | `[b, t, 4d]` | the MLP's second linear |
 ///
 /// In all `4 (18 b t d + 3 b h t² + b h t + 4 b t)` bytes. At the `small` geometry, batch 8
-/// (`b t = 2048`, `d = 384`, `h = 6`, `t = 256`) that is 94.4 MB a block, 40% of it in the
+/// (`b t = 2048`, `d = 384`, `h = 6`, `t = 256`) that is 94.5 MB a block, 40% of it in the
 /// three `[b, h, t, t]` tensors. Weights are shared with the parameters and cost nothing.
-pub fn plain_block_saved(config: &GptConfig, batch: usize, seq: usize) -> Vec<SavedTensor> {
+///
+/// `attn=memeff` replaces the four softmax rows by one log-sum-exp `[b, h, t]`, and its output
+/// is the merged heads (a view), so the block keeps `4 (18 b t d + b h t + 4 b t)` bytes.
+pub fn block_saved(
+    config: &GptConfig,
+    policy: &BlockPolicy,
+    batch: usize,
+    seq: usize,
+) -> Vec<SavedTensor> {
     let (b, t, d, h) = (batch, seq, config.d_model, config.n_heads);
-    let dh = config.d_head();
     let mut v = Vec::new();
-    for _ in ["ln1", "ln2"] {
+    let layernorm = |v: &mut Vec<SavedTensor>| {
         v.push(SavedTensor::f32("layernorm: centred input", &[b, t, d]));
         v.push(SavedTensor::f32("layernorm: normalised input", &[b, t, d]));
         v.push(SavedTensor::f32("layernorm: variance + eps", &[b, t, 1]));
         v.push(SavedTensor::f32("layernorm: its square root", &[b, t, 1]));
-    }
+    };
+    layernorm(&mut v);
     v.push(SavedTensor::f32(
         "qkv linear: input (ln1 output)",
         &[b, t, d],
     ));
-    for _ in 0..3 {
-        v.push(SavedTensor::f32(
-            "attention: a q/k/v head tensor",
-            &[b, h, t, dh],
-        ));
+    v.push(SavedTensor::f32(
+        "attention: QKV output (q, k, v are views)",
+        &[b, t, 3 * d],
+    ));
+    match policy.attn {
+        AttnPolicy::Exact => {
+            v.push(SavedTensor::f32(
+                "softmax: scores minus row max (exp input)",
+                &[b, h, t, t],
+            ));
+            v.push(SavedTensor::f32(
+                "softmax: exp of the scores",
+                &[b, h, t, t],
+            ));
+            v.push(SavedTensor::f32("softmax: row sums", &[b, h, t, 1]));
+            v.push(SavedTensor::f32(
+                "attention: probabilities (PV matmul input)",
+                &[b, h, t, t],
+            ));
+        }
+        AttnPolicy::Memeff => {
+            v.push(SavedTensor::f32(
+                "fused attention: log-sum-exp per row",
+                &[b, h, t],
+            ));
+        }
     }
-    v.push(SavedTensor::f32(
-        "softmax: scores minus row max (exp input)",
-        &[b, h, t, t],
-    ));
-    v.push(SavedTensor::f32(
-        "softmax: exp of the scores",
-        &[b, h, t, t],
-    ));
-    v.push(SavedTensor::f32("softmax: row sums", &[b, h, t, 1]));
-    v.push(SavedTensor::f32(
-        "attention: probabilities (PV matmul input)",
-        &[b, h, t, t],
-    ));
     v.push(SavedTensor::f32(
         "attention proj: input (merged heads)",
         &[b, t, d],
     ));
+    layernorm(&mut v);
     v.push(SavedTensor::f32(
         "fc linear: input (ln2 output)",
         &[b, t, d],
@@ -136,18 +154,22 @@ pub fn plain_block_saved(config: &GptConfig, batch: usize, seq: usize) -> Vec<Sa
     v
 }
 
-/// What the plain reference GPT keeps for backward: every block's
-/// [`plain_block_saved`] plus the embedding, the final LayerNorm, the tied LM head and the
-/// cross-entropy.
+/// What the reference GPT keeps for backward under `policy`: every block's [`block_saved`]
+/// plus the embedding, the final LayerNorm, the tied LM head and the cross-entropy.
 ///
 /// Outside the blocks: the token ids `[b, t]` (i64, kept by the embedding), the final
 /// LayerNorm (`[b, t, d]` × 2 and `[b, t, 1]` × 2), the LM head input `[b t, d]`, and the
 /// shifted logits `[b t, vocab]` that log-softmax's exp keeps.
-pub fn plain_model_saved(config: &GptConfig, batch: usize, seq: usize) -> Vec<SavedTensor> {
+pub fn model_saved(
+    config: &GptConfig,
+    policy: &MemoryPolicy,
+    batch: usize,
+    seq: usize,
+) -> Vec<SavedTensor> {
     let (b, t, d) = (batch, seq, config.d_model);
     let mut v = Vec::new();
-    for _ in 0..config.n_layers {
-        v.extend(plain_block_saved(config, batch, seq));
+    for i in 0..config.n_layers {
+        v.extend(block_saved(config, &policy.block(i), batch, seq));
     }
     v.push(SavedTensor {
         name: "embedding: token ids",

@@ -39,15 +39,11 @@ impl SelfAttention {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
-        let qkv = self.qkv.forward(x);
-        let heads = |i: usize| {
-            qkv.clone()
-                .slice([0..b, 0..t, i * d..(i + 1) * d])
-                .reshape([b, t, h, dh])
-                .swap_dims(1, 2)
-        };
+        // [b, t, 3 h, dh]: q, k and v are views of the projection's output, no copies.
+        let qkv = self.qkv.forward(x).reshape([b, t, 3 * h, dh]);
+        let heads = |i: usize| qkv.clone().slice([0..b, 0..t, i * h..(i + 1) * h, 0..dh]);
         let y = self.core.forward(heads(0), heads(1), heads(2));
-        self.proj.forward(y.swap_dims(1, 2).reshape([b, t, d]))
+        self.proj.forward(y.reshape([b, t, d]))
     }
 }
 
@@ -114,7 +110,7 @@ impl Block {
 /// # Memory
 ///
 /// Parameters: [`GptConfig::param_count`] × 4 bytes. What a block keeps for backward under
-/// the plain policy is listed by [`crate::memory::plain_block_saved`].
+/// a policy is listed by [`crate::memory::block_saved`].
 ///
 /// ```
 /// use memtrain::model::{Gpt, MemoryPolicy, Preset};

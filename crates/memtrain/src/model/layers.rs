@@ -5,8 +5,10 @@
 
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
+
+use crate::attention::{AttentionParams, fused_attention, reference_attention};
 
 use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, WeightsPolicy};
 
@@ -66,14 +68,16 @@ impl LinearLayer {
     }
 }
 
-/// The attention core `softmax(q k^T / sqrt(d_head) + causal) v`.
+/// The attention core `softmax(q kᵀ / sqrt(d_head) + causal) v`, as the policy says.
 ///
 /// Stateless: a block stores it as a skipped (non-parameter) module field.
 #[derive(Debug, Clone)]
 pub enum AttentionCore {
-    /// matmul, scale, causal additive mask, softmax, matmul, as burn-nn's
-    /// `MultiHeadAttention` computes it; keeps the `[batch, heads, seq, seq]` probabilities.
+    /// [`reference_attention`]: matmul, scale, causal mask, softmax, matmul, as burn-nn's
+    /// `MultiHeadAttention` computes it; keeps three `[batch, heads, seq, seq]` tensors.
     Exact,
+    /// [`fused_attention`]: tiled, keeps one log-sum-exp per query row.
+    Memeff,
 }
 
 impl AttentionCore {
@@ -81,32 +85,16 @@ impl AttentionCore {
     pub fn new(policy: AttnPolicy) -> Self {
         match policy {
             AttnPolicy::Exact => AttentionCore::Exact,
+            AttnPolicy::Memeff => AttentionCore::Memeff,
         }
     }
 
-    /// `q, k, v: [batch, heads, seq, d_head]` to `[batch, heads, seq, d_head]`, causal.
+    /// Causal attention: `q, k, v: [batch, seq, heads, d_head]` to `[batch, seq, heads, d_head]`.
     pub fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        let params = AttentionParams::causal();
         match self {
-            AttentionCore::Exact => {
-                let [_, _, t, d_head] = q.dims();
-                let scores = q.matmul(k.transpose()).div_scalar((d_head as f32).sqrt());
-                let scores = scores + causal_bias(t, &v.device()).unsqueeze::<4>();
-                softmax(scores, 3).matmul(v)
-            }
+            AttentionCore::Exact => reference_attention(q, k, v, None, params),
+            AttentionCore::Memeff => fused_attention(q, k, v, None, params),
         }
     }
-}
-
-/// `[seq, seq]` additive mask: 0 on and below the diagonal, -inf above it.
-pub fn causal_bias(seq: usize, device: &Device) -> Tensor<2> {
-    let data: Vec<f32> = (0..seq * seq)
-        .map(|i| {
-            if i % seq > i / seq {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::<1>::from_floats(data.as_slice(), device).reshape([seq, seq])
 }

@@ -89,6 +89,8 @@ simple_key!(
         /// matmul + mask + softmax + matmul: keeps `[batch, heads, seq, seq]` tensors.
         #[default]
         Exact => "exact",
+        /// [`crate::attention::fused_attention`]: keeps one log-sum-exp per row instead.
+        Memeff => "memeff",
     }
 );
 

@@ -95,6 +95,7 @@ pub fn run_bench(
             batch: config.batch,
             seq: config.seq,
             lr: config.lr,
+            warmup: 0,
             seed: config.seed,
             policy: policy.clone(),
         };

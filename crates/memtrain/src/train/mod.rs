@@ -29,8 +29,12 @@ pub struct TrainConfig {
     pub batch: usize,
     /// Tokens per sequence (at most the preset's `max_seq`).
     pub seq: usize,
-    /// AdamW learning rate (constant).
+    /// Peak AdamW learning rate.
     pub lr: f64,
+    /// Steps of linear learning-rate warm-up from `lr / warmup` to `lr` (0: none); constant
+    /// after.
+    #[serde(default)]
+    pub warmup: u64,
     /// Seeds the weights and the batches.
     pub seed: u64,
     /// How each part of the model is computed.
@@ -38,7 +42,8 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// Defaults for a preset: batch 8, the preset's full sequence, lr 1e-3, seed 42, plain policy.
+    /// Defaults for a preset: batch 8, the preset's full sequence, lr 1e-3 with 100 warm-up
+    /// steps, seed 42, plain policy.
     pub fn new(preset: Preset) -> Self {
         TrainConfig {
             preset,
@@ -46,6 +51,7 @@ impl TrainConfig {
             batch: 8,
             seq: preset.config(256).max_seq,
             lr: 1e-3,
+            warmup: 100,
             seed: 42,
             policy: MemoryPolicy::default(),
         }
@@ -78,6 +84,15 @@ impl TrainConfig {
             return Err(Error::config("--lr", self.lr, "a positive finite number"));
         }
         Ok(())
+    }
+
+    /// The learning rate of step `step` (0-based).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if step < self.warmup {
+            self.lr * (step + 1) as f64 / self.warmup as f64
+        } else {
+            self.lr
+        }
     }
 }
 
@@ -216,7 +231,8 @@ impl Trainer {
             .model
             .take()
             .expect("the model is only taken inside `step`");
-        self.model = Some(self.optim.step(self.config.lr, model, grads));
+        let lr = self.config.lr_at(self.step);
+        self.model = Some(self.optim.step(lr, model, grads));
         let seconds = start.elapsed().as_secs_f64();
         let peak_bytes = region.peak() as u64;
         let optimizer_bytes = *self

@@ -1,0 +1,550 @@
+//! The CPU kernel: tiled attention forward and backward over slices, one task per
+//! (batch, head), matrix products by the `gemm` crate.
+//!
+//! Layout: inputs are `[batch, seq, heads, width]` with any strides on the first three axes
+//! and unit stride on `width` (so views into a fused QKV projection need no copy); outputs are
+//! contiguous `[batch, seq, heads, width]`; the log-sum-exp is contiguous `[batch, heads, seq_q]`.
+//!
+//! Memory: a task holds two `[BLOCK, seq_k]` scratch tiles and its head's outputs; nothing of
+//! size `seq_q × seq_k` is ever allocated.
+
+use rayon::prelude::*;
+
+/// Query rows per tile.
+pub const BLOCK: usize = 64;
+
+/// The float types the kernel runs in (f32 in training, f64 for finite-difference tests).
+pub trait Real:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// -infinity.
+    const NEG_INF: Self;
+    /// e^x.
+    fn exp(self) -> Self;
+    /// ln x.
+    fn ln(self) -> Self;
+    /// Conversion from f64.
+    fn from_f64(x: f64) -> Self;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INF: Self = <$t>::NEG_INFINITY;
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
+
+/// A `[batch, seq, heads, width]` view with unit stride on `width`.
+#[derive(Debug, Clone, Copy)]
+pub struct Heads<'a, T> {
+    data: &'a [T],
+    offset: usize,
+    /// Strides of batch, seq, head.
+    strides: [usize; 3],
+    /// Sizes of batch, seq, heads, width.
+    dims: [usize; 4],
+}
+
+impl<'a, T> Heads<'a, T> {
+    /// A view of `data` starting at `offset`.
+    ///
+    /// # Panics
+    ///
+    /// When the last element the view addresses lies outside `data`.
+    pub fn new(data: &'a [T], offset: usize, strides: [usize; 3], dims: [usize; 4]) -> Self {
+        let [b, s, h, w] = dims;
+        if b * s * h * w > 0 {
+            let last =
+                offset + (b - 1) * strides[0] + (s - 1) * strides[1] + (h - 1) * strides[2] + w;
+            assert!(
+                last <= data.len(),
+                "attention view {dims:?} with strides {strides:?} at {offset} overruns {} elements",
+                data.len()
+            );
+        }
+        Heads {
+            data,
+            offset,
+            strides,
+            dims,
+        }
+    }
+
+    /// A contiguous `[batch, seq, heads, width]` tensor's view.
+    pub fn contiguous(data: &'a [T], dims: [usize; 4]) -> Self {
+        let [_, s, h, w] = dims;
+        Heads::new(data, 0, [s * h * w, h * w, w], dims)
+    }
+
+    /// Sizes `[batch, seq, heads, width]`.
+    pub fn dims(&self) -> [usize; 4] {
+        self.dims
+    }
+
+    /// Pointer to row 0 of head `(b, h)` and the stride between its rows.
+    fn head(&self, b: usize, h: usize) -> (*const T, usize) {
+        let at = self.offset + b * self.strides[0] + h * self.strides[2];
+        (self.data[at..].as_ptr(), self.strides[1])
+    }
+}
+
+/// What the kernel needs besides the tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct Params<'a, T> {
+    /// Multiplies the scores (usually 1/sqrt(d_head)).
+    pub scale: T,
+    /// Query `i` sees key `j` only when `j <= i + seq_k - seq_q`.
+    pub causal: bool,
+    /// Additive `[seq_q, seq_k]` mask, the same for every batch and head.
+    pub mask: Option<&'a [T]>,
+}
+
+/// `dst[m×n] (row stride dst_rs) = alpha·dst + beta·lhs·rhs`, all row-major with the given
+/// (row, column) strides.
+///
+/// # Safety
+///
+/// Every pointer must address its whole matrix: `lhs` `m×k`, `rhs` `k×n`, `dst` `m×n`, with
+/// the strides given, and `dst` must not alias the others.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mm<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut T,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const T, usize, usize),
+    rhs: (*const T, usize, usize),
+    beta: T,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the caller's contract; gemm reads lhs/rhs and writes dst within these strides.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.0,
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0,
+            rhs.2 as isize,
+            rhs.1 as isize,
+            T::ONE,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Last key (exclusive) any row of the block `[r0, r1)` may see.
+fn key_end(r1: usize, tq: usize, tk: usize, causal: bool) -> usize {
+    if causal { (r1 + tk - tq).min(tk) } else { tk }
+}
+
+/// Fills `s[r, j]` (row stride `n`) with `scale · q_r · k_j` + mask for rows `r0..r1` and keys
+/// `0..n`, and -inf where causality hides a key.
+#[allow(clippy::too_many_arguments)]
+fn scores<T: Real>(
+    s: &mut [T],
+    q: (*const T, usize),
+    k: (*const T, usize),
+    r0: usize,
+    r1: usize,
+    n: usize,
+    width: usize,
+    tq: usize,
+    tk: usize,
+    p: &Params<'_, T>,
+) {
+    let rows = r1 - r0;
+    // SAFETY: q rows r0..r1 and k rows 0..n lie inside their views (checked by `Heads::new`
+    // and n <= tk); s holds rows × n elements.
+    unsafe {
+        mm(
+            rows,
+            n,
+            width,
+            s.as_mut_ptr(),
+            n,
+            false,
+            (q.0.add(r0 * q.1), q.1, 1),
+            (k.0, 1, k.1),
+            p.scale,
+        );
+    }
+    for r in 0..rows {
+        let row = &mut s[r * n..(r + 1) * n];
+        let i = r0 + r;
+        if let Some(mask) = p.mask {
+            for (x, m) in row.iter_mut().zip(&mask[i * tk..i * tk + n]) {
+                *x += *m;
+            }
+        }
+        if p.causal {
+            let visible = (i + tk - tq + 1).min(n);
+            for x in &mut row[visible..] {
+                *x = T::NEG_INF;
+            }
+        }
+    }
+}
+
+/// Forward of one head: `o` (`[seq_q, width_v]`, contiguous) and `lse` (`[seq_q]`).
+fn forward_head<T: Real>(
+    q: (*const T, usize),
+    k: (*const T, usize),
+    v: (*const T, usize),
+    [tq, tk, dh, dv]: [usize; 4],
+    p: &Params<'_, T>,
+    o: &mut [T],
+    lse: &mut [T],
+) {
+    let mut s = vec![T::ZERO; BLOCK.min(tq) * tk];
+    for r0 in (0..tq).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(tq);
+        let n = key_end(r1, tq, tk, p.causal);
+        let rows = r1 - r0;
+        let s = &mut s[..rows * n];
+        scores(s, q, k, r0, r1, n, dh, tq, tk, p);
+        let mut inv = [T::ZERO; BLOCK];
+        for r in 0..rows {
+            let row = &mut s[r * n..(r + 1) * n];
+            let m = row
+                .iter()
+                .copied()
+                .fold(T::NEG_INF, |a, b| if b > a { b } else { a });
+            if m == T::NEG_INF {
+                // Every key is masked: the output row is 0 and backward passes nothing.
+                row.iter_mut().for_each(|x| *x = T::ZERO);
+                lse[r0 + r] = T::NEG_INF;
+                continue;
+            }
+            let mut l = T::ZERO;
+            for x in row.iter_mut() {
+                *x = (*x - m).exp();
+                l += *x;
+            }
+            lse[r0 + r] = m + l.ln();
+            inv[r] = T::ONE / l;
+        }
+        let ob = &mut o[r0 * dv..r1 * dv];
+        // SAFETY: s is rows × n, v rows 0..n lie in the view, ob is rows × dv.
+        unsafe {
+            mm(
+                rows,
+                dv,
+                n,
+                ob.as_mut_ptr(),
+                dv,
+                false,
+                (s.as_ptr(), n, 1),
+                (v.0, v.1, 1),
+                T::ONE,
+            )
+        };
+        for r in 0..rows {
+            for x in &mut ob[r * dv..(r + 1) * dv] {
+                *x = *x * inv[r];
+            }
+        }
+    }
+}
+
+/// Forward attention. Returns `o` (`[batch, seq_q, heads, width_v]`) and `lse`
+/// (`[batch, heads, seq_q]`).
+///
+/// # Panics
+///
+/// When the views disagree on batch or heads, keys and values on length, queries and keys on
+/// width, a causal call has more queries than keys, or the mask is not `seq_q × seq_k`.
+pub fn forward<T: Real>(
+    q: Heads<'_, T>,
+    k: Heads<'_, T>,
+    v: Heads<'_, T>,
+    p: Params<'_, T>,
+) -> (Vec<T>, Vec<T>) {
+    let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
+    let mut o = vec![T::ZERO; b * tq * h * dv];
+    let mut lse = vec![T::ZERO; b * h * tq];
+    let heads: Vec<(Vec<T>, Vec<T>)> = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let mut oh = vec![T::ZERO; tq * dv];
+            let mut lh = vec![T::ZERO; tq];
+            forward_head(
+                q.head(bi, hi),
+                k.head(bi, hi),
+                v.head(bi, hi),
+                [tq, tk, dh, dv],
+                &p,
+                &mut oh,
+                &mut lh,
+            );
+            (oh, lh)
+        })
+        .collect();
+    for (bh, (oh, lh)) in heads.into_iter().enumerate() {
+        let (bi, hi) = (bh / h, bh % h);
+        for t in 0..tq {
+            let at = ((bi * tq + t) * h + hi) * dv;
+            o[at..at + dv].copy_from_slice(&oh[t * dv..(t + 1) * dv]);
+        }
+        lse[bh * tq..(bh + 1) * tq].copy_from_slice(&lh);
+    }
+    (o, lse)
+}
+
+fn check<T>(
+    q: &Heads<'_, T>,
+    k: &Heads<'_, T>,
+    v: &Heads<'_, T>,
+    p: &Params<'_, T>,
+) -> ([usize; 4], [usize; 4]) {
+    let ([b, tq, h, dh], [bk, tk, hk, dk], [bv, tv, hv, dv]) = (q.dims, k.dims, v.dims);
+    assert!(
+        b == bk && b == bv && h == hk && h == hv && tk == tv && dh == dk,
+        "attention shapes disagree: q {:?}, k {:?}, v {:?} (as [batch, seq, heads, width])",
+        q.dims,
+        k.dims,
+        v.dims
+    );
+    assert!(
+        !p.causal || tq <= tk,
+        "causal attention needs seq_q {tq} <= seq_k {tk}"
+    );
+    if let Some(m) = p.mask {
+        assert_eq!(
+            m.len(),
+            tq * tk,
+            "the mask must be [seq_q, seq_k] = [{tq}, {tk}]"
+        );
+    }
+    ([b, tq, h, dh], [b, tk, h, dv])
+}
+
+/// Backward of one head into contiguous `dq [seq_q, dh]`, `dk [seq_k, dh]`, `dv [seq_k, dv]`.
+#[allow(clippy::too_many_arguments)]
+fn backward_head<T: Real>(
+    q: (*const T, usize),
+    k: (*const T, usize),
+    v: (*const T, usize),
+    o: (*const T, usize),
+    d_o: (*const T, usize),
+    lse: &[T],
+    [tq, tk, dh, dv]: [usize; 4],
+    p: &Params<'_, T>,
+    dq: &mut [T],
+    dk: &mut [T],
+    dvv: &mut [T],
+) {
+    // D_i = dO_i · O_i, the softmax backward's row correction.
+    let d: Vec<T> = (0..tq)
+        .map(|i| {
+            let mut acc = T::ZERO;
+            for c in 0..dv {
+                // SAFETY: row i, column c lies in the o and dO views.
+                unsafe { acc += *o.0.add(i * o.1 + c) * *d_o.0.add(i * d_o.1 + c) };
+            }
+            acc
+        })
+        .collect();
+    let mut s = vec![T::ZERO; BLOCK.min(tq) * tk];
+    let mut dp = vec![T::ZERO; BLOCK.min(tq) * tk];
+    for r0 in (0..tq).step_by(BLOCK) {
+        let r1 = (r0 + BLOCK).min(tq);
+        let n = key_end(r1, tq, tk, p.causal);
+        let rows = r1 - r0;
+        let (s, dp) = (&mut s[..rows * n], &mut dp[..rows * n]);
+        scores(s, q, k, r0, r1, n, dh, tq, tk, p);
+        for r in 0..rows {
+            let l = lse[r0 + r];
+            for x in &mut s[r * n..(r + 1) * n] {
+                *x = if l == T::NEG_INF {
+                    T::ZERO
+                } else {
+                    (*x - l).exp()
+                };
+            }
+        }
+        let dob = (d_o.0.wrapping_add(r0 * d_o.1), d_o.1);
+        // SAFETY (all products below): every operand is a block of a view or buffer whose
+        // extent was checked: s/dp rows × n, dO rows r0..r1, q rows r0..r1, k/v rows 0..n,
+        // dq rows r0..r1, dk/dv rows 0..n.
+        unsafe {
+            // dV[0..n] += P^T dO_blk
+            mm(
+                n,
+                dv,
+                rows,
+                dvv.as_mut_ptr(),
+                dv,
+                true,
+                (s.as_ptr(), 1, n),
+                (dob.0, dob.1, 1),
+                T::ONE,
+            );
+            // dP = dO_blk V^T
+            mm(
+                rows,
+                n,
+                dv,
+                dp.as_mut_ptr(),
+                n,
+                false,
+                (dob.0, dob.1, 1),
+                (v.0, 1, v.1),
+                T::ONE,
+            );
+        }
+        for r in 0..rows {
+            let di = d[r0 + r];
+            for (g, pr) in dp[r * n..(r + 1) * n]
+                .iter_mut()
+                .zip(&s[r * n..(r + 1) * n])
+            {
+                *g = *pr * (*g - di);
+            }
+        }
+        unsafe {
+            // dQ_blk = scale dS K[0..n]
+            mm(
+                rows,
+                dh,
+                n,
+                dq[r0 * dh..].as_mut_ptr(),
+                dh,
+                false,
+                (dp.as_ptr(), n, 1),
+                (k.0, k.1, 1),
+                p.scale,
+            );
+            // dK[0..n] += scale dS^T Q_blk
+            mm(
+                n,
+                dh,
+                rows,
+                dk.as_mut_ptr(),
+                dh,
+                true,
+                (dp.as_ptr(), 1, n),
+                (q.0.add(r0 * q.1), q.1, 1),
+                p.scale,
+            );
+        }
+    }
+}
+
+/// Backward attention from the forward's `o` and `lse` and the output gradient `d_o`.
+/// Returns `(dq, dk, dv)`, each contiguous `[batch, seq, heads, width]`.
+///
+/// # Panics
+///
+/// As [`forward`], and when `o`, `d_o` or `lse` do not match the forward's shapes.
+pub fn backward<T: Real>(
+    q: Heads<'_, T>,
+    k: Heads<'_, T>,
+    v: Heads<'_, T>,
+    o: Heads<'_, T>,
+    d_o: Heads<'_, T>,
+    lse: &[T],
+    p: Params<'_, T>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
+    assert!(
+        o.dims == [b, tq, h, dv] && d_o.dims == [b, tq, h, dv] && lse.len() == b * h * tq,
+        "attention backward: o {:?}, d_o {:?}, lse {} do not match [batch, seq_q, heads, width_v] = {:?}",
+        o.dims,
+        d_o.dims,
+        lse.len(),
+        [b, tq, h, dv]
+    );
+    let heads: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..b * h)
+        .into_par_iter()
+        .map(|bh| {
+            let (bi, hi) = (bh / h, bh % h);
+            let mut dq = vec![T::ZERO; tq * dh];
+            let mut dk = vec![T::ZERO; tk * dh];
+            let mut dvv = vec![T::ZERO; tk * dv];
+            backward_head(
+                q.head(bi, hi),
+                k.head(bi, hi),
+                v.head(bi, hi),
+                o.head(bi, hi),
+                d_o.head(bi, hi),
+                &lse[bh * tq..(bh + 1) * tq],
+                [tq, tk, dh, dv],
+                &p,
+                &mut dq,
+                &mut dk,
+                &mut dvv,
+            );
+            (dq, dk, dvv)
+        })
+        .collect();
+    let mut dq = vec![T::ZERO; b * tq * h * dh];
+    let mut dk = vec![T::ZERO; b * tk * h * dh];
+    let mut dvv = vec![T::ZERO; b * tk * h * dv];
+    for (bh, (hq, hk, hv)) in heads.into_iter().enumerate() {
+        let (bi, hi) = (bh / h, bh % h);
+        scatter(&mut dq, &hq, bi, hi, tq, h, dh);
+        scatter(&mut dk, &hk, bi, hi, tk, h, dh);
+        scatter(&mut dvv, &hv, bi, hi, tk, h, dv);
+    }
+    (dq, dk, dvv)
+}
+
+/// Copies one head's contiguous `[seq, width]` rows into a `[batch, seq, heads, width]` buffer.
+fn scatter<T: Copy>(
+    dst: &mut [T],
+    src: &[T],
+    b: usize,
+    h: usize,
+    seq: usize,
+    heads: usize,
+    width: usize,
+) {
+    for t in 0..seq {
+        let at = ((b * seq + t) * heads + h) * width;
+        dst[at..at + width].copy_from_slice(&src[t * width..(t + 1) * width]);
+    }
+}

@@ -1,0 +1,370 @@
+//! Memory-efficient attention: no `[batch, heads, seq, seq]` tensor survives the forward pass.
+//!
+//! [`fused_attention`] computes `softmax(scale · q kᵀ + mask) v` in tiles of query rows with
+//! the whole key range of a row at once (an exact softmax per tile, no running rescale), keeps
+//! for backward only `q`, `k`, `v`, the output and one log-sum-exp per row, and recomputes the
+//! scores tile by tile in backward (FlashAttention-2's backward: Dao, 2023,
+//! <https://arxiv.org/abs/2307.08691>; Rabe & Staats, 2021, <https://arxiv.org/abs/2112.05682>).
+//!
+//! Two implementations share one autodiff op:
+//!
+//! - on Flex, a kernel over slices ([`kernel`]): tiles of [`kernel::BLOCK`] query rows, one
+//!   rayon task per (batch, head), products by the `gemm` crate, causal tiles skip the hidden
+//!   keys entirely;
+//! - on any other backend, the same algorithm written with the backend's tensor ops in chunks
+//!   of [`CHUNK`] query rows ([`generic`]), so GPU backends get the memory saving too.
+//!
+//! Tensors are laid out `[batch, seq, heads, d_head]`, the layout a fused QKV projection
+//! produces, so `q`, `k` and `v` can be views into it and the output reshapes to
+//! `[batch, seq, d_model]` without a copy.
+//!
+//! # Memory
+//!
+//! Kept for backward: `q`, `k`, `v` (views: whatever storage they share is kept once), the
+//! output `[b, t, h, dh]` (shared with the next layer's input) and the log-sum-exp
+//! `[b, h, t]`: `4 b h t` bytes beyond what a linear layer after it keeps anyway. The plain
+//! [`reference_attention`] keeps `4 (3 b h t² + b h t)` bytes on top (scores, their exp, the
+//! probabilities, the row sums).
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use memtrain::attention::{AttentionParams, fused_attention, reference_attention};
+//! let device = Device::flex();
+//! let [q, k, v] = [0, 1, 2].map(|_| Tensor::<4>::random([2, 10, 3, 8], Distribution::Default, &device));
+//! let params = AttentionParams::causal();
+//! let fused = fused_attention(q.clone(), k.clone(), v.clone(), None, params);
+//! let plain = reference_attention(q, k, v, None, params);
+//! assert!(fused.all_close(plain, Some(1e-4), Some(1e-5)));
+//! ```
+
+mod generic;
+pub mod kernel;
+
+use burn::backend::Backend;
+use burn::backend::Dispatch;
+use burn::backend::backend_extension;
+use burn::backend::tensor::FloatTensor;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+
+pub use generic::CHUNK;
+
+/// How attention is computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionParams {
+    /// Query `i` sees key `j` only when `j <= i + seq_k - seq_q` (the last query sees every
+    /// key).
+    pub causal: bool,
+    /// Multiplies the scores; `None` means `1 / sqrt(d_head)`.
+    pub scale: Option<f32>,
+}
+
+impl AttentionParams {
+    /// Causal, scaled by `1 / sqrt(d_head)`.
+    pub fn causal() -> Self {
+        AttentionParams {
+            causal: true,
+            scale: None,
+        }
+    }
+
+    /// Every query sees every key, scaled by `1 / sqrt(d_head)`.
+    pub fn full() -> Self {
+        AttentionParams {
+            causal: false,
+            scale: None,
+        }
+    }
+
+    fn scale_for(&self, d_head: usize) -> f32 {
+        self.scale.unwrap_or(1.0 / (d_head as f32).sqrt())
+    }
+}
+
+impl Default for AttentionParams {
+    fn default() -> Self {
+        Self::causal()
+    }
+}
+
+/// The two halves of the fused op on one backend: the forward with its log-sum-exp, and the
+/// recomputing backward. The defaults are the backend-generic [`generic`] path; Flex
+/// overrides both with the slice kernel.
+pub trait FusedAttentionKernel: Backend {
+    /// The output `[b, tq, h, dv]` and the log-sum-exp of every score row `[b, h, tq]`.
+    fn fused_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        generic::forward::<Self>(q, k, v, mask, scale, causal)
+    }
+
+    /// Gradients `(dq, dk, dv)` from the forward's output, log-sum-exp and the output
+    /// gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: Option<FloatTensor<Self>>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        generic::backward::<Self>(q, k, v, mask, o, lse, d_o, scale, causal)
+    }
+}
+
+mod flex;
+
+/// The fused attention op as a burn backend extension: routed to Flex for inference and to
+/// `Autodiff` for training, where the backward recomputes scores instead of keeping them.
+#[backend_extension(Flex, Autodiff)]
+pub trait FusedAttentionBackend: Backend {
+    /// Attention without a mask (see [`fused_attention`]).
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Attention with an additive `[tq, tk]` mask (see [`fused_attention`]).
+    fn fused_attention_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self>;
+}
+
+impl FusedAttentionBackend for burn::backend::Flex {
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        Self::fused_attention_forward(q, k, v, None, scale, causal).0
+    }
+
+    fn fused_attention_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        Self::fused_attention_forward(q, k, v, Some(mask), scale, causal).0
+    }
+}
+
+impl<B: Backend + FusedAttentionKernel, C: CheckpointStrategy> FusedAttentionBackend
+    for Autodiff<B, C>
+{
+    fn fused_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(q, k, v, None, scale, causal)
+    }
+
+    fn fused_attention_masked(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        tracked::<B, C>(q, k, v, Some(mask), scale, causal)
+    }
+}
+
+#[derive(Debug)]
+struct FusedAttentionBackward {
+    scale: f32,
+    causal: bool,
+}
+
+/// What the backward keeps: q, k, v, the mask, the output and the log-sum-exp.
+type Saved<B> = (
+    FloatTensor<B>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+    Option<FloatTensor<B>>,
+    FloatTensor<B>,
+    FloatTensor<B>,
+);
+
+impl<B: Backend + FusedAttentionKernel> Backward<B, 3> for FusedAttentionBackward {
+    type State = Saved<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_q, node_k, node_v] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (q, k, v, mask, o, lse) = ops.state;
+        let (dq, dk, dv) =
+            B::fused_attention_backward(q, k, v, mask, o, lse, d_o, self.scale, self.causal);
+        for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+fn tracked<B: Backend + FusedAttentionKernel, C: CheckpointStrategy>(
+    q: FloatTensor<Autodiff<B, C>>,
+    k: FloatTensor<Autodiff<B, C>>,
+    v: FloatTensor<Autodiff<B, C>>,
+    mask: Option<FloatTensor<Autodiff<B, C>>>,
+    scale: f32,
+    causal: bool,
+) -> FloatTensor<Autodiff<B, C>> {
+    // The mask is a constant: its gradient is never needed.
+    let mask = mask.map(|m| m.primitive().clone());
+    let op = FusedAttentionBackward { scale, causal };
+    let (qp, kp, vp) = (
+        q.primitive().clone(),
+        k.primitive().clone(),
+        v.primitive().clone(),
+    );
+    match op
+        .prepare::<C>([q.node(), k.node(), v.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let (o, lse) = B::fused_attention_forward(
+                qp.clone(),
+                kp.clone(),
+                vp.clone(),
+                mask.clone(),
+                scale,
+                causal,
+            );
+            prep.finish((qp, kp, vp, mask, o.clone(), lse), o)
+        }
+        OpsKind::UnTracked(prep) => {
+            prep.finish(B::fused_attention_forward(qp, kp, vp, mask, scale, causal).0)
+        }
+    }
+}
+
+fn check_shapes(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: Option<&Tensor<2>>,
+    params: &AttentionParams,
+) {
+    let ([b, tq, h, dh], [bk, tk, hk, dk], [bv, tv, hv, _]) = (q.dims(), k.dims(), v.dims());
+    assert!(
+        b == bk && b == bv && h == hk && h == hv && tk == tv && dh == dk,
+        "attention shapes disagree: q {:?}, k {:?}, v {:?} (as [batch, seq, heads, d_head])",
+        q.dims(),
+        k.dims(),
+        v.dims()
+    );
+    assert!(
+        !params.causal || tq <= tk,
+        "causal attention needs seq_q {tq} <= seq_k {tk}"
+    );
+    if let Some(m) = mask {
+        assert_eq!(m.dims(), [tq, tk], "the mask must be [seq_q, seq_k]");
+    }
+}
+
+/// Memory-efficient attention: `q [b, tq, h, dh]`, `k [b, tk, h, dh]`, `v [b, tk, h, dv]`,
+/// an optional additive `mask [tq, tk]` (the same for every batch and head; `-inf` hides a
+/// key), to `[b, tq, h, dv]`.
+///
+/// Gradients flow to `q`, `k` and `v`; the mask is treated as a constant. A query row whose
+/// keys are all hidden gets output 0 on Flex (the plain softmax would give NaN).
+///
+/// # Memory
+///
+/// See the [module documentation](self): nothing quadratic in the sequence is kept.
+///
+/// # Panics
+///
+/// When the shapes disagree (the message names them), or a causal call has more queries than
+/// keys.
+pub fn fused_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<2>>,
+    params: AttentionParams,
+) -> Tensor<4> {
+    check_shapes(&q, &k, &v, mask.as_ref(), &params);
+    let scale = params.scale_for(q.dims()[3]);
+    let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
+    Tensor::from_dispatch(match mask {
+        None => <Dispatch as FusedAttentionBackend>::fused_attention(q, k, v, scale, params.causal),
+        Some(m) => <Dispatch as FusedAttentionBackend>::fused_attention_masked(
+            q,
+            k,
+            v,
+            m.into_dispatch(),
+            scale,
+            params.causal,
+        ),
+    })
+}
+
+/// Plain attention, as burn-nn's `MultiHeadAttention` computes it (matmul, scale, additive
+/// mask, softmax, matmul), in the layout of [`fused_attention`]: the oracle it is tested
+/// against, and the `attn=exact` policy.
+///
+/// # Memory
+///
+/// Under autodiff it keeps the scores minus their row maximum, their exponential and the
+/// probabilities (`[b, h, tq, tk]` each) and the row sums `[b, h, tq, 1]`, besides its inputs.
+pub fn reference_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Option<Tensor<2>>,
+    params: AttentionParams,
+) -> Tensor<4> {
+    check_shapes(&q, &k, &v, mask.as_ref(), &params);
+    let ([_, tq, _, dh], tk) = (q.dims(), k.dims()[1]);
+    let device = q.device();
+    let (q, k, v) = (q.swap_dims(1, 2), k.swap_dims(1, 2), v.swap_dims(1, 2));
+    let mut scores = q.matmul(k.transpose()).mul_scalar(params.scale_for(dh));
+    if let Some(mask) = mask {
+        scores = scores + mask.unsqueeze::<4>();
+    }
+    if params.causal {
+        scores = scores + causal_bias(tq, tk, &device).unsqueeze::<4>();
+    }
+    softmax(scores, 3).matmul(v).swap_dims(1, 2)
+}
+
+/// `[tq, tk]` additive mask: 0 where query `i` may see key `j` (`j <= i + tk - tq`), -inf
+/// elsewhere.
+pub fn causal_bias(tq: usize, tk: usize, device: &Device) -> Tensor<2> {
+    Tensor::<1>::from_floats(generic::causal_rows(0, tq, tq, tk).as_slice(), device)
+        .reshape([tq, tk])
+}
