@@ -104,7 +104,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let config = BenchConfig {
         preset,
         batch: args.common.batch.unwrap_or(8),
-        seq: args.common.seq.unwrap_or(preset.config(256).max_seq),
+        seq: args
+            .common
+            .seq
+            .unwrap_or(args.common.max_seq.unwrap_or(preset.config(256).max_seq)),
+        max_seq: args.common.max_seq,
         policies,
         steps: args.steps,
         seed: args.common.seed,
@@ -114,6 +118,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut check = memtrain::train::TrainConfig::new(preset);
     check.batch = config.batch;
     check.seq = config.seq;
+    check.max_seq = config.max_seq;
     check.lr = config.lr;
     check.validate()?;
     let (text, _) = load_text(args.common.data.as_ref())?;
@@ -136,7 +141,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         config.preset, config.batch, config.seq, config.steps
     );
     print_table(&rows);
-    let model = preset.config(Tokenizer::Byte.vocab_size());
+    let model = check.model_config();
     println!("activation_bytes measured vs analytic (memtrain::memory::model_saved):");
     for (row, policy) in rows.iter().zip(&config.policies) {
         let analytic = memtrain::memory::total_bytes(&memtrain::memory::model_saved(

@@ -41,9 +41,12 @@ struct Common {
     /// Sequences per step.
     #[arg(long)]
     batch: Option<usize>,
-    /// Tokens per sequence; default and maximum: the preset's max_seq.
+    /// Tokens per sequence; default and maximum: the model's max_seq.
     #[arg(long)]
     seq: Option<usize>,
+    /// Length of the learned position table (default: the preset's: 64, 256, 1024).
+    #[arg(long)]
+    max_seq: Option<usize>,
     /// AdamW learning rate.
     #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     lr: f64,

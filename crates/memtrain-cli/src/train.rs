@@ -88,7 +88,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         let mut config = TrainConfig::new(preset);
         config.tokenizer = tokenizer;
         config.batch = args.common.batch.unwrap_or(16);
-        config.seq = args.common.seq.unwrap_or(config.seq);
+        config.max_seq = args.common.max_seq;
+        config.seq = args.common.seq.unwrap_or(config.model_config().max_seq);
         config.lr = args.common.lr;
         config.warmup = args.warmup;
         config.seed = args.common.seed;

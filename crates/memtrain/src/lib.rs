@@ -7,6 +7,9 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`memory`] | the counting allocator, [`memory::MemoryReport`], the analytic formulas |
+//! | [`attention`] | fused attention: no `[seq, seq]` tensor kept (`attn=memeff`) |
+//! | [`activation`] | inverted activations: keep the output and a bit (`act=inverted`) |
+//! | [`norm`] | output-saving LayerNorm (`norm=output`) |
 //! | [`model`] | the reference GPT-2 and the [`model::MemoryPolicy`] that chooses each part |
 //! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
 //! | [`train`] | the measured training step, checkpoints, the policy bench |
@@ -30,11 +33,22 @@
 //! assert!(stats.loss.is_finite());
 //! ```
 
+pub mod activation;
 pub mod attention;
 pub mod data;
 mod error;
 pub mod memory;
 pub mod model;
+pub mod norm;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// Whether tensors on `device` (with or without autodiff) run on Flex, where memtrain's custom
+/// ops are routed. On other backends the ops fall back to burn's own.
+pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
+    matches!(
+        device.clone().without_autodiff().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    )
+}

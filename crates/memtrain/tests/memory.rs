@@ -28,7 +28,7 @@ fn tensors_per_gpt(c: &GptConfig) -> usize {
 
 #[test]
 fn should_raise_live_bytes_by_the_size_of_a_new_tensor() {
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     assert!(memory::is_installed());
     let device = Device::flex();
     let warm = Tensor::<2>::zeros([8, 8], &device);
@@ -56,7 +56,7 @@ fn data_for(seq: usize) -> Dataset {
 
 #[test]
 fn should_match_param_and_adamw_formulas() {
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let device = Device::flex().autodiff();
     for (preset, batch, seq) in [(Preset::Tiny, 4, 32), (Preset::Small, 1, 16)] {
         let mut cfg = TrainConfig::new(preset);
@@ -122,14 +122,32 @@ fn check_activation_estimate(spec: &str) {
 
 #[test]
 fn should_match_the_activation_estimate_plain() {
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     check_activation_estimate("");
 }
 
 #[test]
 fn should_match_the_activation_estimate_memeff_attention() {
-    let _g = SERIAL.lock().unwrap();
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     check_activation_estimate("attn=memeff");
+}
+
+#[test]
+fn should_match_the_activation_estimate_inverted_gelu() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    check_activation_estimate("act=inverted");
+}
+
+#[test]
+fn should_match_the_activation_estimate_output_layernorm() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    check_activation_estimate("norm=output");
+}
+
+#[test]
+fn should_match_the_activation_estimate_all_exact_savers() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    check_activation_estimate("act=inverted,norm=output,attn=memeff");
 }
 
 #[test]

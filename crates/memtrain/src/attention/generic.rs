@@ -77,7 +77,7 @@ fn chunk_scores<B: Backend>(
     s
 }
 
-/// See [`super::FusedAttentionBackend::fused_attention_forward`].
+/// See [`super::FusedAttentionKernel::fused_attention_forward`].
 pub fn forward<B: Backend>(
     q: FloatTensor<B>,
     k: FloatTensor<B>,
@@ -106,7 +106,7 @@ pub fn forward<B: Backend>(
     (o, lse)
 }
 
-/// See [`super::FusedAttentionBackend::fused_attention_backward`].
+/// See [`super::FusedAttentionKernel::fused_attention_backward`].
 #[allow(clippy::too_many_arguments)]
 pub fn backward<B: Backend>(
     q: FloatTensor<B>,

@@ -11,8 +11,10 @@
 //! - on Flex, a kernel over slices ([`kernel`]): tiles of [`kernel::BLOCK`] query rows, one
 //!   rayon task per (batch, head), products by the `gemm` crate, causal tiles skip the hidden
 //!   keys entirely;
-//! - on any other backend, the same algorithm written with the backend's tensor ops in chunks
-//!   of [`CHUNK`] query rows ([`generic`]), so GPU backends get the memory saving too.
+//! - the same algorithm written with a backend's own tensor ops in chunks of [`CHUNK`] query
+//!   rows ([`generic`]), the default of [`FusedAttentionKernel`] for any backend that routes
+//!   the extension. Only Flex is routed in this release: elsewhere [`fused_attention`] falls
+//!   back to [`reference_attention`].
 //!
 //! Tensors are laid out `[batch, seq, heads, d_head]`, the layout a fused QKV projection
 //! produces, so `q`, `k` and `v` can be views into it and the output reshapes to
@@ -37,7 +39,7 @@
 //! assert!(fused.all_close(plain, Some(1e-4), Some(1e-5)));
 //! ```
 
-mod generic;
+pub mod generic;
 pub mod kernel;
 
 use burn::backend::Backend;
@@ -302,6 +304,10 @@ fn check_shapes(
 /// Gradients flow to `q`, `k` and `v`; the mask is treated as a constant. A query row whose
 /// keys are all hidden gets output 0 on Flex (the plain softmax would give NaN).
 ///
+/// The op is routed on Flex (with or without autodiff). On other backends this function
+/// falls back to [`reference_attention`]; the chunked [`generic`] implementation of
+/// [`FusedAttentionKernel`] is there for a backend that routes the extension.
+///
 /// # Memory
 ///
 /// See the [module documentation](self): nothing quadratic in the sequence is kept.
@@ -318,6 +324,9 @@ pub fn fused_attention(
     params: AttentionParams,
 ) -> Tensor<4> {
     check_shapes(&q, &k, &v, mask.as_ref(), &params);
+    if !crate::on_flex(&q.device()) {
+        return reference_attention(q, k, v, mask, params);
+    }
     let scale = params.scale_for(q.dims()[3]);
     let (q, k, v) = (q.into_dispatch(), k.into_dispatch(), v.into_dispatch());
     Tensor::from_dispatch(match mask {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use meter::{CountingAllocator, Region, is_installed, live_bytes, peak_bytes, reset_peak};
 
-use crate::model::{AttnPolicy, BlockPolicy, GptConfig, MemoryPolicy};
+use crate::model::{ActPolicy, AttnPolicy, BlockPolicy, GptConfig, MemoryPolicy, NormPolicy};
 
 /// Bytes of one f32.
 pub const F32: usize = 4;
@@ -89,8 +89,13 @@ impl SavedTensor {
 /// (`b t = 2048`, `d = 384`, `h = 6`, `t = 256`) that is 94.5 MB a block, 40% of it in the
 /// three `[b, h, t, t]` tensors. Weights are shared with the parameters and cost nothing.
 ///
-/// `attn=memeff` replaces the four softmax rows by one log-sum-exp `[b, h, t]`, and its output
-/// is the merged heads (a view), so the block keeps `4 (18 b t d + b h t + 4 b t)` bytes.
+/// Variants change single rows:
+///
+/// - `attn=memeff` replaces the four softmax rows by one log-sum-exp `[b, h, t]` (its output
+///   is the merged heads): `- 4 (3 b h t²)` bytes.
+/// - `act=inverted` replaces the GELU input by its branch bits: `- 4 b t 4d (1 - 1/32)`.
+/// - `norm=output` replaces each LayerNorm's four rows by `rstd [b, t, 1]`:
+///   `- 4 (2 b t d + b t)` per LayerNorm.
 pub fn block_saved(
     config: &GptConfig,
     policy: &BlockPolicy,
@@ -98,60 +103,55 @@ pub fn block_saved(
     seq: usize,
 ) -> Vec<SavedTensor> {
     let (b, t, d, h) = (batch, seq, config.d_model, config.n_heads);
+    let f32 = SavedTensor::f32;
     let mut v = Vec::new();
-    let layernorm = |v: &mut Vec<SavedTensor>| {
-        v.push(SavedTensor::f32("layernorm: centred input", &[b, t, d]));
-        v.push(SavedTensor::f32("layernorm: normalised input", &[b, t, d]));
-        v.push(SavedTensor::f32("layernorm: variance + eps", &[b, t, 1]));
-        v.push(SavedTensor::f32("layernorm: its square root", &[b, t, 1]));
-    };
-    layernorm(&mut v);
-    v.push(SavedTensor::f32(
-        "qkv linear: input (ln1 output)",
-        &[b, t, d],
-    ));
-    v.push(SavedTensor::f32(
+    layernorm_saved(&mut v, policy.norm, b * t, d);
+    v.push(f32("qkv linear: input (ln1 output)", &[b, t, d]));
+    v.push(f32(
         "attention: QKV output (q, k, v are views)",
         &[b, t, 3 * d],
     ));
     match policy.attn {
         AttnPolicy::Exact => {
-            v.push(SavedTensor::f32(
+            v.push(f32(
                 "softmax: scores minus row max (exp input)",
                 &[b, h, t, t],
             ));
-            v.push(SavedTensor::f32(
-                "softmax: exp of the scores",
-                &[b, h, t, t],
-            ));
-            v.push(SavedTensor::f32("softmax: row sums", &[b, h, t, 1]));
-            v.push(SavedTensor::f32(
+            v.push(f32("softmax: exp of the scores", &[b, h, t, t]));
+            v.push(f32("softmax: row sums", &[b, h, t, 1]));
+            v.push(f32(
                 "attention: probabilities (PV matmul input)",
                 &[b, h, t, t],
             ));
         }
-        AttnPolicy::Memeff => {
-            v.push(SavedTensor::f32(
-                "fused attention: log-sum-exp per row",
-                &[b, h, t],
-            ));
-        }
+        AttnPolicy::Memeff => v.push(f32("fused attention: log-sum-exp per row", &[b, h, t])),
     }
-    v.push(SavedTensor::f32(
-        "attention proj: input (merged heads)",
-        &[b, t, d],
-    ));
-    layernorm(&mut v);
-    v.push(SavedTensor::f32(
-        "fc linear: input (ln2 output)",
-        &[b, t, d],
-    ));
-    v.push(SavedTensor::f32("gelu: input", &[b, t, 4 * d]));
-    v.push(SavedTensor::f32(
-        "mlp proj linear: input (gelu output)",
-        &[b, t, 4 * d],
-    ));
+    v.push(f32("attention proj: input (merged heads)", &[b, t, d]));
+    layernorm_saved(&mut v, policy.norm, b * t, d);
+    v.push(f32("fc linear: input (ln2 output)", &[b, t, d]));
+    match policy.act {
+        ActPolicy::Exact => v.push(f32("gelu: input", &[b, t, 4 * d])),
+        ActPolicy::Inverted => v.push(SavedTensor {
+            name: "inverted gelu: branch bits, 8 a byte",
+            shape: vec![(b * t * 4 * d).div_ceil(8)],
+            elem_bytes: 1,
+        }),
+    }
+    v.push(f32("mlp proj linear: input (gelu output)", &[b, t, 4 * d]));
     v
+}
+
+/// What one LayerNorm over `n` rows of width `d` keeps besides its output.
+fn layernorm_saved(v: &mut Vec<SavedTensor>, policy: NormPolicy, n: usize, d: usize) {
+    match policy {
+        NormPolicy::Exact => {
+            v.push(SavedTensor::f32("layernorm: centred input", &[n, d]));
+            v.push(SavedTensor::f32("layernorm: normalised input", &[n, d]));
+            v.push(SavedTensor::f32("layernorm: variance + eps", &[n, 1]));
+            v.push(SavedTensor::f32("layernorm: its square root", &[n, 1]));
+        }
+        NormPolicy::Output => v.push(SavedTensor::f32("output layernorm: rstd", &[n, 1])),
+    }
 }
 
 /// What the reference GPT keeps for backward under `policy`: every block's [`block_saved`]
@@ -176,10 +176,7 @@ pub fn model_saved(
         shape: vec![b, t],
         elem_bytes: 8,
     });
-    v.push(SavedTensor::f32("ln_f: centred input", &[b, t, d]));
-    v.push(SavedTensor::f32("ln_f: normalised input", &[b, t, d]));
-    v.push(SavedTensor::f32("ln_f: variance + eps", &[b, t, 1]));
-    v.push(SavedTensor::f32("ln_f: its square root", &[b, t, 1]));
+    layernorm_saved(&mut v, policy.block.norm, b * t, d);
     v.push(SavedTensor::f32(
         "lm head: input (ln_f output)",
         &[b * t, d],

@@ -2,11 +2,11 @@
 
 use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::GptConfig;
-use super::layers::{Activation, AttentionCore, LinearLayer};
+use super::layers::{Activation, AttentionCore, LinearLayer, Norm};
 use super::policy::{BlockPolicy, MemoryPolicy};
 use crate::error::Result;
 
@@ -76,18 +76,18 @@ impl Mlp {
 /// A pre-LayerNorm transformer block: `x + attn(ln1(x))`, then `h + mlp(ln2(h))`.
 #[derive(Module, Debug)]
 pub struct Block {
-    ln1: LayerNorm,
+    ln1: Norm,
     attn: SelfAttention,
-    ln2: LayerNorm,
+    ln2: Norm,
     mlp: Mlp,
 }
 
 impl Block {
     fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
         Block {
-            ln1: LayerNormConfig::new(config.d_model).init(device),
+            ln1: Norm::new(config.d_model, policy.norm, device),
             attn: SelfAttention::new(config, policy, device),
-            ln2: LayerNormConfig::new(config.d_model).init(device),
+            ln2: Norm::new(config.d_model, policy.norm, device),
             mlp: Mlp::new(config, policy, device),
         }
     }
@@ -126,7 +126,7 @@ pub struct Gpt {
     wte: Embedding,
     wpe: Embedding,
     blocks: Vec<Block>,
-    ln_f: LayerNorm,
+    ln_f: Norm,
 }
 
 struct SequentialIds(u64);
@@ -161,7 +161,7 @@ impl Gpt {
             blocks: (0..config.n_layers)
                 .map(|i| Block::new(config, policy.block(i), device))
                 .collect(),
-            ln_f: LayerNormConfig::new(config.d_model).init(device),
+            ln_f: Norm::new(config.d_model, policy.block.norm, device),
         };
         Ok(gpt.map(&mut SequentialIds(0)))
     }

@@ -4,13 +4,15 @@
 //! itself ([`super::Gpt`]) never matches on a policy.
 
 use burn::module::Module;
-use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
+use crate::activation::{Invertible, inverted_activation};
 use crate::attention::{AttentionParams, fused_attention, reference_attention};
+use crate::norm::OutputLayerNorm;
 
-use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, WeightsPolicy};
+use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, NormPolicy, WeightsPolicy};
 
 /// The MLP nonlinearity (GELU, erf form), computed as the policy says.
 ///
@@ -19,6 +21,8 @@ use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, WeightsPol
 pub enum Activation {
     /// burn's fused GELU: keeps its input `[batch, seq, 4 d_model]` for backward.
     Exact,
+    /// [`inverted_activation`]: keeps its output and one bit per element.
+    Inverted,
 }
 
 impl Activation {
@@ -26,6 +30,7 @@ impl Activation {
     pub fn new(policy: ActPolicy) -> Self {
         match policy {
             ActPolicy::Exact => Activation::Exact,
+            ActPolicy::Inverted => Activation::Inverted,
         }
     }
 
@@ -33,6 +38,7 @@ impl Activation {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::Exact => gelu(x),
+            Activation::Inverted => inverted_activation(x, Invertible::Gelu),
         }
     }
 }
@@ -95,6 +101,33 @@ impl AttentionCore {
         match self {
             AttentionCore::Exact => reference_attention(q, k, v, None, params),
             AttentionCore::Memeff => fused_attention(q, k, v, None, params),
+        }
+    }
+}
+
+/// LayerNorm over the last axis, computed as the policy says.
+#[derive(Module, Debug)]
+pub enum Norm {
+    /// burn's `LayerNorm`: keeps the centred and the normalised input.
+    Exact(LayerNorm),
+    /// [`OutputLayerNorm`]: keeps its output and one scalar per row.
+    Output(OutputLayerNorm),
+}
+
+impl Norm {
+    /// A LayerNorm of width `d` (γ = 1, β = 0).
+    pub fn new(d: usize, policy: NormPolicy, device: &Device) -> Self {
+        match policy {
+            NormPolicy::Exact => Norm::Exact(LayerNormConfig::new(d).init(device)),
+            NormPolicy::Output => Norm::Output(OutputLayerNorm::new(d, device)),
+        }
+    }
+
+    /// `[.., d]` to `[.., d]`.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Norm::Exact(n) => n.forward(x),
+            Norm::Output(n) => n.forward(x),
         }
     }
 }

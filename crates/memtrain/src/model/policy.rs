@@ -71,6 +71,21 @@ simple_key!(
         /// burn's GELU: keeps its input, 4 bytes an element.
         #[default]
         Exact => "exact",
+        /// [`crate::activation::InvertedGelu`]: keeps its output (shared with the next
+        /// linear) and one bit an element.
+        Inverted => "inverted",
+    }
+);
+
+simple_key!(
+    /// How LayerNorm keeps what its backward needs.
+    NormPolicy, "norm", {
+        /// burn's `LayerNorm`: keeps the centred and the normalised input.
+        #[default]
+        Exact => "exact",
+        /// [`crate::norm::OutputLayerNorm`]: keeps its output (shared with the next linear)
+        /// and one scalar per row.
+        Output => "output",
     }
 );
 
@@ -127,6 +142,8 @@ simple_key!(
 pub struct BlockPolicy {
     /// MLP activation.
     pub act: ActPolicy,
+    /// LayerNorms.
+    pub norm: NormPolicy,
     /// Linear layers.
     pub linear: LinearPolicy,
     /// Attention.
@@ -143,7 +160,7 @@ pub struct BlockPolicy {
 /// use memtrain::model::MemoryPolicy;
 /// let p: MemoryPolicy = "act=exact,optim=adamw".parse().unwrap();
 /// assert_eq!(p, MemoryPolicy::default());
-/// assert_eq!(p.to_string(), "act=exact,linear=exact,attn=exact,remat=none,weights=dense,optim=adamw");
+/// assert_eq!(p.to_string(), "act=exact,norm=exact,linear=exact,attn=exact,remat=none,weights=dense,optim=adamw");
 /// let err = "act=relu".parse::<MemoryPolicy>().unwrap_err().to_string();
 /// assert!(err.contains("relu") && err.contains("exact"));
 /// ```
@@ -161,7 +178,7 @@ pub struct MemoryPolicy {
 }
 
 /// The keys a SPEC accepts.
-pub const POLICY_KEYS: &str = "act, linear, attn, remat, weights, optim";
+pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim";
 
 impl MemoryPolicy {
     /// The policy of block `index`.
@@ -190,6 +207,7 @@ impl FromStr for MemoryPolicy {
             }
             match key {
                 ActPolicy::KEY => policy.block.act = ActPolicy::parse(value)?,
+                NormPolicy::KEY => policy.block.norm = NormPolicy::parse(value)?,
                 LinearPolicy::KEY => policy.block.linear = LinearPolicy::parse(value)?,
                 AttnPolicy::KEY => policy.block.attn = AttnPolicy::parse(value)?,
                 WeightsPolicy::KEY => policy.block.weights = WeightsPolicy::parse(value)?,
@@ -216,14 +234,14 @@ impl fmt::Display for MemoryPolicy {
         let b = &self.block;
         write!(
             f,
-            "act={},linear={},attn={},remat={},weights={},optim={}",
-            b.act, b.linear, b.attn, self.remat, b.weights, self.optim
+            "act={},norm={},linear={},attn={},remat={},weights={},optim={}",
+            b.act, b.norm, b.linear, b.attn, self.remat, b.weights, self.optim
         )?;
         for (i, o) in &self.overrides {
             write!(
                 f,
-                " [block {i}: act={},linear={},attn={},weights={}]",
-                o.act, o.linear, o.attn, o.weights
+                " [block {i}: act={},norm={},linear={},attn={},weights={}]",
+                o.act, o.norm, o.linear, o.attn, o.weights
             )?;
         }
         Ok(())
@@ -245,7 +263,7 @@ mod tests {
     #[test]
     fn should_name_bad_key_and_choices() {
         let e = "foo=1".parse::<MemoryPolicy>().unwrap_err().to_string();
-        assert!(e.contains("foo") && e.contains("act, linear"), "{e}");
+        assert!(e.contains("foo") && e.contains("act, norm, linear"), "{e}");
         let e = "optim=sgd".parse::<MemoryPolicy>().unwrap_err().to_string();
         assert!(e.contains("sgd") && e.contains("adamw"), "{e}");
         let e = "act".parse::<MemoryPolicy>().unwrap_err().to_string();

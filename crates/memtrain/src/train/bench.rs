@@ -17,6 +17,8 @@ pub struct BenchConfig {
     pub batch: usize,
     /// Tokens per sequence.
     pub seq: usize,
+    /// Overrides the preset's `max_seq`.
+    pub max_seq: Option<usize>,
     /// Policies, in order; ratios are to the first.
     pub policies: Vec<MemoryPolicy>,
     /// Measured steps per policy (at least 1).
@@ -94,6 +96,7 @@ pub fn run_bench(
             tokenizer: crate::data::Tokenizer::Byte,
             batch: config.batch,
             seq: config.seq,
+            max_seq: config.max_seq,
             lr: config.lr,
             warmup: 0,
             seed: config.seed,

@@ -27,8 +27,12 @@ pub struct TrainConfig {
     pub tokenizer: Tokenizer,
     /// Sequences per step.
     pub batch: usize,
-    /// Tokens per sequence (at most the preset's `max_seq`).
+    /// Tokens per sequence (at most `max_seq`).
     pub seq: usize,
+    /// Overrides the preset's position-table length (`max_seq`), e.g. to train the `small`
+    /// geometry at seq 2048.
+    #[serde(default)]
+    pub max_seq: Option<usize>,
     /// Peak AdamW learning rate.
     pub lr: f64,
     /// Steps of linear learning-rate warm-up from `lr / warmup` to `lr` (0: none); constant
@@ -50,6 +54,7 @@ impl TrainConfig {
             tokenizer: Tokenizer::Byte,
             batch: 8,
             seq: preset.config(256).max_seq,
+            max_seq: None,
             lr: 1e-3,
             warmup: 100,
             seed: 42,
@@ -59,7 +64,11 @@ impl TrainConfig {
 
     /// The model geometry.
     pub fn model_config(&self) -> GptConfig {
-        self.preset.config(self.tokenizer.vocab_size())
+        let mut config = self.preset.config(self.tokenizer.vocab_size());
+        if let Some(max_seq) = self.max_seq {
+            config.max_seq = max_seq;
+        }
+        config
     }
 
     /// Checks every value.
@@ -70,6 +79,9 @@ impl TrainConfig {
     /// `max_seq`, a learning rate that is not a positive finite number.
     pub fn validate(&self) -> Result<()> {
         let max_seq = self.model_config().max_seq;
+        if self.max_seq == Some(0) {
+            return Err(Error::config("--max-seq", 0, "a positive integer"));
+        }
         if self.batch == 0 {
             return Err(Error::config("--batch", self.batch, "a positive integer"));
         }
@@ -77,7 +89,13 @@ impl TrainConfig {
             return Err(Error::config(
                 "--seq",
                 self.seq,
-                format!("1..={max_seq} (the {} preset's max_seq)", self.preset),
+                match self.max_seq {
+                    Some(_) => format!("1..={max_seq} (--max-seq)"),
+                    None => format!(
+                        "1..={max_seq} (the {} preset's max_seq; --max-seq raises it)",
+                        self.preset
+                    ),
+                },
             ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
