@@ -10,10 +10,12 @@
 //! let device = Device::flex().autodiff();
 //! let x = Tensor::<2>::from_floats([[-1.0, 0.5], [2.0, -3.0]], &device).require_grad();
 //! let y = InvertedGelu::new().forward(x.clone());
-//! let grads = y.sum().backward();
-//! let dx = x.grad(&grads).unwrap();
-//! let exact = burn::tensor::activation::gelu(x.clone().inner().require_grad());
-//! # let _ = (dx, exact);
+//! let dx = x.grad(&y.sum().backward()).unwrap();
+//!
+//! let x2 = x.clone().detach().require_grad();
+//! let exact = burn::tensor::activation::gelu(x2.clone());
+//! let dx_exact = x2.grad(&exact.sum().backward()).unwrap();
+//! assert!(dx.all_close(dx_exact, Some(1e-4), Some(1e-4)));
 //! ```
 
 pub mod codes;
