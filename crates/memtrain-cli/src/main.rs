@@ -2,6 +2,7 @@
 
 mod bench;
 mod plot;
+mod table;
 mod train;
 
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Train each policy for a few steps and compare memory, time and loss.
     Bench(bench::BenchArgs),
+    /// Print the few-bit derivative table (borders and levels) of an activation.
+    Table(table::TableArgs),
 }
 
 /// Options both subcommands share.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Table(args) => table::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,7 +38,7 @@ pub fn memory_bars(rows: &[BenchRow], path: &Path) -> Result<()> {
     let tmp: PathBuf = path.with_extension(format!("tmp-{}.png", std::process::id()));
     {
         let root =
-            BitMapBackend::new(&tmp, (300 + 140 * rows.len() as u32, 600)).into_drawing_area();
+            BitMapBackend::new(&tmp, (300 + 220 * rows.len() as u32, 600)).into_drawing_area();
         root.fill(&WHITE)?;
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let top = rows

@@ -282,3 +282,54 @@ fn should_write_bench_json_with_exactly_the_documented_keys() {
     assert_eq!(rows[0]["final_loss"], rows[1]["final_loss"]);
     assert!(rows[0]["activation_bytes"].as_u64().unwrap() > 0);
 }
+
+#[test]
+fn should_checkpoint_and_resume_every_layer_variant() {
+    let dir = scratch("variants");
+    let policy = [
+        "--policy",
+        "act=inverted,norm=output,attn=memeff",
+        "--eval-every",
+        "2",
+    ];
+    let straight = train(
+        &dir.join("straight"),
+        &[&["--steps", "4"], &policy[..]].concat(),
+    );
+    assert!(
+        straight.status.success(),
+        "{}",
+        String::from_utf8_lossy(&straight.stderr)
+    );
+    let out = dir.join("split");
+    let first = train(&out, &[&["--steps", "2"], &policy[..]].concat());
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let resumed = train(&out, &["--steps", "4", "--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(final_loss(&straight.stdout), final_loss(&resumed.stdout));
+    assert!(String::from_utf8_lossy(&resumed.stdout).contains("act=inverted,norm=output"));
+}
+
+#[test]
+fn should_print_the_few_bit_table_as_json() {
+    let out = run(&["table", "--act", "relu", "--bits", "1", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let borders: Vec<f64> = serde_json::from_value(table["borders"].clone()).unwrap();
+    let levels: Vec<f64> = serde_json::from_value(table["levels"].clone()).unwrap();
+    assert_eq!(borders.len(), 3);
+    assert_eq!((borders[0], borders[2]), (-10.0, 10.0));
+    assert!(borders[1].abs() < 1e-9 && levels[0].abs() < 1e-12 && (levels[1] - 1.0).abs() < 1e-12);
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 pub use meter::{CountingAllocator, Region, is_installed, live_bytes, peak_bytes, reset_peak};
 
+use crate::activation::codes;
 use crate::model::{ActPolicy, AttnPolicy, BlockPolicy, GptConfig, MemoryPolicy, NormPolicy};
 
 /// Bytes of one f32.
@@ -94,6 +95,8 @@ impl SavedTensor {
 /// - `attn=memeff` replaces the four softmax rows by one log-sum-exp `[b, h, t]` (its output
 ///   is the merged heads): `- 4 (3 b h t²)` bytes.
 /// - `act=inverted` replaces the GELU input by its branch bits: `- 4 b t 4d (1 - 1/32)`.
+/// - `act=fewbit:B` replaces it by `B`-bit codes: `- 4 b t 4d (1 - B/32)` (the table, a few
+///   hundred bytes, is shared by every block and not counted).
 /// - `norm=output` replaces each LayerNorm's four rows by `rstd [b, t, 1]`:
 ///   `- 4 (2 b t d + b t)` per LayerNorm.
 pub fn block_saved(
@@ -133,7 +136,12 @@ pub fn block_saved(
         ActPolicy::Exact => v.push(f32("gelu: input", &[b, t, 4 * d])),
         ActPolicy::Inverted => v.push(SavedTensor {
             name: "inverted gelu: branch bits, 8 a byte",
-            shape: vec![(b * t * 4 * d).div_ceil(8)],
+            shape: vec![codes::packed_len(b * t * 4 * d, 1)],
+            elem_bytes: 1,
+        }),
+        ActPolicy::FewBit(bits) => v.push(SavedTensor {
+            name: "few-bit gelu: packed interval codes",
+            shape: vec![codes::packed_len(b * t * 4 * d, u32::from(bits))],
             elem_bytes: 1,
         }),
     }

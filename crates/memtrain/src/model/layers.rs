@@ -8,7 +8,7 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use crate::activation::{Invertible, inverted_activation};
+use crate::activation::{FewBit, FewBitGeluConfig, Invertible, inverted_activation};
 use crate::attention::{AttentionParams, fused_attention, reference_attention};
 use crate::norm::OutputLayerNorm;
 
@@ -23,6 +23,8 @@ pub enum Activation {
     Exact,
     /// [`inverted_activation`]: keeps its output and one bit per element.
     Inverted,
+    /// [`FewBit`] GELU: keeps a `b`-bit code per element.
+    FewBit(FewBit),
 }
 
 impl Activation {
@@ -31,6 +33,11 @@ impl Activation {
         match policy {
             ActPolicy::Exact => Activation::Exact,
             ActPolicy::Inverted => Activation::Inverted,
+            ActPolicy::FewBit(b) => Activation::FewBit(
+                FewBitGeluConfig::new(u32::from(b))
+                    .init()
+                    .expect("the policy parser admits only 1..=8 bits"),
+            ),
         }
     }
 
@@ -39,6 +46,7 @@ impl Activation {
         match self {
             Activation::Exact => gelu(x),
             Activation::Inverted => inverted_activation(x, Invertible::Gelu),
+            Activation::FewBit(f) => f.forward(x),
         }
     }
 }

@@ -65,17 +65,44 @@ macro_rules! simple_key {
     };
 }
 
-simple_key!(
-    /// How the MLP nonlinearity (GELU) keeps what its backward needs.
-    ActPolicy, "act", {
-        /// burn's GELU: keeps its input, 4 bytes an element.
-        #[default]
-        Exact => "exact",
-        /// [`crate::activation::InvertedGelu`]: keeps its output (shared with the next
-        /// linear) and one bit an element.
-        Inverted => "inverted",
+/// How the MLP nonlinearity (GELU) keeps what its backward needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActPolicy {
+    /// burn's GELU: keeps its input, 4 bytes an element.
+    #[default]
+    Exact,
+    /// [`crate::activation::InvertedGelu`]: keeps its output (shared with the next linear)
+    /// and one bit an element.
+    Inverted,
+    /// [`crate::activation::FewBit`] GELU: keeps a code of this many bits (1..=8) an element.
+    FewBit(u8),
+}
+
+impl PolicyKey for ActPolicy {
+    const KEY: &'static str = "act";
+    const CHOICES: &'static str = "exact, inverted, fewbit:B (B in 1..=8)";
+    fn parse(value: &str) -> Result<Self> {
+        match value {
+            "exact" => Ok(ActPolicy::Exact),
+            "inverted" => Ok(ActPolicy::Inverted),
+            other => match other.strip_prefix("fewbit:").map(str::parse::<u8>) {
+                Some(Ok(b)) if (1..=8).contains(&b) => Ok(ActPolicy::FewBit(b)),
+                _ => Err(Self::unknown(other)),
+            },
+        }
     }
-);
+}
+
+impl fmt::Display for ActPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ActPolicy::Exact => f.write_str("exact"),
+            ActPolicy::Inverted => f.write_str("inverted"),
+            ActPolicy::FewBit(b) => write!(f, "fewbit:{b}"),
+        }
+    }
+}
 
 simple_key!(
     /// How LayerNorm keeps what its backward needs.
@@ -264,6 +291,13 @@ mod tests {
     fn should_name_bad_key_and_choices() {
         let e = "foo=1".parse::<MemoryPolicy>().unwrap_err().to_string();
         assert!(e.contains("foo") && e.contains("act, norm, linear"), "{e}");
+        for bad in ["act=fewbit:0", "act=fewbit:9", "act=fewbit:x", "act=fewbit"] {
+            let e = bad.parse::<MemoryPolicy>().unwrap_err().to_string();
+            assert!(e.contains(&bad[4..]) && e.contains("fewbit:B"), "{e}");
+        }
+        let p: MemoryPolicy = "act=fewbit:3".parse().unwrap();
+        assert_eq!(p.block.act, ActPolicy::FewBit(3));
+        assert_eq!(p.to_string().parse::<MemoryPolicy>().unwrap(), p);
         let e = "optim=sgd".parse::<MemoryPolicy>().unwrap_err().to_string();
         assert!(e.contains("sgd") && e.contains("adamw"), "{e}");
         let e = "act".parse::<MemoryPolicy>().unwrap_err().to_string();
