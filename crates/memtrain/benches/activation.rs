@@ -1,10 +1,10 @@
-//! Forward + backward of the exact-gradient savers against burn's ops, at the `small` MLP and
+//! Forward + backward of the activation and norm savers against burn's ops, at the `small` MLP and
 //! residual shapes (batch 8 × seq 256 rows). Run with `cargo bench -p memtrain --bench activation`.
 
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
-use memtrain::activation::InvertedGelu;
+use memtrain::activation::{FewBitGeluConfig, InvertedGelu};
 use memtrain::norm::OutputLayerNorm;
 
 fn main() {
@@ -31,6 +31,12 @@ fn gelu_exact(bencher: divan::Bencher) {
 #[divan::bench(sample_count = 20)]
 fn gelu_inverted(bencher: divan::Bencher) {
     let act = InvertedGelu::new();
+    bench_op(bencher, 4 * D_MODEL, |x| act.forward(x));
+}
+
+#[divan::bench(args = [1, 2, 3, 4], sample_count = 20)]
+fn gelu_fewbit(bencher: divan::Bencher, bits: u32) {
+    let act = FewBitGeluConfig::new(bits).init().expect("1..=4 bits");
     bench_op(bencher, 4 * D_MODEL, |x| act.forward(x));
 }
 

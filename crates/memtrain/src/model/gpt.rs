@@ -144,9 +144,10 @@ impl Gpt {
     ///
     /// # Errors
     ///
-    /// [`crate::Error::Config`] when the geometry is invalid.
+    /// [`crate::Error::Config`] when the geometry or the policy is invalid.
     pub fn new(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
         config.validate()?;
+        policy.validate()?;
         let embed = |n| {
             EmbeddingConfig::new(n, config.d_model)
                 .with_initializer(Initializer::Normal {

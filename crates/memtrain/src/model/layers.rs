@@ -36,7 +36,7 @@ impl Activation {
             ActPolicy::FewBit(b) => Activation::FewBit(
                 FewBitGeluConfig::new(u32::from(b))
                     .init()
-                    .expect("the policy parser admits only 1..=8 bits"),
+                    .expect("MemoryPolicy::validate admits only 1..=8 bits"),
             ),
         }
     }

@@ -208,6 +208,20 @@ pub struct MemoryPolicy {
 pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim";
 
 impl MemoryPolicy {
+    /// Checks values a SPEC cannot express wrongly but a deserialized policy can.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] for a few-bit width outside 1..=8.
+    pub fn validate(&self) -> Result<()> {
+        for block in std::iter::once(&self.block).chain(self.overrides.values()) {
+            if let ActPolicy::FewBit(b) = block.act {
+                crate::activation::few_bit::validate_bits(u32::from(b))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The policy of block `index`.
     pub fn block(&self, index: usize) -> BlockPolicy {
         self.overrides.get(&index).copied().unwrap_or(self.block)
@@ -317,5 +331,8 @@ mod tests {
         assert_eq!(back, p);
         let q: MemoryPolicy = MemoryPolicy::default().to_string().parse().unwrap();
         assert_eq!(q, MemoryPolicy::default());
+        let bad: MemoryPolicy =
+            serde_json::from_str(r#"{"block": {"act": {"few_bit": 9}}}"#).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().contains("9"));
     }
 }
