@@ -105,14 +105,8 @@ pub fn memory_bars(rows: &[BenchRow], path: &Path) -> Result<()> {
 
 /// The SPEC without its plain (default) items, so bar labels stay short.
 fn short(policy: &str) -> String {
-    let plain = [
-        "act=exact",
-        "linear=exact",
-        "attn=exact",
-        "remat=none",
-        "weights=dense",
-        "optim=adamw",
-    ];
+    let plain = memtrain::model::MemoryPolicy::default().to_string();
+    let plain: Vec<&str> = plain.split(',').collect();
     let kept: Vec<&str> = policy.split(',').filter(|i| !plain.contains(i)).collect();
     if kept.is_empty() {
         "plain".into()
