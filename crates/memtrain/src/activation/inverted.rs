@@ -26,6 +26,8 @@
 
 use std::sync::OnceLock;
 
+use super::few_bit::FewBitFn;
+
 /// Cells per side of the minimum.
 pub const CELLS: usize = 256;
 
@@ -59,34 +61,25 @@ impl Invertible {
         matches!(self, Invertible::Gelu | Invertible::Silu)
     }
 
+    /// The same function as a [`FewBitFn`], which holds the math of both families.
+    fn math(self) -> FewBitFn {
+        match self {
+            Invertible::Gelu => FewBitFn::Gelu,
+            Invertible::Silu => FewBitFn::Silu,
+            Invertible::Sigmoid => FewBitFn::Sigmoid,
+            Invertible::Tanh => FewBitFn::Tanh,
+            Invertible::Softplus => FewBitFn::Softplus,
+        }
+    }
+
     /// `f(x)` in f64.
     pub fn f(self, x: f64) -> f64 {
-        match self {
-            Invertible::Gelu => x * phi_cdf(x),
-            Invertible::Silu => x * sigmoid(x),
-            Invertible::Sigmoid => sigmoid(x),
-            Invertible::Tanh => x.tanh(),
-            Invertible::Softplus => softplus(x),
-        }
+        self.math().f(x)
     }
 
     /// `f'(x)` in f64.
     pub fn df(self, x: f64) -> f64 {
-        match self {
-            Invertible::Gelu => {
-                phi_cdf(x) + x * (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
-            }
-            Invertible::Silu => {
-                let s = sigmoid(x);
-                s * (1.0 + x * (1.0 - s))
-            }
-            Invertible::Sigmoid => {
-                let s = sigmoid(x);
-                s * (1.0 - s)
-            }
-            Invertible::Tanh => 1.0 - x.tanh().powi(2),
-            Invertible::Softplus => sigmoid(x),
-        }
+        self.math().df(x)
     }
 
     /// `f(x)` in f32, as the forward pass computes it.
@@ -110,23 +103,6 @@ impl Invertible {
     pub fn argmin(self) -> Option<f64> {
         self.needs_bit().then(|| table(self).x_min)
     }
-}
-
-fn sigmoid(x: f64) -> f64 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
-fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-
-fn phi_cdf(x: f64) -> f64 {
-    0.5 * libm::erfc(-x / std::f64::consts::SQRT_2)
 }
 
 /// The fitted `g(y) = f'(f⁻¹(y))` on both sides of the minimum.
