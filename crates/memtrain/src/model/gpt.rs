@@ -129,6 +129,9 @@ pub struct Gpt {
     ln_f: Norm,
 }
 
+/// Serialises weight initialisation: burn's generator is global to the device.
+static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct SequentialIds(u64);
 
 impl ModuleMapper for SequentialIds {
@@ -146,6 +149,30 @@ impl Gpt {
     ///
     /// [`crate::Error::Config`] when the geometry or the policy is invalid.
     pub fn new(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        Self::init(config, policy, device)
+    }
+
+    /// Like [`Gpt::new`], with the device's random generator seeded by `seed` first, so that
+    /// the same seed gives the same weights. Seeding and initialisation happen under one lock,
+    /// so models built on other threads at the same time cannot draw from the generator in
+    /// between.
+    ///
+    /// # Errors
+    ///
+    /// As [`Gpt::new`].
+    pub fn new_seeded(
+        config: &GptConfig,
+        policy: &MemoryPolicy,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        device.seed(seed);
+        Self::init(config, policy, device)
+    }
+
+    fn init(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
         config.validate()?;
         policy.validate()?;
         let embed = |n| {

@@ -167,9 +167,8 @@ impl Trainer {
     /// [`Error::Config`] from [`TrainConfig::validate`].
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
-        device.seed(config.seed);
         let region = Region::start();
-        let model = Gpt::new(&config.model_config(), &config.policy, device)?;
+        let model = Gpt::new_seeded(&config.model_config(), &config.policy, device, config.seed)?;
         let param_bytes = region.live().max(0) as u64;
         Ok(Trainer {
             optim: optimizer(config.policy.optim),
