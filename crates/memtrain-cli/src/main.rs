@@ -4,6 +4,7 @@ mod bench;
 mod plot;
 mod table;
 mod train;
+mod variance;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print the few-bit derivative table (borders and levels) of an activation.
     Table(table::TableArgs),
+    /// Report the gradient variance a sketched linear adds, against the minibatch variance.
+    Variance(variance::VarianceArgs),
 }
 
 /// Options both subcommands share.
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Table(args) => table::run(args),
+        Command::Variance(args) => variance::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

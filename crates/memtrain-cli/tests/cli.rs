@@ -333,3 +333,36 @@ fn should_print_the_few_bit_table_as_json() {
     assert_eq!((borders[0], borders[2]), (-10.0, 10.0));
     assert!(borders[1].abs() < 1e-9 && levels[0].abs() < 1e-12 && (levels[1] - 1.0).abs() < 1e-12);
 }
+
+#[test]
+fn should_report_the_sketch_variance() {
+    let out = run(&[
+        "variance",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--policy",
+        "linear=sketch:0.5",
+        "--batches",
+        "3",
+        "--seeds",
+        "2",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        r["minibatch_variance"].as_f64().unwrap() > 0.0
+            && r["sketch_variance"].as_f64().unwrap() > 0.0
+    );
+    assert_user_error(
+        &run(&["variance", "--policy", "linear=exact"]),
+        "linear=exact",
+    );
+    assert_user_error(&run(&["variance", "--block", "9"]), "--block: got \"9\"");
+}

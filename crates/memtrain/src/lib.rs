@@ -10,6 +10,7 @@
 //! | [`attention`] | fused attention: no `[seq, seq]` tensor kept (`attn=memeff`) |
 //! | [`activation`] | inverted activations: keep the output and a bit (`act=inverted`) |
 //! | [`norm`] | output-saving LayerNorm (`norm=output`) |
+//! | [`linear`] | sketched linear backward (`linear=sketch:RATIO`) |
 //! | [`model`] | the reference GPT-2 and the [`model::MemoryPolicy`] that chooses each part |
 //! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
 //! | [`train`] | the measured training step, checkpoints, the policy bench |
@@ -37,6 +38,7 @@ pub mod activation;
 pub mod attention;
 pub mod data;
 mod error;
+pub mod linear;
 pub mod memory;
 pub mod model;
 pub mod norm;

@@ -133,6 +133,12 @@ fn should_match_the_activation_estimate_few_bit_gelu() {
     check_activation_estimate("act=fewbit:3");
 }
 
+fn should_match_the_activation_estimate_sketched_linear() {
+    check_activation_estimate("linear=sketch:0.25");
+    check_activation_estimate("linear=sketch:0.5:mlp:gaussian");
+    check_activation_estimate("linear=sketch:0.1,act=inverted,norm=output,attn=memeff");
+}
+
 fn should_match_the_activation_estimate_output_layernorm() {
     check_activation_estimate("norm=output");
 }
@@ -167,5 +173,6 @@ fn should_agree_with_every_formula() {
     should_match_the_activation_estimate_inverted_gelu();
     should_match_the_activation_estimate_few_bit_gelu();
     should_match_the_activation_estimate_output_layernorm();
+    should_match_the_activation_estimate_sketched_linear();
     should_match_the_activation_estimate_all_exact_savers();
 }

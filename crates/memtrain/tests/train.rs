@@ -74,3 +74,34 @@ fn should_train_identically_from_the_same_seed() {
     config.seed += 1;
     assert_ne!(a, losses(config));
 }
+
+#[test]
+fn should_start_every_policy_from_the_same_weights() {
+    // Same seed, same weights, whatever the layers keep: the first loss agrees to round-off
+    // (the fused and sketched forwards multiply in another order).
+    let device = Device::flex().autodiff();
+    let mut config = TrainConfig::new(Preset::Tiny);
+    config.batch = 2;
+    config.seq = 16;
+    let data = Dataset::new(&synthetic_corpus(500, 0), Tokenizer::Byte, config.seq).unwrap();
+    let first_loss = |spec: &str| {
+        let mut c = config.clone();
+        c.policy = spec.parse().unwrap();
+        let mut t = Trainer::new(c, &device).unwrap();
+        let batch = t.next_batch(&data);
+        t.step(&batch).loss
+    };
+    let exact = first_loss("");
+    for spec in [
+        "linear=sketch:0.25",
+        "linear=sketch:0.5:mlp:gaussian",
+        "act=inverted,norm=output,attn=memeff",
+        "act=fewbit:2",
+    ] {
+        let l = first_loss(spec);
+        assert!(
+            (l - exact).abs() < 1e-5,
+            "{spec}: first loss {l}, exact {exact}"
+        );
+    }
+}

@@ -97,6 +97,10 @@ impl SavedTensor {
 /// - `act=inverted` replaces the GELU input by its branch bits: `- 4 b t 4d (1 - 1/32)`.
 /// - `act=fewbit:B` replaces it by `B`-bit codes: `- 4 b t 4d (1 - B/32)` (the table, a few
 ///   hundred bytes, is shared by every block and not counted).
+/// - `linear=sketch:R` replaces each sketched linear's input by `S x` `[ceil(R b t), d_in]`,
+///   unless another op keeps that input anyway (LayerNorm outputs under `norm=output`, the
+///   fused attention output under `attn=memeff`, the GELU output under `act=inverted`), where
+///   the sketch is added on top.
 /// - `norm=output` replaces each LayerNorm's four rows by `rstd [b, t, 1]`:
 ///   `- 4 (2 b t d + b t)` per LayerNorm.
 pub fn block_saved(
@@ -109,7 +113,36 @@ pub fn block_saved(
     let f32 = SavedTensor::f32;
     let mut v = Vec::new();
     layernorm_saved(&mut v, policy.norm, b * t, d);
-    v.push(f32("qkv linear: input (ln1 output)", &[b, t, d]));
+    let n = b * t;
+    // A linear's input; a sketched linear keeps `S x` instead, and the input too only when
+    // another op keeps it (`shared`).
+    let linear_input =
+        |v: &mut Vec<SavedTensor>, name: &'static str, d_in: usize, mlp: bool, shared: bool| {
+            match policy
+                .linear
+                .ratio()
+                .filter(|_| policy.linear.sketches(mlp))
+            {
+                None => v.push(f32(name, &[b, t, d_in])),
+                Some(ratio) => {
+                    if shared {
+                        v.push(f32(name, &[b, t, d_in]));
+                    }
+                    v.push(f32(
+                        "sketched linear: S x",
+                        &[crate::linear::sketch_rows(n, ratio), d_in],
+                    ));
+                }
+            }
+        };
+    let norm_shares = policy.norm == NormPolicy::Output;
+    linear_input(
+        &mut v,
+        "qkv linear: input (ln1 output)",
+        d,
+        false,
+        norm_shares,
+    );
     v.push(f32(
         "attention: QKV output (q, k, v are views)",
         &[b, t, 3 * d],
@@ -129,9 +162,22 @@ pub fn block_saved(
         }
         AttnPolicy::Memeff => v.push(f32("fused attention: log-sum-exp per row", &[b, h, t])),
     }
-    v.push(f32("attention proj: input (merged heads)", &[b, t, d]));
+    let attn_shares = policy.attn == AttnPolicy::Memeff;
+    linear_input(
+        &mut v,
+        "attention proj: input (merged heads)",
+        d,
+        false,
+        attn_shares,
+    );
     layernorm_saved(&mut v, policy.norm, b * t, d);
-    v.push(f32("fc linear: input (ln2 output)", &[b, t, d]));
+    linear_input(
+        &mut v,
+        "fc linear: input (ln2 output)",
+        d,
+        true,
+        norm_shares,
+    );
     match policy.act {
         ActPolicy::Exact => v.push(f32("gelu: input", &[b, t, 4 * d])),
         ActPolicy::Inverted => v.push(SavedTensor {
@@ -145,7 +191,14 @@ pub fn block_saved(
             elem_bytes: 1,
         }),
     }
-    v.push(f32("mlp proj linear: input (gelu output)", &[b, t, 4 * d]));
+    let act_shares = policy.act == ActPolicy::Inverted;
+    linear_input(
+        &mut v,
+        "mlp proj linear: input (gelu output)",
+        4 * d,
+        true,
+        act_shares,
+    );
     v
 }
 

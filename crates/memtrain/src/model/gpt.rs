@@ -24,12 +24,12 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Self {
         let d = config.d_model;
         let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
         SelfAttention {
-            qkv: LinearLayer::new(d, 3 * d, INIT_STD, policy, device),
-            proj: LinearLayer::new(d, d, proj_std, policy, device),
+            qkv: LinearLayer::new(d, 3 * d, INIT_STD, policy, false, salt, device),
+            proj: LinearLayer::new(d, d, proj_std, policy, false, salt + 1, device),
             core: AttentionCore::new(policy.attn),
             n_heads: config.n_heads,
         }
@@ -57,13 +57,13 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Self {
         let d = config.d_model;
         let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
         Mlp {
-            fc: LinearLayer::new(d, 4 * d, INIT_STD, policy, device),
+            fc: LinearLayer::new(d, 4 * d, INIT_STD, policy, true, salt, device),
             act: Activation::new(policy.act),
-            proj: LinearLayer::new(4 * d, d, proj_std, policy, device),
+            proj: LinearLayer::new(4 * d, d, proj_std, policy, true, salt + 1, device),
         }
     }
 
@@ -83,12 +83,13 @@ pub struct Block {
 }
 
 impl Block {
-    fn new(config: &GptConfig, policy: BlockPolicy, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, index: usize, device: &Device) -> Self {
+        let salt = 4 * index as u64;
         Block {
             ln1: Norm::new(config.d_model, policy.norm, device),
-            attn: SelfAttention::new(config, policy, device),
+            attn: SelfAttention::new(config, policy, salt, device),
             ln2: Norm::new(config.d_model, policy.norm, device),
-            mlp: Mlp::new(config, policy, device),
+            mlp: Mlp::new(config, policy, salt + 2, device),
         }
     }
 
@@ -187,7 +188,7 @@ impl Gpt {
             wte: embed(config.vocab_size),
             wpe: embed(config.max_seq),
             blocks: (0..config.n_layers)
-                .map(|i| Block::new(config, policy.block(i), device))
+                .map(|i| Block::new(config, policy.block(i), i, device))
                 .collect(),
             ln_f: Norm::new(config.d_model, policy.block.norm, device),
         };
@@ -197,6 +198,33 @@ impl Gpt {
     /// The transformer blocks.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    /// The MLP's first linear layer of block `index` (`d_model` to `4 d_model`).
+    ///
+    /// # Panics
+    ///
+    /// When `index` is not a block.
+    pub fn mlp_fc(&self, index: usize) -> &LinearLayer {
+        &self.blocks[index].mlp.fc
+    }
+
+    /// The same model with every sketched linear drawing other sketches (`salt` is mixed into
+    /// each layer's own).
+    pub fn with_sketch_salt(mut self, salt: u64) -> Self {
+        self.blocks = std::mem::take(&mut self.blocks)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut b)| {
+                let base = (salt << 16) + 4 * i as u64;
+                b.attn.qkv = b.attn.qkv.with_salt(base);
+                b.attn.proj = b.attn.proj.with_salt(base + 1);
+                b.mlp.fc = b.mlp.fc.with_salt(base + 2);
+                b.mlp.proj = b.mlp.proj.with_salt(base + 3);
+                b
+            })
+            .collect();
+        self
     }
 
     /// Token ids `[batch, seq]` to logits `[batch, seq, vocab]`.

@@ -10,6 +10,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::activation::{FewBit, FewBitGeluConfig, Invertible, inverted_activation};
 use crate::attention::{AttentionParams, fused_attention, reference_attention};
+use crate::linear::{SketchedLinear, SketchedLinearConfig};
 use crate::norm::OutputLayerNorm;
 
 use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, NormPolicy, WeightsPolicy};
@@ -56,21 +57,54 @@ impl Activation {
 pub enum LinearLayer {
     /// burn's `Linear`: keeps its input `[.., d_input]` for the weight gradient.
     Exact(Linear),
+    /// [`SketchedLinear`]: keeps a sketch of its input.
+    Sketched(SketchedLinear),
 }
 
 impl LinearLayer {
-    /// A layer of the given width with weights drawn N(0, `std`²) and a zero bias.
+    /// A layer of the given width with weights drawn N(0, `std`²) and a zero bias. `mlp` says
+    /// whether it belongs to the MLP; `salt` distinguishes its sketches from other layers'.
     pub fn new(
         d_input: usize,
         d_output: usize,
         std: f64,
         policy: BlockPolicy,
+        mlp: bool,
+        salt: u64,
         device: &Device,
     ) -> Self {
         let config = LinearConfig::new(d_input, d_output)
             .with_initializer(Initializer::Normal { mean: 0.0, std });
         match (policy.linear, policy.weights) {
-            (LinearPolicy::Exact, WeightsPolicy::Dense) => LinearLayer::Exact(config.init(device)),
+            (linear, WeightsPolicy::Dense) if linear.sketches(mlp) => {
+                let LinearPolicy::Sketch { kind, .. } = linear else {
+                    unreachable!("only sketch policies sketch")
+                };
+                let ratio = linear.ratio().expect("a sketch policy has a ratio");
+                LinearLayer::Sketched(
+                    SketchedLinearConfig::new(d_input, d_output, ratio)
+                        .with_kind(kind)
+                        .init_from(config.init(device), salt)
+                        .expect("the policy parser admits only ratios in (0, 1]"),
+                )
+            }
+            (_, WeightsPolicy::Dense) => LinearLayer::Exact(config.init(device)),
+        }
+    }
+
+    /// The weight `[d_input, d_output]`.
+    pub fn weight(&self) -> &burn::module::Param<Tensor<2>> {
+        match self {
+            LinearLayer::Exact(l) => &l.weight,
+            LinearLayer::Sketched(l) => &l.weight,
+        }
+    }
+
+    /// A sketched layer with another salt (other sketches); an exact one unchanged.
+    pub fn with_salt(self, salt: u64) -> Self {
+        match self {
+            LinearLayer::Sketched(l) => LinearLayer::Sketched(l.with_salt(salt)),
+            exact => exact,
         }
     }
 
@@ -78,6 +112,7 @@ impl LinearLayer {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             LinearLayer::Exact(l) => l.forward(x),
+            LinearLayer::Sketched(l) => l.forward(x),
         }
     }
 }

@@ -116,14 +116,99 @@ simple_key!(
     }
 );
 
-simple_key!(
-    /// How linear layers keep what the weight gradient needs.
-    LinearPolicy, "linear", {
-        /// burn's `Linear`: keeps its input.
-        #[default]
-        Exact => "exact",
+/// How linear layers keep what the weight gradient needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinearPolicy {
+    /// burn's `Linear`: keeps its input.
+    #[default]
+    Exact,
+    /// [`crate::linear::SketchedLinear`]: keeps a sketch with `ratio_bp / 10000` of the
+    /// input's rows.
+    Sketch {
+        /// The ratio in basis points, 1..=10000.
+        ratio_bp: u16,
+        /// Only the MLP's two linears are sketched.
+        mlp_only: bool,
+        /// How the sketch is drawn.
+        kind: crate::linear::SketchKind,
+    },
+}
+
+impl LinearPolicy {
+    /// The sketch ratio, if sketched.
+    pub fn ratio(&self) -> Option<f64> {
+        match self {
+            LinearPolicy::Exact => None,
+            LinearPolicy::Sketch { ratio_bp, .. } => Some(f64::from(*ratio_bp) / 1e4),
+        }
     }
-);
+
+    /// Whether a linear of the MLP (`mlp`) or of attention is sketched.
+    pub fn sketches(&self, mlp: bool) -> bool {
+        match self {
+            LinearPolicy::Exact => false,
+            LinearPolicy::Sketch { mlp_only, .. } => mlp || !mlp_only,
+        }
+    }
+}
+
+impl PolicyKey for LinearPolicy {
+    const KEY: &'static str = "linear";
+    const CHOICES: &'static str = "exact, sketch:RATIO[:mlp][:gaussian|rademacher|rows] (RATIO in (0, 1], default all linears, rows)";
+    fn parse(value: &str) -> Result<Self> {
+        if value == "exact" {
+            return Ok(LinearPolicy::Exact);
+        }
+        let mut parts = value.split(':');
+        if parts.next() != Some("sketch") {
+            return Err(Self::unknown(value));
+        }
+        let ratio: f64 = parts
+            .next()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| Self::unknown(value))?;
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(Self::unknown(value));
+        }
+        let (mut mlp_only, mut kind) = (false, crate::linear::SketchKind::Rows);
+        for part in parts {
+            match part {
+                "mlp" => mlp_only = true,
+                other => {
+                    kind = crate::linear::SketchKind::ALL
+                        .into_iter()
+                        .find(|k| k.name() == other)
+                        .ok_or_else(|| Self::unknown(value))?
+                }
+            }
+        }
+        Ok(LinearPolicy::Sketch {
+            ratio_bp: (ratio * 1e4).round().max(1.0) as u16,
+            mlp_only,
+            kind,
+        })
+    }
+}
+
+impl fmt::Display for LinearPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinearPolicy::Exact => f.write_str("exact"),
+            LinearPolicy::Sketch {
+                ratio_bp,
+                mlp_only,
+                kind,
+            } => {
+                write!(f, "sketch:{}", f64::from(*ratio_bp) / 1e4)?;
+                if *mlp_only {
+                    f.write_str(":mlp")?;
+                }
+                write!(f, ":{}", kind.name())
+            }
+        }
+    }
+}
 
 simple_key!(
     /// How causal self-attention is computed.
@@ -308,6 +393,19 @@ mod tests {
         for bad in ["act=fewbit:0", "act=fewbit:9", "act=fewbit:x", "act=fewbit"] {
             let e = bad.parse::<MemoryPolicy>().unwrap_err().to_string();
             assert!(e.contains(&bad[4..]) && e.contains("fewbit:B"), "{e}");
+        }
+        let p: MemoryPolicy = "linear=sketch:0.25:mlp".parse().unwrap();
+        assert_eq!(p.block.linear.ratio(), Some(0.25));
+        assert!(p.block.linear.sketches(true) && !p.block.linear.sketches(false));
+        assert_eq!(p.to_string().parse::<MemoryPolicy>().unwrap(), p);
+        for bad in [
+            "linear=sketch:0",
+            "linear=sketch:1.5",
+            "linear=sketch",
+            "linear=sketch:0.5:fft",
+        ] {
+            let e = bad.parse::<MemoryPolicy>().unwrap_err().to_string();
+            assert!(e.contains(&bad[7..]) && e.contains("sketch:RATIO"), "{e}");
         }
         let p: MemoryPolicy = "act=fewbit:3".parse().unwrap();
         assert_eq!(p.block.act, ActPolicy::FewBit(3));

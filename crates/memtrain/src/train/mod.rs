@@ -2,20 +2,22 @@
 
 mod bench;
 mod checkpoint;
+mod variance;
 
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use bench::{BenchConfig, BenchRow, run_bench};
 pub use checkpoint::{CheckpointState, DataSource, LATEST};
+pub use variance::{VarianceReport, gradient_variance};
 
 use crate::data::{Batch, Dataset, Tokenizer};
 use crate::error::{Error, Result};
-use crate::memory::{MemoryReport, Region};
+use crate::memory::{MemoryReport, Region, live_bytes};
 use crate::model::{Gpt, GptConfig, MemoryPolicy, OptimPolicy, Preset};
 
 /// Everything that defines a training run, saved in every checkpoint.
@@ -153,6 +155,24 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
+/// Bytes of the gradient tensors `grads` holds for `model`'s parameters.
+fn gradient_tensor_bytes(model: &Gpt, grads: &GradientsParams) -> usize {
+    struct Sum<'a> {
+        grads: &'a GradientsParams,
+        bytes: usize,
+    }
+    impl ModuleVisitor for Sum<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.get::<D>(param.id) {
+                self.bytes += g.shape().num_elements() * g.dtype().size();
+            }
+        }
+    }
+    let mut sum = Sum { grads, bytes: 0 };
+    model.visit(&mut sum);
+    sum.bytes
+}
+
 fn optimizer(policy: OptimPolicy) -> ModuleOptimizer {
     match policy {
         OptimPolicy::Adamw => AdamWConfig::new().init(),
@@ -224,8 +244,10 @@ impl Trainer {
     /// the loss minus live bytes before the forward; `grad_bytes` is live bytes after
     /// `backward` and gradient collection minus the same base (the graph is freed by then);
     /// `peak_bytes` is the peak from the forward to the end of the optimizer step above the
-    /// base; `optimizer_bytes` is live bytes after the first optimizer step minus the base
-    /// before it (AdamW allocates its state then); `param_bytes` is live bytes after building
+    /// base; `optimizer_bytes` is the change of live bytes across the first optimizer update
+    /// (AdamW allocates its state then) plus the bytes of the gradient tensors the update
+    /// consumed (so a thread growing its matmul scratch in the forward cannot be counted as
+    /// optimizer state); `param_bytes` is live bytes after building
     /// the model minus before.
     pub fn step(&mut self, batch: &Batch) -> StepStats {
         if !self.warm {
@@ -249,12 +271,17 @@ impl Trainer {
             .take()
             .expect("the model is only taken inside `step`");
         let lr = self.config.lr_at(self.step);
+        // The optimizer step frees the gradients and, the first time, allocates its state; it
+        // runs no matrix product, so no thread grows its matmul scratch inside this window.
+        let consumed = gradient_tensor_bytes(&model, &grads) as i64;
+        let before_update = live_bytes() as i64;
         self.model = Some(self.optim.step(lr, model, grads));
+        let update = live_bytes() as i64 - before_update;
         let seconds = start.elapsed().as_secs_f64();
         let peak_bytes = region.peak() as u64;
         let optimizer_bytes = *self
             .optimizer_bytes
-            .get_or_insert_with(|| region.live().max(0) as u64);
+            .get_or_insert_with(|| (update + consumed).max(0) as u64);
         self.step += 1;
         StepStats {
             loss,

@@ -1,0 +1,151 @@
+//! Sketched linear backward: exact dX and db, unbiased dW (statistics over seeds), and the
+//! Gaussian sketch's variance against its closed form.
+
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Distribution, Tensor};
+use memtrain::linear::{SketchKind, SketchedLinearConfig, sketch_rows};
+
+const N: usize = 32;
+const D_IN: usize = 4;
+const D_OUT: usize = 3;
+const RATIO: f64 = 0.25;
+
+struct Grads {
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    db: Vec<f32>,
+}
+
+fn setup(device: &Device) -> (Linear, Tensor<2>, Tensor<2>) {
+    device.seed(17);
+    let linear = LinearConfig::new(D_IN, D_OUT).init(device);
+    let x = Tensor::<2>::random([N, D_IN], Distribution::Normal(0.0, 1.0), device);
+    let w = Tensor::<2>::random([N, D_OUT], Distribution::Normal(0.0, 1.0), device);
+    (linear, x, w)
+}
+
+fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+fn exact(linear: &Linear, x: &Tensor<2>, w: &Tensor<2>) -> Grads {
+    let xg = x.clone().require_grad();
+    let g = (linear.forward(xg.clone()) * w.clone()).sum().backward();
+    Grads {
+        dx: vec_of(xg.grad(&g).unwrap()),
+        dw: vec_of(linear.weight.grad(&g).unwrap()),
+        db: vec_of(linear.bias.as_ref().unwrap().grad(&g).unwrap()),
+    }
+}
+
+fn sketched(linear: &Linear, x: &Tensor<2>, w: &Tensor<2>, kind: SketchKind, salt: u64) -> Grads {
+    let layer = SketchedLinearConfig::new(D_IN, D_OUT, RATIO)
+        .with_kind(kind)
+        .init_from(linear.clone(), salt)
+        .unwrap();
+    let xg = x.clone().require_grad();
+    let g = (layer.forward(xg.clone()) * w.clone()).sum().backward();
+    Grads {
+        dx: vec_of(xg.grad(&g).unwrap()),
+        dw: vec_of(layer.weight.grad(&g).unwrap()),
+        db: vec_of(layer.bias.grad(&g).unwrap()),
+    }
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 + 1e-5 * y.abs(),
+            "{what}[{i}]: {x} vs {y}"
+        );
+    }
+}
+
+#[test]
+fn should_keep_dx_db_and_the_output_exact() {
+    let device = Device::flex().autodiff();
+    let (linear, x, w) = setup(&device);
+    let reference = exact(&linear, &x, &w);
+    for kind in SketchKind::ALL {
+        let got = sketched(&linear, &x, &w, kind, 1);
+        close(&got.dx, &reference.dx, "dx");
+        close(&got.db, &reference.db, "db");
+        let layer = SketchedLinearConfig::new(D_IN, D_OUT, RATIO)
+            .with_kind(kind)
+            .init_from(linear.clone(), 1)
+            .unwrap();
+        close(
+            &vec_of(layer.forward(x.clone())),
+            &vec_of(linear.forward(x.clone())),
+            "y",
+        );
+        assert!(
+            got.dw
+                .iter()
+                .zip(&reference.dw)
+                .any(|(a, b)| (a - b).abs() > 1e-3),
+            "{kind:?}: dW exact?"
+        );
+    }
+}
+
+#[test]
+fn should_estimate_dw_without_bias_and_with_the_predicted_variance() {
+    let device = Device::flex().autodiff();
+    let (linear, x, w) = setup(&device);
+    let dw_exact = exact(&linear, &x, &w).dw;
+    let xs = vec_of(x.clone());
+    let gs = vec_of(w.clone()); // dY = w for the loss sum(y * w)
+    let k = sketch_rows(N, RATIO) as f64;
+    let trials = 3000;
+    for kind in SketchKind::ALL {
+        let samples: Vec<Vec<f32>> = (0..trials)
+            .map(|s| sketched(&linear, &x, &w, kind, s as u64 + 100).dw)
+            .collect();
+        for e in 0..D_IN * D_OUT {
+            let v: Vec<f64> = samples.iter().map(|s| f64::from(s[e])).collect();
+            let mean = v.iter().sum::<f64>() / trials as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (trials - 1) as f64;
+            let se = (var / trials as f64).sqrt();
+            assert!(
+                (mean - f64::from(dw_exact[e])).abs() <= 4.0 * se,
+                "{kind:?} dW[{e}]: mean {mean} exact {} (standard error {se})",
+                dw_exact[e]
+            );
+            if kind == SketchKind::Gaussian {
+                // Var[(S x_a)·(S g_b)] = (|x_a|² |g_b|² + (x_a·g_b)²) / k for S ~ N(0, 1/k).
+                let (a, b) = (e / D_OUT, e % D_OUT);
+                let col = |m: &[f32], c: usize, w: usize| {
+                    (0..N)
+                        .map(|r| f64::from(m[r * w + c]))
+                        .collect::<Vec<f64>>()
+                };
+                let (xa, gb) = (col(&xs, a, D_IN), col(&gs, b, D_OUT));
+                let dot = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(u, v)| u * v).sum::<f64>();
+                let predicted = (dot(&xa, &xa) * dot(&gb, &gb) + dot(&xa, &gb).powi(2)) / k;
+                // The sample variance of 3000 draws is within about 3·sqrt(2/3000) = 8% (more
+                // for these heavy-tailed products): allow 20%.
+                assert!(
+                    (var - predicted).abs() <= 0.2 * predicted,
+                    "Gaussian dW[{e}]: variance {var}, closed form {predicted}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn should_reject_a_bad_ratio_or_shape() {
+    let device = Device::flex();
+    for ratio in [0.0, -0.5, 1.5, f64::NAN] {
+        let e = SketchedLinearConfig::new(4, 3, ratio)
+            .init_normal(0.02, 0, &device)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ratio") && e.contains("(0, 1]"), "{e}");
+    }
+    let e = SketchedLinearConfig::new(5, 3, 0.5)
+        .init_from(LinearConfig::new(4, 3).init(&device), 0)
+        .unwrap_err();
+    assert!(e.to_string().contains("[4, 3]"), "{e}");
+}
