@@ -46,6 +46,13 @@ pub mod train;
 
 pub use error::{Error, Result};
 
+/// A tensor of `shape` viewed as a matrix: `(rows, width)`, the width being the last axis and
+/// the rows every leading axis together.
+pub(crate) fn rows_and_width(shape: &burn::tensor::Shape) -> (usize, usize) {
+    let d = shape[shape.num_dims() - 1];
+    (shape.num_elements() / d.max(1), d)
+}
+
 /// Whether tensors on `device` (with or without autodiff) run on Flex, where memtrain's custom
 /// ops are routed. On other backends the ops fall back to burn's own.
 pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {

@@ -94,12 +94,8 @@ impl InvertedKernel for Flex {
                 .par_chunks_mut(TASK / 8)
                 .zip(xs.par_chunks(TASK))
                 .for_each(|(bytes, x)| {
-                    for (byte, chunk) in bytes.iter_mut().zip(x.chunks(8)) {
-                        *byte = chunk
-                            .iter()
-                            .enumerate()
-                            .fold(0u8, |acc, (j, &v)| acc | (u8::from(v < x_min) << j));
-                    }
+                    let left: Vec<u8> = x.iter().map(|&v| u8::from(v < x_min)).collect();
+                    codes::pack_into(&left, 1, bytes);
                 });
             let n = packed.len();
             Flex::int_from_data(TensorData::new(packed, [n]), &device)

@@ -119,9 +119,7 @@ fn apply<B: Backend>(sketch: &Sketch, m: FloatTensor<B>, k: usize, n: usize) -> 
 }
 
 fn flat<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, usize, usize) {
-    let s = x.shape();
-    let d = s[s.num_dims() - 1];
-    let n = s.num_elements() / d.max(1);
+    let (n, d) = crate::rows_and_width(&x.shape());
     (B::float_reshape(x, Shape::from(vec![n, d])), n, d)
 }
 
@@ -223,8 +221,7 @@ impl<B: Backend, C: CheckpointStrategy> SketchedLinearBackend for Autodiff<B, C>
             weight.primitive().clone(),
             bias.primitive().clone(),
         );
-        let s = xp.shape();
-        let n = s.num_elements() / s[s.num_dims() - 1].max(1);
+        let (n, _) = crate::rows_and_width(&xp.shape());
         let k = sketch_rows(n, f64::from(ratio));
         let op = SketchedBackward {
             kind: SketchKind::ALL[kind as usize],

@@ -28,9 +28,7 @@ use crate::on_flex;
 pub const GAMMA_MIN: f32 = 1e-3;
 
 fn rows<B: Backend>(x: &FloatTensor<B>) -> (usize, usize) {
-    let s = x.shape();
-    let d = s[s.num_dims() - 1];
-    (s.num_elements() / d.max(1), d)
+    crate::rows_and_width(&x.shape())
 }
 
 /// `(y, x̂, rstd)` for `x` viewed as `[n, d]`; `y` has `x`'s shape, `rstd` is `[n, 1]`.

@@ -273,7 +273,11 @@ impl Trainer {
         let lr = self.config.lr_at(self.step);
         // The optimizer step frees the gradients and, the first time, allocates its state; it
         // runs no matrix product, so no thread grows its matmul scratch inside this window.
-        let consumed = gradient_tensor_bytes(&model, &grads) as i64;
+        // Only the first update is measured; later steps skip the walk over the parameters.
+        let consumed = self
+            .optimizer_bytes
+            .is_none()
+            .then(|| gradient_tensor_bytes(&model, &grads) as i64);
         let before_update = live_bytes() as i64;
         self.model = Some(self.optim.step(lr, model, grads));
         let update = live_bytes() as i64 - before_update;
@@ -281,7 +285,7 @@ impl Trainer {
         let peak_bytes = region.peak() as u64;
         let optimizer_bytes = *self
             .optimizer_bytes
-            .get_or_insert_with(|| (update + consumed).max(0) as u64);
+            .get_or_insert_with(|| (update + consumed.unwrap_or(0)).max(0) as u64);
         self.step += 1;
         StepStats {
             loss,
