@@ -2,6 +2,7 @@
 
 mod bench;
 mod compress;
+mod index;
 mod plan;
 mod plot;
 mod table;
@@ -38,6 +39,8 @@ enum Command {
     Compress(compress::CompressArgs),
     /// The rematerialization schedule for an activation budget, predicted and measured.
     Plan(plan::PlanArgs),
+    /// The tensor-train point-cloud index: build, query, bench against IVF and HNSW, OOD demo.
+    Index(index::IndexArgs),
 }
 
 /// Options both subcommands share.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Variance(args) => variance::run(args),
         Command::Compress(args) => compress::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Index(args) => index::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

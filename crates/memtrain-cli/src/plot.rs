@@ -14,7 +14,7 @@ const FONT_DIRS: [&str; 3] = [
 ];
 
 /// Registers a system TrueType font for the chart's text (plotters draws no text without one).
-fn register_font() -> Result<()> {
+pub(crate) fn register_font() -> Result<()> {
     let path = FONT_DIRS
         .iter()
         .map(Path::new)

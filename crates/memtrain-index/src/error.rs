@@ -1,0 +1,72 @@
+//! The index crate's one error type.
+
+use std::path::PathBuf;
+
+/// Every fallible memtrain-index operation returns this error.
+///
+/// Messages name the offending value and, where there is a fixed set, the valid choices.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting or an input is out of range, or shapes do not agree.
+    #[error("invalid {what}: got {got}, expected {expected}")]
+    Invalid {
+        /// Which setting or input (`--shape`, `query`, ...).
+        what: String,
+        /// The value given.
+        got: String,
+        /// What would have been accepted.
+        expected: String,
+    },
+    /// A data or index file is unreadable, truncated, corrupt or of another format.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// An I/O failure on a named path.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Builds an [`Error::Invalid`].
+    pub fn invalid(
+        what: impl Into<String>,
+        got: impl ToString,
+        expected: impl Into<String>,
+    ) -> Self {
+        Error::Invalid {
+            what: what.into(),
+            got: got.to_string(),
+            expected: expected.into(),
+        }
+    }
+
+    /// Builds an [`Error::File`].
+    pub fn file(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::File {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Builds an [`Error::Io`].
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,224 @@
+//! The tensor-train index: beam descent through the cloud's cluster hierarchy, then an exact
+//! scan of the chosen leaves.
+
+use crate::cloud::{TtCloud, mat_mat, vec_mat};
+use crate::data::Points;
+use crate::exact::{assign, check_dim};
+use crate::kernel::{TopK, dot};
+use crate::lists::Lists;
+use crate::{Error, Result};
+
+/// Search parameters of a [`TtIndex`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TtSearch {
+    /// Clusters kept at each level above the leaves: one width for every level, or one per
+    /// level (`leaf_level - 1` entries).
+    pub beam: Vec<usize>,
+    /// Leaves whose points are scanned exactly.
+    pub probe: usize,
+}
+
+impl TtSearch {
+    /// The same beam width at every level, and `probe` leaves.
+    pub fn new(beam: usize, probe: usize) -> Self {
+        Self {
+            beam: vec![beam],
+            probe,
+        }
+    }
+}
+
+/// An approximate nearest-neighbour index over a [`TtCloud`]: the clusters at level
+/// `leaf_level` (prefixes `(i_1..i_L)`) are the leaves, every real point sits in the inverted
+/// list of its nearest leaf centre, and a query descends the levels keeping a beam of the
+/// best clusters, then scans the `probe` best leaves exactly.
+///
+/// A cluster's distance to the query costs `O(r)`, not `O(D)`: with `c = p S + offset` (see
+/// [`TtCloud`]), `|q - c|² = |q - offset|² - 2 p·u + |p S|²` where `u = S (q - offset)` is
+/// computed once per level (`u_j = M_{j+1} u_{j+1}`) and `|p S|²` is stored per cluster.
+///
+/// # Memory
+///
+/// [`TtIndex::structure_bytes`]: the cloud's parameters, the stored prefix vectors and
+/// centre norms of every level down to the leaves (`4 Σ_j Π_{l<=j} N_l (r_j + 1)`), and the
+/// lists' ids and offsets; the raw vectors (`4 N D`) are excluded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtIndex {
+    cloud: TtCloud,
+    leaf_level: usize,
+    lists: Lists,
+    /// Per level `j = 1..=L`: prefix vectors `[n_j, r_j]`.
+    prefix: Vec<Vec<f32>>,
+    /// Per level: `|p S_j|²` per cluster.
+    norms: Vec<Vec<f32>>,
+    /// `S_L` `[r_L, D]`.
+    suffix: Vec<f32>,
+    /// Per level `j = 1..L-1`: `M_{j+1}` `[r_j, r_{j+1}]`.
+    means: Vec<Vec<f32>>,
+}
+
+impl TtIndex {
+    /// Builds the index of `points` over `cloud`, with leaves at level `leaf_level`
+    /// (`1..=k`; the clusters of prefixes of that length).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when the dimensions differ or `leaf_level` is out of range.
+    pub fn build(cloud: TtCloud, points: &Points, leaf_level: usize) -> Result<Self> {
+        if points.dim() != cloud.dim() {
+            return Err(Error::invalid(
+                "data dimension",
+                points.dim(),
+                format!("{}, the cloud's dimension", cloud.dim()),
+            ));
+        }
+        let k = cloud.shape().len();
+        if !(1..=k).contains(&leaf_level) {
+            return Err(Error::invalid(
+                "leaf level",
+                leaf_level,
+                format!("1..={k} for a cloud of shape {:?}", cloud.shape()),
+            ));
+        }
+        let leaf_of = assign(points, &cloud.centres(leaf_level));
+        let leaves: usize = cloud.shape()[..leaf_level].iter().product();
+        let lists = Lists::new(points, &leaf_of, leaves);
+        Ok(Self::from_parts(cloud, leaf_level, lists))
+    }
+
+    /// The index from a cloud and its lists, deriving the search tables.
+    pub(crate) fn from_parts(cloud: TtCloud, leaf_level: usize, lists: Lists) -> Self {
+        let d = cloud.dim();
+        let mut prefix = Vec::new();
+        let mut norms = Vec::new();
+        for j in 1..=leaf_level {
+            let p = cloud.prefixes(j);
+            let s = cloud.suffix(j);
+            let r = cloud.ranks()[j];
+            // |p S|² = p (S Sᵀ) pᵀ with the [r, r] Gram matrix of S.
+            let mut gram = vec![0.0f32; r * r];
+            for a in 0..r {
+                for b in 0..r {
+                    gram[a * r + b] = dot(&s[a * d..(a + 1) * d], &s[b * d..(b + 1) * d]);
+                }
+            }
+            norms.push(
+                p.chunks_exact(r)
+                    .map(|v| dot(&vec_mat(v, &gram, r), v))
+                    .collect(),
+            );
+            prefix.push(p);
+        }
+        let suffix = cloud.suffix(leaf_level);
+        let means = (1..leaf_level).map(|j| cloud.mean_slice(j)).collect();
+        Self {
+            cloud,
+            leaf_level,
+            lists,
+            prefix,
+            norms,
+            suffix,
+            means,
+        }
+    }
+
+    /// The cloud.
+    pub fn cloud(&self) -> &TtCloud {
+        &self.cloud
+    }
+
+    /// The level of the leaves.
+    pub fn leaf_level(&self) -> usize {
+        self.leaf_level
+    }
+
+    /// The inverted lists.
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// Number of leaves, `Π_{j<=L} N_j`.
+    pub fn leaves(&self) -> usize {
+        self.lists.leaves()
+    }
+
+    /// Bytes of the index proper: cloud parameters and offset, search tables, list ids and
+    /// offsets (raw vectors excluded).
+    pub fn structure_bytes(&self) -> usize {
+        let floats = self.cloud.param_count()
+            + self.cloud.dim()
+            + self.prefix.iter().map(Vec::len).sum::<usize>()
+            + self.norms.iter().map(Vec::len).sum::<usize>()
+            + self.suffix.len()
+            + self.means.iter().map(Vec::len).sum::<usize>();
+        4 * floats + self.lists.structure_bytes()
+    }
+
+    /// The `k` nearest points found for `query` as `(squared distance, id)`, nearest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for a query of another dimension, a zero beam or probe, or a beam
+    /// list of the wrong length.
+    pub fn search(&self, query: &[f32], k: usize, params: &TtSearch) -> Result<Vec<(f32, u32)>> {
+        check_dim(query, self.cloud.dim())?;
+        let levels = self.leaf_level;
+        if params.probe == 0 || params.beam.contains(&0) {
+            return Err(Error::invalid(
+                "search parameters",
+                format!("beam {:?}, probe {}", params.beam, params.probe),
+                "beam widths and probe of at least 1",
+            ));
+        }
+        if !(params.beam.len() == 1 || params.beam.len() == levels - 1) {
+            return Err(Error::invalid(
+                "beam",
+                format!("{:?}", params.beam),
+                format!(
+                    "one width, or {} (one per level above the leaves)",
+                    levels - 1
+                ),
+            ));
+        }
+        let shape = self.cloud.shape();
+        let ranks = self.cloud.ranks();
+        let d = self.cloud.dim();
+        let shifted: Vec<f32> = query
+            .iter()
+            .zip(self.cloud.offset())
+            .map(|(a, b)| a - b)
+            .collect();
+        // u_L = S_L q', then u_j = M_{j+1} u_{j+1} going up.
+        let mut u = vec![Vec::new(); levels];
+        u[levels - 1] = (0..ranks[levels])
+            .map(|a| dot(&self.suffix[a * d..(a + 1) * d], &shifted))
+            .collect();
+        for j in (0..levels - 1).rev() {
+            u[j] = mat_mat(&self.means[j], &u[j + 1], ranks[j + 1], ranks[j + 2], 1);
+        }
+        let mut kept: Vec<u32> = vec![0];
+        for j in 0..levels {
+            let keep = if j + 1 == levels {
+                params.probe
+            } else {
+                params.beam[j.min(params.beam.len() - 1)]
+            };
+            let (r, n) = (ranks[j + 1], shape[j]);
+            let mut top = TopK::new(keep);
+            for &parent in &kept {
+                for i in 0..n {
+                    let c = parent as usize * n + i;
+                    let score =
+                        self.norms[j][c] - 2.0 * dot(&self.prefix[j][c * r..(c + 1) * r], &u[j]);
+                    top.push(score, c as u32);
+                }
+            }
+            kept = top.into_sorted().into_iter().map(|(_, c)| c).collect();
+        }
+        let mut top = TopK::new(k);
+        for leaf in kept {
+            self.lists.scan(leaf as usize, query, &mut top);
+        }
+        Ok(top.into_sorted())
+    }
+}

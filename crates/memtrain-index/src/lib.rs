@@ -1,0 +1,47 @@
+//! A tensor-train point-cloud index: approximate nearest-neighbour search and a compact
+//! memory bank, after Novikov, Gneushev, Kadeishvili and Oseledets, "Tensor-Train Point Cloud
+//! Compression and Efficient Approximate Nearest-Neighbor Search"
+//! (<https://arxiv.org/abs/2410.04462>).
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`TtCloud`] | `Π N_j` points of dimension `D` as a tensor train over `[N_1, ..., N_k, D]` |
+//! | [`fit`] | trains a cloud on data: sliced Wasserstein plus a nearest-neighbour loss |
+//! | [`TtIndex`] | beam descent through the cloud's cluster hierarchy, then an exact scan |
+//! | [`IvfIndex`], [`ExactIndex`] | the k-means IVF-Flat and brute-force baselines |
+//! | [`io`] | one-file save and load with a versioned header and a checksum |
+//! | [`data`] | `.npy`, Fashion-MNIST IDX, generated clustered data |
+//! | [`metrics`] | recall@k (ann-benchmarks), sliced Wasserstein distance, AUROC |
+//!
+//! # Example
+//!
+//! ```
+//! use memtrain_index::{FitConfig, TtIndex, TtSearch, data, fit};
+//!
+//! let points = data::clustered(512, 8, 4, 0);
+//! let config = FitConfig { rank: 4, steps: 20, batch: 256, ..FitConfig::default() };
+//! let cloud = fit(&points, &[4, 4, 32], &config, &mut |_| {}).unwrap();
+//! let index = TtIndex::build(cloud, &points, 2).unwrap();
+//! let found = index.search(points.row(7), 10, &TtSearch::new(4, 4)).unwrap();
+//! assert_eq!(found.len(), 10);
+//! ```
+
+mod cloud;
+pub mod data;
+mod error;
+mod exact;
+mod fit;
+mod index;
+pub mod io;
+mod ivf;
+pub mod kernel;
+mod lists;
+pub mod metrics;
+
+pub use cloud::TtCloud;
+pub use error::{Error, Result};
+pub use exact::{ExactIndex, assign, ground_truth};
+pub use fit::{FitConfig, FitProgress, capped_ranks, check_capacity, fit};
+pub use index::{TtIndex, TtSearch};
+pub use ivf::IvfIndex;
+pub use lists::Lists;
