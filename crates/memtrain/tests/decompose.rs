@@ -56,10 +56,10 @@ fn orthonormal(n: usize, k: usize, seed: u64) -> Vec<f64> {
     for j in 0..k {
         for _ in 0..2 {
             for p in 0..j {
-                let dot: f64 = (0..n).map(|i| cols[j][i] * cols[p][i]).sum();
-                for i in 0..n {
-                    cols[j][i] -= dot * cols[p][i];
-                }
+                let (done, rest) = cols.split_at_mut(j);
+                let (c, q) = (&mut rest[0], &done[p]);
+                let dot: f64 = c.iter().zip(q).map(|(x, y)| x * y).sum();
+                c.iter_mut().zip(q).for_each(|(x, y)| *x -= dot * y);
             }
         }
         let len = norm(&cols[j]);

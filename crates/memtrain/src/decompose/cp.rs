@@ -347,7 +347,7 @@ pub fn cp_als<const D: usize>(t: Tensor<D>, params: CpParams) -> Result<Cp> {
 pub fn cp_als_shaped(t: Tensor<1>, shape: &[usize], params: CpParams) -> Result<Cp> {
     let x = t.detach();
     let norm = check_cp_input(&x, shape, params.rank)?;
-    if !(params.tol >= 0.0) {
+    if params.tol.is_nan() || params.tol < 0.0 {
         return Err(Error::config("CP tol", params.tol, "a tolerance >= 0"));
     }
     let (device, dtype) = (x.device(), x.dtype());

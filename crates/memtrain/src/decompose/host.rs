@@ -123,7 +123,7 @@ pub(crate) fn inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
             .max_by(|&x, &y| m[x * n + col].abs().total_cmp(&m[y * n + col].abs()))
             .expect("col < n");
         let p = m[piv * n + col];
-        if !(p.abs() > 1e-14 * scale) || !p.is_finite() {
+        if p.abs() <= 1e-14 * scale || !p.is_finite() {
             return None;
         }
         if piv != col {

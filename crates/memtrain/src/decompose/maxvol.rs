@@ -38,7 +38,7 @@ fn pivot_rows(a: &[f64], n: usize, r: usize) -> Option<Vec<usize>> {
             .filter(|&i| !used[i])
             .max_by(|&x, &y| m[x * r + col].abs().total_cmp(&m[y * r + col].abs()))?;
         let p = m[piv * r + col];
-        if !(p.abs() > 1e-12 * scale) {
+        if p.abs() <= 1e-12 * scale || p.is_nan() {
             return None;
         }
         used[piv] = true;
@@ -88,7 +88,7 @@ pub fn maxvol(a: Tensor<2>, params: MaxvolParams) -> Result<Vec<usize>> {
             "a tall matrix [n, r] with n >= r >= 1",
         ));
     }
-    if !(params.tol >= 1.0) {
+    if params.tol.is_nan() || params.tol < 1.0 {
         return Err(Error::config("maxvol tol", params.tol, "a tolerance >= 1"));
     }
     let a = host::values(a.detach());
