@@ -677,3 +677,40 @@ fn should_name_a_ratio_no_rank_achieves() {
     assert!(rank_for_ratio(&[4, 4], 0.5, RankMethod::Svd).is_err());
     assert!(rank_for_ratio(&[4, 4, 4], 2.0, RankMethod::Svd).is_err());
 }
+
+// ---- dtype and device ----
+
+#[test]
+fn should_keep_the_dtype_of_f32_inputs_on_an_autodiff_device() {
+    let dev = Device::flex().autodiff();
+    let f32s = |shape: [usize; 2], seed| -> Tensor<2> {
+        Tensor::from_data(
+            TensorData::new(uniform(shape[0] * shape[1], seed), shape),
+            (&dev, DType::F32),
+        )
+    };
+    let w = f32s([6, 8], 1).require_grad();
+    let low = svd_lowrank(w.clone(), SvdParams::rank(6)).unwrap();
+    assert_eq!((low.a.dtype(), low.b.dtype()), (DType::F32, DType::F32));
+    let dense = values(w.clone().detach());
+    assert!(diff(&values(low.full()), &dense) < 1e-4 * norm(&dense));
+    let tk = tucker2(w.clone().reshape([6, 8, 1, 1]), Tucker2Params::new(6, 6)).unwrap();
+    assert_eq!(tk.core.dtype(), DType::F32);
+    assert!(diff(&values(tk.full()), &dense) < 1e-4 * norm(&dense));
+    let x = planted_cp(&[4, 5, 6], 2, 3);
+    let x32: Tensor<3> =
+        Tensor::<1>::from_data(TensorData::new(values(x), [120]), (&dev, DType::F32))
+            .reshape([4, 5, 6]);
+    let cp = cp_als(x32.clone(), CpParams::new(2)).unwrap();
+    assert!(cp.factors.iter().all(|f| f.dtype() == DType::F32));
+    assert!(cp.relative_error(&x32).unwrap() < 1e-4);
+    let q = cp_admm_quantized(x32, CpQuantParams::new(2, 8).with_iters(2, 3)).unwrap();
+    assert!(q.factors.iter().all(|f| f.dtype() == DType::F32));
+    assert_on_grid(&q, 8);
+    assert_eq!(
+        maxvol(f32s([5, 2], 4), MaxvolParams::default())
+            .unwrap()
+            .len(),
+        2
+    );
+}
