@@ -12,6 +12,7 @@
 //! | [`norm`] | output-saving LayerNorm (`norm=output`) |
 //! | [`linear`] | sketched linear backward (`linear=sketch:RATIO`), TT-matrix layers (`weights=ttm:RANK`) |
 //! | [`tt`] | tensor trains: TT-SVD, rounding, products, norms |
+//! | [`decompose`] | SVD, Tucker-2, CP (and quantization-aware CP by ADMM), maxvol, rank selection |
 //! | [`compress`] | trained weights to TT-matrices, with a per-layer report |
 //! | [`optim`] | NAG-GS and GaLore: less optimizer state than AdamW (`optim=...`) |
 //! | [`remat`] | rematerialization of blocks under a memory budget (`remat=...`) |
@@ -45,6 +46,7 @@ pub mod adapter;
 pub mod attention;
 pub mod compress;
 pub mod data;
+pub mod decompose;
 mod error;
 pub mod linear;
 pub mod memory;
