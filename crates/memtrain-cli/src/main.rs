@@ -2,6 +2,7 @@
 
 mod bench;
 mod compress;
+mod embed;
 mod plan;
 mod plot;
 mod table;
@@ -38,6 +39,8 @@ enum Command {
     Compress(compress::CompressArgs),
     /// The rematerialization schedule for an activation budget, predicted and measured.
     Plan(plan::PlanArgs),
+    /// Sentence embeddings from a pretrained BERT such as all-MiniLM-L6-v2.
+    Embed(embed::EmbedArgs),
 }
 
 /// Options both subcommands share.
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Variance(args) => variance::run(args),
         Command::Compress(args) => compress::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Embed(args) => embed::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
