@@ -1,6 +1,7 @@
 //! `memtrain embed`: sentence embeddings from a pretrained BERT (all-MiniLM-L6-v2).
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
@@ -32,12 +33,22 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         bail!("invalid --batch 0: expected at least 1");
     }
     let device = Device::flex();
+    let start = Instant::now();
     let model = Bert::load(&args.model, &device)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;
     let tokenizer = BertTokenizer::from_dir(&args.model)
         .with_context(|| format!("loading the tokenizer from {}", args.model.display()))?;
+    let loaded = start.elapsed();
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let start = Instant::now();
     let embeddings = model.embed_texts(&tokenizer, &texts, args.batch, &device)?;
+    eprintln!(
+        "loaded in {:.2} s, embedded {} texts in {:.2} s (batch {})",
+        loaded.as_secs_f64(),
+        texts.len(),
+        start.elapsed().as_secs_f64(),
+        args.batch
+    );
     if args.json {
         println!("{}", serde_json::to_string(&embeddings)?);
         return Ok(());

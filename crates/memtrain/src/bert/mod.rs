@@ -11,7 +11,7 @@
 //!
 //! # fn main() -> memtrain::Result<()> {
 //! let device = Device::flex();
-//! let dir = "/root/.cache/memtrain/minilm/model";
+//! let dir = "minilm/model"; // what scripts/fetch-minilm.sh prints
 //! let model = Bert::load(dir, &device)?;
 //! let tokenizer = BertTokenizer::from_dir(dir)?;
 //! let e = model.embed_texts(&tokenizer, &["A man is eating food."], 32, &device)?;
