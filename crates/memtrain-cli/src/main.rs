@@ -3,6 +3,7 @@
 mod bench;
 mod compress;
 mod index;
+mod embed;
 mod plan;
 mod plot;
 mod table;
@@ -41,6 +42,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// The tensor-train point-cloud index: build, query, bench against IVF and HNSW, OOD demo.
     Index(index::IndexArgs),
+    /// Sentence embeddings from a pretrained BERT such as all-MiniLM-L6-v2.
+    Embed(embed::EmbedArgs),
 }
 
 /// Options both subcommands share.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Compress(args) => compress::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Index(args) => index::run(args),
+        Command::Embed(args) => embed::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

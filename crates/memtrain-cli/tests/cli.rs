@@ -737,4 +737,55 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
     let tt_max = rows.as_array().unwrap().iter().filter(|r| r["method"] == "tt").map(|r| r["recall_at_10"].as_f64().unwrap()).fold(0.0, f64::max);
     assert_eq!(tt_max, 1.0);
     std::fs::remove_dir_all(&dir).unwrap();
+/// The fetched all-MiniLM-L6-v2 directory (see `scripts/fetch-minilm.sh`), if any.
+fn minilm_dir() -> Option<PathBuf> {
+    let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/memtrain/minilm"),
+    };
+    let dir = root.join("model");
+    dir.join("model.safetensors").is_file().then_some(dir)
+}
+
+#[test]
+fn should_embed_texts_or_name_the_missing_model() {
+    let out = run(&["embed", "--model", "/nonexistent/minilm", "--text", "hi"]);
+    assert_user_error(&out, "/nonexistent/minilm");
+
+    let Some(dir) = minilm_dir() else {
+        eprintln!("skipping the embedding half: run scripts/fetch-minilm.sh");
+        return;
+    };
+    let model = dir.to_str().unwrap();
+    let texts = [
+        "A man is eating food.",
+        "Hi",
+        "A man is eating a piece of bread.",
+    ];
+    let mut args = vec!["embed", "--model", model, "--json", "--batch", "2"];
+    for t in texts {
+        args.extend(["--text", t]);
+    }
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), texts.len());
+    for row in &rows {
+        assert_eq!(row.len(), 384);
+        let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+    }
+    // Input order: food is closer to bread (third) than to "Hi" (second).
+    let cos = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+    assert!(cos(&rows[0], &rows[2]) > cos(&rows[0], &rows[1]) + 0.2);
+
+    let out = run(&["embed", "--model", model, "--text", "Hi"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("dim 384 norm 1.0000"), "{stdout}");
 }

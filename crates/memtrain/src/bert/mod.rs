@@ -1,0 +1,33 @@
+//! A pretrained BERT sentence encoder (all-MiniLM-L6-v2) loaded from Hugging Face files.
+//!
+//! A sentence-transformers model directory holds `config.json` ([`BertConfig`]),
+//! `model.safetensors` ([`Bert::load`]), `tokenizer.json` and `sentence_bert_config.json`
+//! ([`BertTokenizer::from_dir`]). `scripts/fetch-minilm.sh` downloads all-MiniLM-L6-v2
+//! (6 layers, d_model 384, 12 heads, 22.7M parameters) and prints its directory.
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use memtrain::bert::{Bert, BertTokenizer};
+//!
+//! # fn main() -> memtrain::Result<()> {
+//! let device = Device::flex();
+//! let dir = "minilm/model"; // what scripts/fetch-minilm.sh prints
+//! let model = Bert::load(dir, &device)?;
+//! let tokenizer = BertTokenizer::from_dir(dir)?;
+//! let e = model.embed_texts(&tokenizer, &["A man is eating food."], 32, &device)?;
+//! assert_eq!(e[0].len(), 384);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Every linear layer is a [`LinearLayer`](crate::model::layers::LinearLayer) reachable by its
+//! Hugging Face name through [`Bert::linears`] and [`Bert::try_map_linears`], so compressed
+//! layers can replace the dense ones.
+
+mod config;
+mod model;
+mod tokenizer;
+
+pub use config::{BertActivation, BertConfig};
+pub use model::{Bert, BertEmbeddings, BertLayer};
+pub use tokenizer::{BertInput, BertTokenizer};
