@@ -14,7 +14,7 @@ use memtrain_index::{
     ExactIndex, FitConfig, IvfIndex, TtCloud, TtIndex, TtSearch, check_capacity, fit, ground_truth,
     io,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {
@@ -33,6 +33,18 @@ enum IndexCommand {
     Bench(BenchArgs),
     /// Out-of-distribution detection with the TT cloud as the memory bank (Fashion-MNIST).
     Ood(OodArgs),
+    /// Redraw the recall/QPS plot from a `bench --json` file.
+    Plot(PlotArgs),
+}
+
+#[derive(Args, Debug)]
+struct PlotArgs {
+    /// A file written by `memtrain index bench --json`.
+    #[arg(long)]
+    json: PathBuf,
+    /// The PNG to write.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// How the TT cloud is shaped and trained.
@@ -158,6 +170,20 @@ pub fn run(args: IndexArgs) -> Result<()> {
         IndexCommand::Query(a) => query(a),
         IndexCommand::Bench(a) => bench(a),
         IndexCommand::Ood(a) => ood(a),
+        IndexCommand::Plot(a) => {
+            let text = std::fs::read_to_string(&a.json)
+                .with_context(|| format!("--json {}", a.json.display()))?;
+            let rows: Vec<Row> = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "--json {}: not a `memtrain index bench --json` file",
+                    a.json.display()
+                )
+            })?;
+            if rows.is_empty() {
+                bail!("--json {}: no rows to plot", a.json.display());
+            }
+            plot_curves(&rows, &a.out).context("--out")
+        }
     }
 }
 
@@ -332,7 +358,7 @@ fn query(args: QueryArgs) -> Result<()> {
 }
 
 /// One point of the recall/QPS sweep.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Row {
     method: String,
     params: String,
@@ -428,22 +454,24 @@ fn bench(args: BenchArgs) -> Result<()> {
     report(rows.last().expect("a row"));
 
     // TT index.
-    let live = memtrain::memory::live_bytes();
     let (cloud, fit_seconds) = train(&base, &shape, &args.cloud)?;
+    let cloud_bytes = 4 * (cloud.param_count() + cloud.dim());
+    let vector_bytes = 4 * base.len() * base.dim();
+    let live = memtrain::memory::live_bytes();
     let start = Instant::now();
     let tt = TtIndex::build(cloud, &base, leaf)?;
     let tt_seconds = fit_seconds + start.elapsed().as_secs_f64();
-    let tt_measured = memtrain::memory::live_bytes().saturating_sub(live);
+    // The cloud was allocated before and moved in; the lists copy the vectors.
+    let tt_measured =
+        (memtrain::memory::live_bytes() + cloud_bytes) as i64 - (live + vector_bytes) as i64;
     let tt_bytes = tt.structure_bytes();
     eprintln!(
         "tt: shape {shape:?}, ranks {:?}, {} leaves; {} parameters against N·D = {}; structure \
-         {tt_bytes} B (allocator: {} B beyond the {} B of vectors)",
+         {tt_bytes} B (formula), {tt_measured} B (allocator, vectors excluded)",
         tt.cloud().ranks(),
         tt.leaves(),
         tt.cloud().param_count(),
         base.len() * base.dim(),
-        tt_measured as i64 - (4 * base.len() * base.dim()) as i64,
-        4 * base.len() * base.dim(),
     );
     let mut beams: Vec<usize> = vec![4, 8, 16, 32, 64];
     if leaf == 1 {
@@ -677,22 +705,33 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
             .margin(15)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..1.0f64, (qps_min..qps_max).log_scale())?;
+            .build_cartesian_2d(RECALL_FLOOR..1.0f64, (qps_min..qps_max).log_scale())?;
         chart
             .configure_mesh()
             .x_desc("recall@10")
             .y_desc("queries per second")
             .draw()?;
-        let colors = [
-            ("tt", RGBColor(234, 67, 53)),
-            ("ivf", RGBColor(66, 133, 244)),
-            ("hnsw", RGBColor(52, 168, 83)),
-            ("exact", RGBColor(0, 0, 0)),
+        // One series per method, and per list count for IVF (the two IVFs differ).
+        let mut series: Vec<String> = Vec::new();
+        for r in rows {
+            let key = series_key(r);
+            if !series.contains(&key) {
+                series.push(key);
+            }
+        }
+        let palette = [
+            RGBColor(234, 67, 53),
+            RGBColor(66, 133, 244),
+            RGBColor(0, 172, 193),
+            RGBColor(52, 168, 83),
+            RGBColor(0, 0, 0),
+            RGBColor(171, 71, 188),
         ];
-        for (method, color) in colors {
+        for (i, key) in series.iter().enumerate() {
+            let color = palette[i % palette.len()];
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
-                .filter(|r| r.method == method)
+                .filter(|r| &series_key(r) == key && r.recall_at_10 >= RECALL_FLOOR)
                 .map(|r| (r.recall_at_10, r.qps))
                 .collect();
             if pts.is_empty() {
@@ -710,18 +749,30 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
             }
             chart
                 .draw_series(LineSeries::new(front.clone(), color.stroke_width(2)))?
-                .label(method)
+                .label(key.as_str())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
         }
         chart
             .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
         root.present()?;
     }
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}
+
+/// Recall below this is left off the plot (the region users choose from is near 1).
+const RECALL_FLOOR: f64 = 0.5;
+
+/// The plot series of a row: its method, and its list count for IVF.
+fn series_key(row: &Row) -> String {
+    match row.method.as_str() {
+        "ivf" => format!("ivf {}", row.params.split(',').next().unwrap_or("")),
+        m => m.to_string(),
+    }
 }
 
 /// The OOD table: AUROC of the distance to the nearest memory-bank point, for the TT cloud,

@@ -2,8 +2,8 @@
 
 mod bench;
 mod compress;
-mod index;
 mod embed;
+mod index;
 mod plan;
 mod plot;
 mod table;

@@ -151,17 +151,27 @@ pub fn check_capacity(shape: &[usize], n: usize) -> Result<()> {
 ///
 /// The data are centred and scaled to unit variance; the basis starts at the top principal
 /// directions scaled by their standard deviations and the cores at N(0, 1/r) (so a random
-/// cloud point has the data's covariance in that subspace). Each step draws `batch` cloud
-/// points at random multi-indices and `batch` data points, and minimises
-/// `SW² + nn_weight · NN`: `SW²` projects both on `projections` random unit directions and
-/// matches the sorted projections; `NN` is the mean over `nn_batch` data points of the
-/// squared distance (per coordinate) to the nearest of the drawn cloud points, which pulls
-/// the cloud onto every part of the data.
+/// cloud point has the data's covariance in that subspace). Each Adam step draws `batch`
+/// cloud points at random multi-indices and `batch` data points and minimises
+///
+/// `SW² + nn_weight · NN + level_weight · Σ_{j<k} C_j`
+///
+/// - `SW²` (sliced Wasserstein, as in the paper): both sets projected on `projections` random
+///   unit directions, the sorted projections matched;
+/// - `NN` (nearest neighbour, as in the paper): the mean over `nn_batch` data points of the
+///   squared distance (per coordinate) to the nearest drawn cloud point, which pulls the
+///   cloud onto every part of the data;
+/// - `C_j` (our addition for search): the mean squared distance of the data points to the
+///   nearest cluster centre at level `j`, i.e. the k-means objective of every level's
+///   centres. Without it the subtrees are spread out and the leaves badly unbalanced: on
+///   Fashion-MNIST the index needed the whole first level in its beam and still ran at a
+///   third of IVF's speed (docs/BENCHMARKS.md). Levels with more than
+///   [`MAX_LEVEL_CENTRES`] clusters are skipped.
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] for a shape whose product is smaller than the number of points, rank
-/// or steps or batch 0, or a non-finite loss (the learning rate is too high).
+/// [`Error::Invalid`] for a shape whose product is smaller than the number of points, rank,
+/// batch or projections 0, or a non-finite loss (the learning rate is too high).
 pub fn fit(
     points: &Points,
     shape: &[usize],
