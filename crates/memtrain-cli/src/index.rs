@@ -719,16 +719,21 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
                 series.push(key);
             }
         }
-        let palette = [
-            RGBColor(234, 67, 53),
-            RGBColor(66, 133, 244),
-            RGBColor(0, 172, 193),
-            RGBColor(52, 168, 83),
-            RGBColor(0, 0, 0),
-            RGBColor(171, 71, 188),
-        ];
-        for (i, key) in series.iter().enumerate() {
-            let color = palette[i % palette.len()];
+        let mut ivf_seen = 0;
+        for key in series.iter() {
+            let color = match key.split(' ').next() {
+                Some("tt") => RGBColor(234, 67, 53),
+                Some("hnsw") => RGBColor(52, 168, 83),
+                Some("exact") => RGBColor(0, 0, 0),
+                _ => {
+                    ivf_seen += 1;
+                    if ivf_seen == 1 {
+                        RGBColor(66, 133, 244)
+                    } else {
+                        RGBColor(0, 172, 193)
+                    }
+                }
+            };
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| &series_key(r) == key && r.recall_at_10 >= RECALL_FLOOR)
