@@ -41,7 +41,7 @@ pub mod metrics;
 pub use cloud::TtCloud;
 pub use error::{Error, Result};
 pub use exact::{ExactIndex, assign, ground_truth};
-pub use fit::{FitConfig, FitProgress, capped_ranks, check_capacity, fit};
+pub use fit::{FitConfig, FitProgress, MAX_LEVEL_CENTRES, capped_ranks, check_capacity, fit};
 pub use index::{TtIndex, TtSearch};
 pub use ivf::IvfIndex;
 pub use lists::Lists;
