@@ -187,7 +187,7 @@ pub fn run(args: IndexArgs) -> Result<()> {
     }
 }
 
-/// Base points (and held-out queries, and labels) from an .npy file or a Fashion-MNIST dir.
+/// Base points, and the queries when the source has its own (Fashion-MNIST's test images).
 struct Loaded {
     base: Points,
     queries: Option<Points>,
@@ -224,16 +224,14 @@ fn load_queries(path: &Path) -> Result<Points> {
 
 /// Parses a comma-separated list of positive integers.
 fn parse_list(flag: &str, text: &str) -> Result<Vec<usize>> {
-    let parts: Result<Vec<usize>> = text
-        .split(',')
+    text.split(',')
         .map(|t| match t.trim().parse::<usize>() {
             Ok(v) if v > 0 => Ok(v),
             _ => Err(anyhow!(
                 "invalid {flag}: got {t:?} in {text:?}, expected positive integers separated by commas"
             )),
         })
-        .collect();
-    parts
+        .collect()
 }
 
 /// The default shape for `n` points: about `n / 16` leaves (a power of two, at least 8) as
