@@ -646,7 +646,8 @@ fn should_fine_tune_with_adapters_from_a_checkpoint() {
 
 /// A float32 `.npy` file of shape `[rows, d]` (possibly empty) written by hand.
 fn write_npy(path: &Path, rows: usize, d: usize, values: &[f32]) {
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {d}), }}");
+    let mut header =
+        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {d}), }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -669,74 +670,173 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
     memtrain_index::data::write_npy(&d, &data).unwrap();
     memtrain_index::data::write_npy(&q, &queries).unwrap();
     let idx = dir.join("data.idx");
-    let (d_s, q_s, idx_s) = (d.to_str().unwrap(), q.to_str().unwrap(), idx.to_str().unwrap());
+    let (d_s, q_s, idx_s) = (
+        d.to_str().unwrap(),
+        q.to_str().unwrap(),
+        idx.to_str().unwrap(),
+    );
     let quick = ["--steps", "20", "--batch", "256", "--rank", "4"];
 
     let mut args = vec!["index", "build", "--data", d_s, "--out", idx_s];
     args.extend_from_slice(&quick);
     let out = run(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = run(&["index", "query", "--index", idx_s, "--queries", q_s, "--json", "--beam", "4", "--probe", "32"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&[
+        "index",
+        "query",
+        "--index",
+        idx_s,
+        "--queries",
+        q_s,
+        "--json",
+        "--beam",
+        "4",
+        "--probe",
+        "32",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 40);
-    assert!(rows.iter().all(|r| r["ids"].as_array().unwrap().len() == 10));
+    assert!(
+        rows.iter()
+            .all(|r| r["ids"].as_array().unwrap().len() == 10)
+    );
 
     // Bad input: a shape too small, NaN, no points, a query of another dimension, a
     // truncated index, a foreign file.
-    let out = run(&["index", "build", "--data", d_s, "--out", idx_s, "--shape", "4,4,4"]);
+    let out = run(&[
+        "index", "build", "--data", d_s, "--out", idx_s, "--shape", "4,4,4",
+    ]);
     assert_user_error(&out, "product 64");
     let nan = dir.join("nan.npy");
     write_npy(&nan, 1, 2, &[1.0, f32::NAN]);
-    let out = run(&["index", "build", "--data", nan.to_str().unwrap(), "--out", idx_s]);
+    let out = run(&[
+        "index",
+        "build",
+        "--data",
+        nan.to_str().unwrap(),
+        "--out",
+        idx_s,
+    ]);
     assert_user_error(&out, "NaN in point 0");
     let empty = dir.join("empty.npy");
     write_npy(&empty, 0, 8, &[]);
-    let out = run(&["index", "build", "--data", empty.to_str().unwrap(), "--out", idx_s]);
+    let out = run(&[
+        "index",
+        "build",
+        "--data",
+        empty.to_str().unwrap(),
+        "--out",
+        idx_s,
+    ]);
     assert_user_error(&out, "0 points");
     let wide = dir.join("wide.npy");
     write_npy(&wide, 1, 5, &[0.0; 5]);
-    let out = run(&["index", "query", "--index", idx_s, "--queries", wide.to_str().unwrap()]);
+    let out = run(&[
+        "index",
+        "query",
+        "--index",
+        idx_s,
+        "--queries",
+        wide.to_str().unwrap(),
+    ]);
     assert_user_error(&out, "dimension mismatch");
     let bytes = std::fs::read(&idx).unwrap();
     let cut = dir.join("cut.idx");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let out = run(&["index", "query", "--index", cut.to_str().unwrap(), "--queries", q_s]);
+    let out = run(&[
+        "index",
+        "query",
+        "--index",
+        cut.to_str().unwrap(),
+        "--queries",
+        q_s,
+    ]);
     assert_user_error(&out, "truncated");
     let out = run(&["index", "query", "--index", d_s, "--queries", q_s]);
     assert_user_error(&out, "not a memtrain index");
-    let out = run(&["index", "query", "--index", idx_s, "--queries", q_s, "--beam", "2,x"]);
+    let out = run(&[
+        "index",
+        "query",
+        "--index",
+        idx_s,
+        "--queries",
+        q_s,
+        "--beam",
+        "2,x",
+    ]);
     assert_user_error(&out, "--beam");
 
     // Bench JSON: every method, exactly the documented keys.
     let json = dir.join("bench.json");
     let mut args = vec![
-        "index", "bench", "--data", d_s, "--queries", q_s, "--json", json.to_str().unwrap(),
-        "--kmeans-iters", "2",
+        "index",
+        "bench",
+        "--data",
+        d_s,
+        "--queries",
+        q_s,
+        "--json",
+        json.to_str().unwrap(),
+        "--kmeans-iters",
+        "2",
     ];
     args.extend_from_slice(&quick);
     let out = run(&args);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let mut methods = std::collections::BTreeSet::new();
     for row in rows.as_array().unwrap() {
-        let keys: std::collections::BTreeSet<&str> =
-            row.as_object().unwrap().keys().map(String::as_str).collect();
-        let want: std::collections::BTreeSet<&str> =
-            ["method", "params", "recall_at_10", "qps", "build_seconds", "index_bytes"].into();
+        let keys: std::collections::BTreeSet<&str> = row
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let want: std::collections::BTreeSet<&str> = [
+            "method",
+            "params",
+            "recall_at_10",
+            "qps",
+            "build_seconds",
+            "index_bytes",
+        ]
+        .into();
         assert_eq!(keys, want);
         methods.insert(row["method"].as_str().unwrap().to_string());
         let recall = row["recall_at_10"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall));
     }
-    let all: std::collections::BTreeSet<String> =
-        ["exact", "hnsw", "ivf", "tt"].iter().map(|s| s.to_string()).collect();
+    let all: std::collections::BTreeSet<String> = ["exact", "hnsw", "ivf", "tt"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(methods, all);
     // Scanning every leaf is exact.
-    let tt_max = rows.as_array().unwrap().iter().filter(|r| r["method"] == "tt").map(|r| r["recall_at_10"].as_f64().unwrap()).fold(0.0, f64::max);
+    let tt_max = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["method"] == "tt")
+        .map(|r| r["recall_at_10"].as_f64().unwrap())
+        .fold(0.0, f64::max);
     assert_eq!(tt_max, 1.0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// The fetched all-MiniLM-L6-v2 directory (see `scripts/fetch-minilm.sh`), if any.
 fn minilm_dir() -> Option<PathBuf> {
     let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
@@ -788,4 +888,152 @@ fn should_embed_texts_or_name_the_missing_model() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("dim 384 norm 1.0000"), "{stdout}");
+}
+
+#[test]
+fn should_compress_a_bert_or_reject_bad_input() {
+    let dir = scratch("bert-compress");
+    assert_user_error(
+        &run(&["compress", "--method", "svd", "--ratio", "2"]),
+        "missing --from or --model",
+    );
+    assert_user_error(
+        &run(&["compress", "--from", "a", "--model", "b", "--ratio", "2"]),
+        "--from and --model both given",
+    );
+    for (method, needle) in [("cp-q:9", "2..=8"), ("pca", "tucker2")] {
+        let out = run(&[
+            "compress",
+            "--model",
+            "/nonexistent/minilm",
+            "--method",
+            method,
+            "--ratio",
+            "2",
+        ]);
+        assert_user_error(&out, needle);
+    }
+    let out = run(&[
+        "compress",
+        "--model",
+        "/nonexistent/minilm",
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+    ]);
+    assert_user_error(&out, "/nonexistent/minilm");
+    let foreign = dir.join("gpt2");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    let out = run(&[
+        "compress",
+        "--model",
+        foreign.to_str().unwrap(),
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+    ]);
+    assert_user_error(&out, "not a BERT model");
+    let out = run(&[
+        "eval-embed",
+        "--model",
+        "/nonexistent/minilm",
+        "--compressed",
+        "/nonexistent/c",
+        "--data",
+        "/nonexistent/data.txt",
+    ]);
+    assert_user_error(&out, "data.txt");
+
+    let Some(model_dir) = minilm_dir() else {
+        eprintln!("skipping the MiniLM half: run scripts/fetch-minilm.sh");
+        return;
+    };
+    let model = model_dir.to_str().unwrap();
+    let out = run(&[
+        "compress", "--model", model, "--method", "svd", "--ratio", "1000",
+    ]);
+    assert_user_error(&out, "1000");
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+        "--iterative",
+        "--data",
+        "/nonexistent/lines.txt",
+    ]);
+    assert_user_error(&out, "lines.txt");
+
+    let data = dir.join("lines.txt");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "Sentence number {i} is about {}.",
+                ["cats", "ships", "rain"][i % 3]
+            )
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let compressed = dir.join("svd4");
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "svd",
+        "--ratio",
+        "4",
+        "--json",
+        "--out",
+        compressed.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["layers"].as_array().unwrap().len(), 36);
+    let (before, after) = (
+        report["linear_params_before"].as_u64().unwrap(),
+        report["linear_params_after"].as_u64().unwrap(),
+    );
+    assert!(4 * after <= before, "{before} -> {after}");
+    let out = run(&[
+        "eval-embed",
+        "--model",
+        model,
+        "--compressed",
+        compressed.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lines",
+        "12",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["lines"], 12);
+    let cos = eval["mean_cosine"].as_f64().unwrap();
+    assert!(cos > 0.0 && cos <= 1.0 + 1e-6, "mean cosine {cos}");
+    let agree = eval["neighbour_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agree), "{agree}");
+    let bytes = |m: &str| eval[m]["model_bytes"].as_u64().unwrap();
+    let linear = |m: &str| eval[m]["linear_bytes"].as_u64().unwrap();
+    assert!(4 * linear("compressed") <= linear("original"));
+    assert_eq!(
+        bytes("original") - bytes("compressed"),
+        linear("original") - linear("compressed")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
