@@ -3,6 +3,7 @@
 mod bench;
 mod compress;
 mod embed;
+mod eval_embed;
 mod index;
 mod plan;
 mod plot;
@@ -36,7 +37,7 @@ enum Command {
     Table(table::TableArgs),
     /// Report the gradient variance a sketched linear adds, against the minibatch variance.
     Variance(variance::VarianceArgs),
-    /// Convert a checkpoint's linear weights to TT-matrices and report each layer.
+    /// Compress a GPT checkpoint's linears to TT-matrices, or a pretrained BERT's by a ratio.
     Compress(compress::CompressArgs),
     /// The rematerialization schedule for an activation budget, predicted and measured.
     Plan(plan::PlanArgs),
@@ -44,6 +45,8 @@ enum Command {
     Index(index::IndexArgs),
     /// Sentence embeddings from a pretrained BERT such as all-MiniLM-L6-v2.
     Embed(embed::EmbedArgs),
+    /// Compare a compressed BERT's sentence embeddings, bytes and speed with the original's.
+    EvalEmbed(eval_embed::EvalEmbedArgs),
 }
 
 /// Options both subcommands share.
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(args),
         Command::Index(args) => index::run(args),
         Command::Embed(args) => embed::run(args),
+        Command::EvalEmbed(args) => eval_embed::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

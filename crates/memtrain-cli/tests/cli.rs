@@ -889,3 +889,151 @@ fn should_embed_texts_or_name_the_missing_model() {
     assert_eq!(stdout.lines().count(), 1, "{stdout}");
     assert!(stdout.contains("dim 384 norm 1.0000"), "{stdout}");
 }
+
+#[test]
+fn should_compress_a_bert_or_reject_bad_input() {
+    let dir = scratch("bert-compress");
+    assert_user_error(
+        &run(&["compress", "--method", "svd", "--ratio", "2"]),
+        "missing --from or --model",
+    );
+    assert_user_error(
+        &run(&["compress", "--from", "a", "--model", "b", "--ratio", "2"]),
+        "--from and --model both given",
+    );
+    for (method, needle) in [("cp-q:9", "2..=8"), ("pca", "tucker2")] {
+        let out = run(&[
+            "compress",
+            "--model",
+            "/nonexistent/minilm",
+            "--method",
+            method,
+            "--ratio",
+            "2",
+        ]);
+        assert_user_error(&out, needle);
+    }
+    let out = run(&[
+        "compress",
+        "--model",
+        "/nonexistent/minilm",
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+    ]);
+    assert_user_error(&out, "/nonexistent/minilm");
+    let foreign = dir.join("gpt2");
+    std::fs::create_dir_all(&foreign).unwrap();
+    std::fs::write(foreign.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    let out = run(&[
+        "compress",
+        "--model",
+        foreign.to_str().unwrap(),
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+    ]);
+    assert_user_error(&out, "not a BERT model");
+    let out = run(&[
+        "eval-embed",
+        "--model",
+        "/nonexistent/minilm",
+        "--compressed",
+        "/nonexistent/c",
+        "--data",
+        "/nonexistent/data.txt",
+    ]);
+    assert_user_error(&out, "data.txt");
+
+    let Some(model_dir) = minilm_dir() else {
+        eprintln!("skipping the MiniLM half: run scripts/fetch-minilm.sh");
+        return;
+    };
+    let model = model_dir.to_str().unwrap();
+    let out = run(&[
+        "compress", "--model", model, "--method", "svd", "--ratio", "1000",
+    ]);
+    assert_user_error(&out, "1000");
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+        "--iterative",
+        "--data",
+        "/nonexistent/lines.txt",
+    ]);
+    assert_user_error(&out, "lines.txt");
+
+    let data = dir.join("lines.txt");
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                "Sentence number {i} is about {}.",
+                ["cats", "ships", "rain"][i % 3]
+            )
+        })
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let compressed = dir.join("svd4");
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "svd",
+        "--ratio",
+        "4",
+        "--json",
+        "--out",
+        compressed.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["layers"].as_array().unwrap().len(), 36);
+    let (before, after) = (
+        report["linear_params_before"].as_u64().unwrap(),
+        report["linear_params_after"].as_u64().unwrap(),
+    );
+    assert!(4 * after <= before, "{before} -> {after}");
+    let out = run(&[
+        "eval-embed",
+        "--model",
+        model,
+        "--compressed",
+        compressed.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lines",
+        "12",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["lines"], 12);
+    let cos = eval["mean_cosine"].as_f64().unwrap();
+    assert!(cos > 0.0 && cos <= 1.0 + 1e-6, "mean cosine {cos}");
+    let agree = eval["neighbour_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agree), "{agree}");
+    let bytes = |m: &str| eval[m]["model_bytes"].as_u64().unwrap();
+    let linear = |m: &str| eval[m]["linear_bytes"].as_u64().unwrap();
+    assert!(4 * linear("compressed") <= linear("original"));
+    assert_eq!(
+        bytes("original") - bytes("compressed"),
+        linear("original") - linear("compressed")
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

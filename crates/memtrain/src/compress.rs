@@ -70,6 +70,15 @@ pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<
                 let bias = tt.bias.as_ref().map(|b| b.val().detach());
                 (before.param_count(), before.to_dense(), bias, m)
             }
+            LinearLayer::Factored(f) => {
+                let before = f.weight_param_count();
+                let w = f.dense_weight().detach();
+                let [d_in, d_out] = w.dims();
+                let (rows, cols) = matrix_modes(d_in, d_out, TT_CORES)?;
+                let bias = f.bias.as_ref().map(|b| b.val().detach());
+                let m = TtMatrix::from_dense(w.clone(), &rows, &cols, trunc)?;
+                (before, w, bias, m)
+            }
             other => {
                 let w = other
                     .weight()
@@ -81,7 +90,9 @@ pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<
                 let bias = match &other {
                     LinearLayer::Exact(l) => l.bias.as_ref().map(|b| b.val().detach()),
                     LinearLayer::Sketched(l) => Some(l.bias.val().detach()),
-                    LinearLayer::Tt(_) => unreachable!("matched above"),
+                    LinearLayer::Tt(_) | LinearLayer::Factored(_) => {
+                        unreachable!("matched above")
+                    }
                 };
                 let m = TtMatrix::from_dense(w.clone(), &rows, &cols, trunc)?;
                 (d_in * d_out, w, bias, m)

@@ -22,12 +22,23 @@
 //!
 //! Every linear layer is a [`LinearLayer`](crate::model::layers::LinearLayer) reachable by its
 //! Hugging Face name through [`Bert::linears`] and [`Bert::try_map_linears`], so compressed
-//! layers can replace the dense ones.
+//! layers can replace the dense ones: [`compress_bert`] does that by a target parameter
+//! ratio (SVD, Tucker-2, CP, quantized CP, TT-matrix), [`compress_bert_iterative`] in stages
+//! with distillation in between, and [`save_compressed`] / [`load_compressed`] store the
+//! factors.
 
+mod compress;
 mod config;
+mod distill;
 mod model;
 mod tokenizer;
 
+pub use compress::{
+    COMPRESSED_WEIGHTS_FILE, CompressMethod, CompressParams, CompressedManifest, LayerReport,
+    LayerSpec, MANIFEST_FILE, compress_bert, compress_linear, load_compressed, save_compressed,
+    ttm_rank_for_ratio,
+};
 pub use config::{BertActivation, BertConfig};
+pub use distill::{IterativeParams, StageReport, compress_bert_iterative};
 pub use model::{Bert, BertEmbeddings, BertLayer};
 pub use tokenizer::{BertInput, BertTokenizer};

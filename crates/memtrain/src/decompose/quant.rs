@@ -190,12 +190,45 @@ pub fn cp_admm_quantized_shaped(
     }
     let x = t.detach();
     check_cp_input(&x, shape, params.rank)?;
-    let (device, dtype) = (x.device(), x.dtype());
-    let (d, r, bits) = (shape.len(), params.rank, params.bits);
-    let als = CpParams::new(r)
+    let als = CpParams::new(params.rank)
         .with_iters(params.als_iters)
         .with_seed(params.seed);
     let init = cp_als_shaped(x.clone(), shape, als)?;
+    cp_admm_quantized_from(x, shape, &init, params)
+}
+
+/// The AO-ADMM refinement of [`cp_admm_quantized`] started from a given (unquantized) CP
+/// `init` of the flat tensor `t` read with `shape`, instead of a fresh [`super::cp_als`]:
+/// compares quantization-aware fitting with [`Cp::quantize`] of the very same start.
+/// `params.rank`, `params.seed` and `params.als_iters` are ignored (the rank is `init`'s).
+///
+/// # Errors
+///
+/// As [`cp_admm_quantized_shaped`], and [`Error::Config`] when `init`'s shape is not
+/// `shape`.
+pub fn cp_admm_quantized_from(
+    t: Tensor<1>,
+    shape: &[usize],
+    init: &Cp,
+    params: CpQuantParams,
+) -> Result<Cp> {
+    check_bits(params.bits)?;
+    if let Some(rho) = params.rho
+        && !(rho > 0.0 && rho.is_finite())
+    {
+        return Err(Error::config("rho", rho, "a finite ADMM penalty > 0"));
+    }
+    if init.shape() != shape {
+        return Err(Error::config(
+            "initial CP shape",
+            format!("{:?}", init.shape()),
+            format!("the tensor's shape {shape:?}"),
+        ));
+    }
+    let x = t.detach();
+    check_cp_input(&x, shape, init.rank())?;
+    let (device, dtype) = (x.device(), x.dtype());
+    let (d, r, bits) = (shape.len(), init.rank(), params.bits);
     let unfolded: Vec<Tensor<2>> = (0..d).map(|k| unfold(x.clone(), shape, k)).collect();
     let mut split: Vec<Vec<f64>> = Vec::with_capacity(d);
     let mut scales = Vec::with_capacity(d);

@@ -1,9 +1,12 @@
 //! Linear layers that keep less for training: a sketch of their input
-//! ([`SketchedLinear`], `sketched.rs`) or fewer weights ([`TtLinear`], a TT-matrix, `tt.rs`).
+//! ([`SketchedLinear`], `sketched.rs`) or fewer weights ([`TtLinear`], a TT-matrix, `tt.rs`;
+//! [`FactoredLinear`], low-rank, Tucker-2 or CP factors, `factored.rs`).
 
+mod factored;
 mod sketched;
 mod tt;
 
+pub use factored::{FactoredKind, FactoredLinear};
 pub use sketched::{
     SketchKind, SketchedLinear, SketchedLinearBackend, SketchedLinearConfig, sketch_rows,
 };

@@ -10,7 +10,9 @@ use burn::tensor::{Device, Tensor};
 
 use crate::activation::{FewBit, FewBitGeluConfig, Invertible, inverted_activation};
 use crate::attention::{AttentionParams, fused_attention, reference_attention};
-use crate::linear::{SketchedLinear, SketchedLinearConfig, TtLinear, TtLinearConfig};
+use crate::linear::{
+    FactoredLinear, SketchedLinear, SketchedLinearConfig, TtLinear, TtLinearConfig,
+};
 use crate::norm::OutputLayerNorm;
 
 use super::policy::{ActPolicy, AttnPolicy, BlockPolicy, LinearPolicy, NormPolicy};
@@ -61,6 +63,9 @@ pub enum LinearLayer {
     Sketched(SketchedLinear),
     /// [`TtLinear`]: a TT-matrix weight; keeps its input.
     Tt(TtLinear),
+    /// [`FactoredLinear`]: the factors of a low-rank, Tucker-2 or CP decomposition, applied
+    /// one after the other (what compressing a pretrained model produces).
+    Factored(FactoredLinear),
 }
 
 impl LinearLayer {
@@ -101,12 +106,12 @@ impl LinearLayer {
         }
     }
 
-    /// The dense weight `[d_input, d_output]`; `None` for a TT-matrix layer.
+    /// The dense weight `[d_input, d_output]`; `None` for a TT-matrix or factored layer.
     pub fn weight(&self) -> Option<&burn::module::Param<Tensor<2>>> {
         match self {
             LinearLayer::Exact(l) => Some(&l.weight),
             LinearLayer::Sketched(l) => Some(&l.weight),
-            LinearLayer::Tt(_) => None,
+            LinearLayer::Tt(_) | LinearLayer::Factored(_) => None,
         }
     }
 
@@ -119,15 +124,40 @@ impl LinearLayer {
                 let (rows, cols) = l.modes();
                 [rows.iter().product(), cols.iter().product()]
             }
+            LinearLayer::Factored(l) => l.dims(),
         }
     }
 
-    /// The weight as a dense `[d_input, d_output]` tensor (rebuilt for a TT-matrix).
+    /// The weight as a dense `[d_input, d_output]` tensor (rebuilt for a TT-matrix or
+    /// factored layer).
     pub fn dense_weight(&self) -> Tensor<2> {
         match self {
             LinearLayer::Exact(l) => l.weight.val(),
             LinearLayer::Sketched(l) => l.weight.val(),
             LinearLayer::Tt(l) => l.matrix().to_dense(),
+            LinearLayer::Factored(l) => l.dense_weight(),
+        }
+    }
+
+    /// The bias `[d_output]`, if any.
+    pub fn bias(&self) -> Option<Tensor<1>> {
+        match self {
+            LinearLayer::Exact(l) => l.bias.as_ref().map(|b| b.val()),
+            LinearLayer::Sketched(l) => Some(l.bias.val()),
+            LinearLayer::Tt(l) => l.bias.as_ref().map(|b| b.val()),
+            LinearLayer::Factored(l) => l.bias.as_ref().map(|b| b.val()),
+        }
+    }
+
+    /// Weight parameters (dense entries, TT cores or factors), without the bias.
+    pub fn weight_param_count(&self) -> usize {
+        match self {
+            LinearLayer::Exact(_) | LinearLayer::Sketched(_) => {
+                let [a, b] = self.dims();
+                a * b
+            }
+            LinearLayer::Tt(l) => l.matrix().param_count(),
+            LinearLayer::Factored(l) => l.weight_param_count(),
         }
     }
 
@@ -149,11 +179,11 @@ impl LinearLayer {
         match self {
             LinearLayer::Exact(l) => add(&mut l.weight),
             LinearLayer::Sketched(l) => add(&mut l.weight),
-            LinearLayer::Tt(_) => {
+            LinearLayer::Tt(_) | LinearLayer::Factored(_) => {
                 return Err(crate::error::Error::config(
                     "merge",
-                    "an adapter on a TT-matrix layer",
-                    "adapters on dense layers (a TT-matrix cannot absorb a dense update)",
+                    "an adapter on a TT-matrix or factored layer",
+                    "adapters on dense layers (factors cannot absorb a dense update)",
                 ));
             }
         }
@@ -174,6 +204,7 @@ impl LinearLayer {
             LinearLayer::Exact(l) => l.forward(x),
             LinearLayer::Sketched(l) => l.forward(x),
             LinearLayer::Tt(l) => l.forward(x),
+            LinearLayer::Factored(l) => l.forward(x),
         }
     }
 }

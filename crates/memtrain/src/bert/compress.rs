@@ -1,0 +1,659 @@
+//! Compressing a pretrained BERT's encoder linears by a target parameter ratio, saving the
+//! factors and loading them back.
+//!
+//! [`compress_bert`] replaces every encoder linear (`query`, `key`, `value`,
+//! `attention.output.dense`, `intermediate.dense`, `output.dense` of each layer) by the
+//! factors of a [`CompressMethod`] whose rank [`rank_for_ratio`] chooses per layer, so each
+//! layer holds at least `ratio` times fewer weight parameters. The factored layers run in
+//! factored form ([`FactoredLinear`], [`TtLinear`]), so parameter bytes and encode time are
+//! those of the compressed model. [`save_compressed`] writes a directory that
+//! [`load_compressed`] reads back: the factors (`compressed.safetensors`, burn's
+//! safetensors store), a manifest naming each layer's kind and factor shapes
+//! (`compressed.json`) and the original `config.json` and tokenizer files.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::config::BertConfig;
+use super::model::{Bert, CONFIG_FILE, require_file};
+use crate::decompose::{
+    CpParams, CpQuantParams, RankMethod, SvdParams, Tucker2Params, cp_admm_quantized_from,
+    cp_als_shaped, cp_modes, rank_for_ratio, svd_lowrank, tucker2,
+};
+use crate::error::{Error, Result};
+use crate::linear::{FactoredKind, FactoredLinear, TtLinear, TtLinearConfig};
+use crate::model::layers::LinearLayer;
+use crate::tt::{Truncation, TtMatrix, matrix_modes};
+
+/// The manifest [`save_compressed`] writes.
+pub const MANIFEST_FILE: &str = "compressed.json";
+/// The factors [`save_compressed`] writes.
+pub const COMPRESSED_WEIGHTS_FILE: &str = "compressed.safetensors";
+/// Files copied from the source model directory when present (`config.json` and
+/// `tokenizer.json` are required).
+const COPIED_FILES: [&str; 8] = [
+    CONFIG_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "modules.json",
+];
+/// The manifest format this code writes and reads.
+const FORMAT: u32 = 1;
+/// Cores of the TT-matrices of [`CompressMethod::Ttm`] (as `weights=ttm` for the GPT).
+const TT_CORES: usize = 3;
+
+/// How [`compress_bert`] factorizes each linear weight `W [d_in, d_out]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompressMethod {
+    /// Truncated SVD ([`svd_lowrank`]): `x A B`, two thin matmuls.
+    Svd,
+    /// Tucker-2 of `W` as `[d_in, d_out, 1, 1]` ([`tucker2`]): `x U₁ core U₂ᵀ`, three matmuls.
+    Tucker2,
+    /// CP-ALS ([`cp_als_shaped`]) of `Wᵀ` read as `[o₁, o₂, i₁, i₂]` ([`cp_modes`]).
+    Cp,
+    /// Quantization-aware CP ([`cp_admm_quantized_from`], AO-ADMM from the CP-ALS start) on a
+    /// `bits`-bit grid per factor; the report also gives CP-ALS-then-quantize
+    /// ([`crate::decompose::Cp::quantize`]) of the same start.
+    CpQuant {
+        /// Bits per factor entry, `2..=8`.
+        bits: u32,
+    },
+    /// The post-training baseline of [`CompressMethod::CpQuant`]: CP-ALS, then every factor
+    /// rounded to its own `bits`-bit grid ([`crate::decompose::Cp::quantize`]).
+    CpPtq {
+        /// Bits per factor entry, `2..=8`.
+        bits: u32,
+    },
+    /// A 3-core TT-matrix by TT-SVD ([`TtLinear`]).
+    Ttm,
+}
+
+impl CompressMethod {
+    /// Bits per stored weight code: `Some(bits)` for the quantized CP methods.
+    pub fn bits(self) -> Option<u32> {
+        match self {
+            CompressMethod::CpQuant { bits } | CompressMethod::CpPtq { bits } => Some(bits),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CompressMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompressMethod::Svd => write!(f, "svd"),
+            CompressMethod::Tucker2 => write!(f, "tucker2"),
+            CompressMethod::Cp => write!(f, "cp"),
+            CompressMethod::CpQuant { bits } => write!(f, "cp-q:{bits}"),
+            CompressMethod::CpPtq { bits } => write!(f, "cp-ptq:{bits}"),
+            CompressMethod::Ttm => write!(f, "ttm"),
+        }
+    }
+}
+
+impl FromStr for CompressMethod {
+    type Err = Error;
+
+    /// `svd`, `tucker2`, `cp`, `cp-q:BITS`, `cp-ptq:BITS` (BITS in `2..=8`) or `ttm`.
+    fn from_str(s: &str) -> Result<Self> {
+        const CHOICES: &str = "svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS (BITS in 2..=8) or ttm";
+        match s {
+            "svd" => Ok(CompressMethod::Svd),
+            "tucker2" => Ok(CompressMethod::Tucker2),
+            "cp" => Ok(CompressMethod::Cp),
+            "ttm" => Ok(CompressMethod::Ttm),
+            _ => {
+                let (name, bits) = s
+                    .split_once(':')
+                    .filter(|(name, _)| ["cp-q", "cp-ptq"].contains(name))
+                    .ok_or_else(|| Error::config("method", s, CHOICES))?;
+                match bits.parse::<u32>() {
+                    Ok(bits) if (2..=8).contains(&bits) => Ok(if name == "cp-q" {
+                        CompressMethod::CpQuant { bits }
+                    } else {
+                        CompressMethod::CpPtq { bits }
+                    }),
+                    _ => Err(Error::config(
+                        format!("{name} bits"),
+                        bits,
+                        "an integer in 2..=8",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Settings of [`compress_bert`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CompressParams {
+    /// The factorization.
+    pub method: CompressMethod,
+    /// Each layer keeps at most `1 / ratio` of its weight parameters (`>= 1`).
+    pub ratio: f64,
+    /// CP-ALS sweeps (also the start of the quantized CP).
+    pub cp_iters: usize,
+    /// AO-ADMM outer sweeps and ADMM iterations per factor of the quantized CP.
+    pub admm_iters: (usize, usize),
+    /// HOOI sweeps of Tucker-2.
+    pub tucker_iters: usize,
+    /// Seed of the CP initialisation.
+    pub seed: u64,
+}
+
+impl CompressParams {
+    /// `method` at `ratio`: 10 CP-ALS sweeps, 3 x 5 AO-ADMM iterations, 5 HOOI sweeps,
+    /// seed 0 (CP of 384 x 1536 weights at ranks above 1000 costs seconds per sweep on the
+    /// host's `R x R` solves, hence the few sweeps).
+    pub fn new(method: CompressMethod, ratio: f64) -> Self {
+        Self {
+            method,
+            ratio,
+            cp_iters: 10,
+            admm_iters: (3, 5),
+            tucker_iters: 5,
+            seed: 0,
+        }
+    }
+}
+
+/// What compressing one linear did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerReport {
+    /// The Hugging Face name, `encoder.layer.3.intermediate.dense`.
+    pub name: String,
+    /// `[d_in, d_out]`.
+    pub shape: [usize; 2],
+    /// The rank (CP rank, SVD/Tucker rank, largest TT bond).
+    pub rank: usize,
+    /// Weight parameters before (biases unchanged and not counted).
+    pub params_before: usize,
+    /// Weight parameters after.
+    pub params_after: usize,
+    /// `‖W - Ŵ‖_F / ‖W‖_F` against the weight before.
+    pub rel_error: f64,
+    /// For quantized CP: the error of CP-ALS-then-quantize (same rank, same start).
+    pub ptq_rel_error: Option<f64>,
+    /// For quantized CP (either method): the error of the unquantized CP-ALS start.
+    pub als_rel_error: Option<f64>,
+    /// Wall-clock seconds of the decomposition.
+    pub seconds: f64,
+}
+
+fn rel_error(before: &Tensor<2>, after: Tensor<2>) -> f64 {
+    let norm = |t: Tensor<2>| t.powi_scalar(2).sum().into_scalar::<f64>().sqrt();
+    norm(before.clone() - after) / norm(before.clone()).max(f64::MIN_POSITIVE)
+}
+
+/// The largest TT rank whose 3-core TT-matrix of `[d_in, d_out]` holds at most `1 / ratio`
+/// of `d_in d_out` parameters.
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the ratio and the largest achievable one (rank 1) when no rank
+/// fits, or widths that do not split into three modes.
+pub fn ttm_rank_for_ratio(d_in: usize, d_out: usize, ratio: f64) -> Result<usize> {
+    if !(ratio >= 1.0 && ratio.is_finite()) {
+        return Err(Error::config(
+            "ratio",
+            ratio,
+            "a finite parameter reduction ratio >= 1",
+        ));
+    }
+    let dense = (d_in * d_out) as f64;
+    let count = |r: usize| -> Result<usize> {
+        TtLinearConfig::new(d_in, d_out, r)
+            .with_bias(false)
+            .with_cores(TT_CORES)
+            .param_count()
+    };
+    let one = count(1)?;
+    if one as f64 * ratio > dense {
+        return Err(Error::config(
+            "ratio",
+            ratio,
+            format!(
+                "a ratio of at most {:.4} (rank 1 of a TT-matrix on [{d_in}, {d_out}])",
+                dense / one as f64
+            ),
+        ));
+    }
+    let (mut r, mut params) = (1, one);
+    while r < d_in.min(d_out) {
+        let next = count(r + 1)?;
+        if next as f64 * ratio > dense || next == params {
+            break;
+        }
+        (r, params) = (r + 1, next);
+    }
+    Ok(r)
+}
+
+/// Compresses one linear layer (dense, or already factored: then its dense product is
+/// factorized again) as `params` says; the report's error is against the layer's weight
+/// before.
+///
+/// # Errors
+///
+/// [`Error::Config`] for a ratio that no rank achieves on this layer's shape (naming it and
+/// the largest achievable), and the decompositions' errors.
+pub fn compress_linear(
+    name: &str,
+    layer: &LinearLayer,
+    params: &CompressParams,
+) -> Result<(LinearLayer, LayerReport)> {
+    let start = Instant::now();
+    let w = layer.dense_weight().detach();
+    let [d_in, d_out] = w.dims();
+    let bias = layer.bias().map(|b| b.detach());
+    let (mut ptq_rel_error, mut als_rel_error) = (None, None);
+    let new = match params.method {
+        CompressMethod::Svd => {
+            let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
+            let low = svd_lowrank(w.clone(), SvdParams::rank(r))?;
+            LinearLayer::Factored(FactoredLinear::chain(vec![low.a, low.b], bias)?)
+        }
+        CompressMethod::Tucker2 => {
+            let r = rank_for_ratio(&[d_in, d_out, 1, 1], params.ratio, RankMethod::Tucker2)?;
+            let t = tucker2(
+                w.clone().reshape([d_in, d_out, 1, 1]),
+                Tucker2Params::new(r, r).with_iters(params.tucker_iters),
+            )?;
+            let chain = vec![t.u1, t.core.reshape([r, r]), t.u2.transpose()];
+            LinearLayer::Factored(FactoredLinear::chain(chain, bias)?)
+        }
+        CompressMethod::Cp | CompressMethod::CpQuant { .. } | CompressMethod::CpPtq { .. } => {
+            let modes = cp_modes(d_out, d_in, 2)?;
+            let r = rank_for_ratio(&modes, params.ratio, RankMethod::Cp)?;
+            let flat = w.clone().transpose().reshape([d_in * d_out]);
+            let als = CpParams::new(r)
+                .with_iters(params.cp_iters)
+                .with_seed(params.seed);
+            let init = cp_als_shaped(flat.clone(), &modes, als)?;
+            let cp = match params.method {
+                CompressMethod::CpPtq { bits } => {
+                    let wt = w.clone().transpose();
+                    let full = init.full_flat().reshape([d_out, d_in]);
+                    als_rel_error = Some(rel_error(&wt, full));
+                    init.quantize(bits)?
+                }
+                CompressMethod::CpQuant { bits } => {
+                    let wt = w.clone().transpose();
+                    let err = |cp: &crate::decompose::Cp| -> Result<f64> {
+                        let full = cp.full_flat().reshape([d_out, d_in]);
+                        Ok(rel_error(&wt, full))
+                    };
+                    als_rel_error = Some(err(&init)?);
+                    ptq_rel_error = Some(err(&init.quantize(bits)?)?);
+                    let (outer, admm) = params.admm_iters;
+                    cp_admm_quantized_from(
+                        flat,
+                        &modes,
+                        &init,
+                        CpQuantParams::new(r, bits).with_iters(outer, admm),
+                    )?
+                }
+                _ => init,
+            };
+            LinearLayer::Factored(FactoredLinear::cp(&cp, bias)?)
+        }
+        CompressMethod::Ttm => {
+            let r = ttm_rank_for_ratio(d_in, d_out, params.ratio)?;
+            let (rows, cols) = matrix_modes(d_in, d_out, TT_CORES)?;
+            let m = TtMatrix::from_dense(w.clone(), &rows, &cols, Truncation::rank(r))?;
+            LinearLayer::Tt(TtLinear::from_matrix(&m, bias))
+        }
+    };
+    let report = LayerReport {
+        name: name.to_string(),
+        shape: [d_in, d_out],
+        rank: layer_rank(&new),
+        params_before: layer.weight_param_count(),
+        params_after: new.weight_param_count(),
+        rel_error: rel_error(&w, new.dense_weight().detach()),
+        ptq_rel_error,
+        als_rel_error,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((new, report))
+}
+
+/// The rank of a layer as the report gives it: 0 for a dense layer.
+fn layer_rank(layer: &LinearLayer) -> usize {
+    match layer {
+        LinearLayer::Factored(f) => f.rank(),
+        LinearLayer::Tt(t) => t.ranks().into_iter().max().unwrap_or(0),
+        LinearLayer::Exact(_) | LinearLayer::Sketched(_) => 0,
+    }
+}
+
+/// Compresses every encoder linear of `model` as `params` says, calling `progress` after
+/// each layer (in [`Bert::linears`] order).
+///
+/// # Errors
+///
+/// As [`compress_linear`], for the first layer that fails (a ratio no rank achieves fails
+/// on the first layer, naming the largest achievable ratio).
+pub fn compress_bert(
+    model: Bert,
+    params: &CompressParams,
+    mut progress: impl FnMut(&LayerReport),
+) -> Result<(Bert, Vec<LayerReport>)> {
+    let mut reports = Vec::new();
+    let model = model.try_map_linears(|name, layer, _| {
+        let (new, report) = compress_linear(name, &layer, params)?;
+        progress(&report);
+        reports.push(report);
+        Ok(new)
+    })?;
+    Ok((model, reports))
+}
+
+/// One linear of a saved compressed model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    /// The Hugging Face name.
+    pub name: String,
+    /// `dense`, `chain` (SVD, Tucker-2), `cp` or `ttm`.
+    pub kind: String,
+    /// Each factor's shape (`[r, m, n, r']` for TT cores).
+    pub factor_shapes: Vec<Vec<usize>>,
+    /// Whether the layer has a bias.
+    pub bias: bool,
+}
+
+/// The manifest of a saved compressed model (`compressed.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CompressedManifest {
+    /// The manifest format, 1.
+    pub format: u32,
+    /// The method, as [`CompressMethod`]'s `Display` writes it.
+    pub method: String,
+    /// The parameter ratio asked for.
+    pub ratio: f64,
+    /// Bits per factor code for quantized CP (the factors are stored as f32 values on the
+    /// grid); `None` otherwise.
+    pub bits: Option<u32>,
+    /// How the model was made (one-shot, or the iterative schedule).
+    pub schedule: String,
+    /// Every encoder linear, in [`Bert::linears`] order.
+    pub layers: Vec<LayerSpec>,
+}
+
+impl CompressedManifest {
+    /// Describes `model`'s linears.
+    pub fn describe(
+        model: &Bert,
+        method: CompressMethod,
+        ratio: f64,
+        schedule: impl Into<String>,
+    ) -> Self {
+        let layers = model
+            .linears()
+            .into_iter()
+            .map(|(name, l)| {
+                let (kind, factor_shapes) = match l {
+                    LinearLayer::Factored(f) => (
+                        match f.kind() {
+                            FactoredKind::Chain => "chain",
+                            FactoredKind::Cp => "cp",
+                        },
+                        f.factor_shapes().iter().map(|s| s.to_vec()).collect(),
+                    ),
+                    LinearLayer::Tt(t) => (
+                        "ttm",
+                        t.matrix()
+                            .cores()
+                            .iter()
+                            .map(|c| c.dims().to_vec())
+                            .collect(),
+                    ),
+                    LinearLayer::Exact(_) | LinearLayer::Sketched(_) => {
+                        ("dense", vec![l.dims().to_vec()])
+                    }
+                };
+                LayerSpec {
+                    name,
+                    kind: kind.to_string(),
+                    factor_shapes,
+                    bias: l.bias().is_some(),
+                }
+            })
+            .collect();
+        CompressedManifest {
+            format: FORMAT,
+            method: method.to_string(),
+            ratio,
+            bits: method.bits(),
+            schedule: schedule.into(),
+            layers,
+        }
+    }
+}
+
+/// Writes `model` to the directory `out`: the factors, the manifest and the config and
+/// tokenizer files of `source` (the original model directory). Everything is written to a
+/// temporary sibling directory first and renamed into place, replacing a previous
+/// compressed model at `out`.
+///
+/// # Errors
+///
+/// [`Error::Data`] when `source` lacks `config.json` or `tokenizer.json`;
+/// [`Error::Config`] when `out` is a non-empty directory that is not a compressed model;
+/// [`Error::Io`] / [`Error::Checkpoint`] when a file cannot be written.
+pub fn save_compressed(
+    model: &Bert,
+    manifest: &CompressedManifest,
+    source: &Path,
+    out: &Path,
+) -> Result<PathBuf> {
+    require_file(&source.join(CONFIG_FILE))?;
+    require_file(&source.join("tokenizer.json"))?;
+    if out.is_dir() && !out.join(MANIFEST_FILE).is_file() {
+        let empty = fs::read_dir(out)
+            .map_err(|e| Error::io(out, e))?
+            .next()
+            .is_none();
+        if !empty {
+            return Err(Error::config(
+                "--out",
+                out.display(),
+                "a new or empty directory, or one a previous compress wrote",
+            ));
+        }
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "compressed".into());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    for f in COPIED_FILES {
+        let from = source.join(f);
+        if from.is_file() {
+            fs::copy(&from, tmp.join(f)).map_err(|e| Error::io(&from, e))?;
+        }
+    }
+    let weights = tmp.join(COMPRESSED_WEIGHTS_FILE);
+    model
+        .save_into(&mut SafetensorsStore::from_file(&weights))
+        .map_err(|e| Error::checkpoint(&weights, e))?;
+    let json = serde_json::to_vec_pretty(manifest).expect("the manifest always serializes");
+    fs::write(tmp.join(MANIFEST_FILE), json).map_err(|e| Error::io(tmp.join(MANIFEST_FILE), e))?;
+    if out.exists() {
+        fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
+    }
+    fs::rename(&tmp, out).map_err(|e| Error::io(out, e))?;
+    Ok(out.to_path_buf())
+}
+
+/// A layer of the manifest's shapes with zero weights, to load into.
+fn skeleton(
+    spec: &LayerSpec,
+    device: &Device,
+    data: &dyn Fn(String) -> Error,
+) -> Result<LinearLayer> {
+    let two = |s: &Vec<usize>| -> Result<[usize; 2]> {
+        <[usize; 2]>::try_from(s.as_slice())
+            .map_err(|_| data(format!("{}: factor shape {s:?} is not 2-D", spec.name)))
+    };
+    let kind = match spec.kind.as_str() {
+        "chain" => Some(FactoredKind::Chain),
+        "cp" => Some(FactoredKind::Cp),
+        _ => None,
+    };
+    match (spec.kind.as_str(), kind) {
+        (_, Some(kind)) => {
+            let shapes = spec
+                .factor_shapes
+                .iter()
+                .map(two)
+                .collect::<Result<Vec<_>>>()?;
+            Ok(LinearLayer::Factored(FactoredLinear::zeros(
+                kind, &shapes, spec.bias, device,
+            )?))
+        }
+        ("ttm", None) => {
+            let cores = spec
+                .factor_shapes
+                .iter()
+                .map(|s| {
+                    <[usize; 4]>::try_from(s.as_slice())
+                        .map(|d| Tensor::<4>::zeros(d, device))
+                        .map_err(|_| data(format!("{}: TT core shape {s:?} is not 4-D", spec.name)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let m = TtMatrix::new(cores)?;
+            let d_out = m.col_modes().iter().product::<usize>();
+            let bias = spec.bias.then(|| Tensor::zeros([d_out], device));
+            Ok(LinearLayer::Tt(TtLinear::from_matrix(&m, bias)))
+        }
+        (other, None) => Err(data(format!(
+            "{}: layer kind {other:?} is not one of dense, chain, cp, ttm",
+            spec.name
+        ))),
+    }
+}
+
+/// Reads a directory [`save_compressed`] wrote: the model (factored layers in factored
+/// form) and its manifest.
+///
+/// # Errors
+///
+/// [`Error::Data`] naming the path for a missing directory or file, a manifest that does
+/// not parse or names other layers than the config implies, or factors that do not match
+/// the manifest's shapes.
+pub fn load_compressed(
+    dir: impl AsRef<Path>,
+    device: &Device,
+) -> Result<(Bert, CompressedManifest)> {
+    let dir = dir.as_ref();
+    if !dir.is_dir() {
+        return Err(Error::Data {
+            path: dir.to_path_buf(),
+            reason: "no such compressed model directory".into(),
+        });
+    }
+    let manifest_path = dir.join(MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        return Err(Error::Data {
+            path: manifest_path,
+            reason: "missing (not a directory written by memtrain compress --model?)".into(),
+        });
+    }
+    let data = |path: &Path, reason: String| Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let raw = fs::read(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let manifest: CompressedManifest = serde_json::from_slice(&raw).map_err(|e| {
+        data(
+            &manifest_path,
+            format!("not a compressed-model manifest: {e}"),
+        )
+    })?;
+    if manifest.format != FORMAT {
+        return Err(data(
+            &manifest_path,
+            format!(
+                "format {} is not the supported format {FORMAT}",
+                manifest.format
+            ),
+        ));
+    }
+    let config = BertConfig::from_file(dir.join(CONFIG_FILE))?;
+    let model = config
+        .init(device)
+        .map_err(|e| data(&dir.join(CONFIG_FILE), e.to_string()))?;
+    let names: Vec<String> = model.linears().into_iter().map(|(n, _)| n).collect();
+    let listed: Vec<&str> = manifest.layers.iter().map(|l| l.name.as_str()).collect();
+    if names != listed {
+        return Err(data(
+            &manifest_path,
+            format!(
+                "lists {} layers that do not match the {} linears of config.json",
+                listed.len(),
+                names.len()
+            ),
+        ));
+    }
+    let manifest_err = |reason: String| data(&manifest_path, reason);
+    let mut specs = manifest.layers.iter();
+    let mut model = model.try_map_linears(|_, layer, _| {
+        let spec = specs.next().expect("as many specs as linears");
+        if spec.kind == "dense" {
+            return Ok(layer);
+        }
+        let new = skeleton(spec, device, &manifest_err)?;
+        if new.dims() != layer.dims() {
+            return Err(manifest_err(format!(
+                "{}: factors of a {:?} weight where config.json implies {:?}",
+                spec.name,
+                new.dims(),
+                layer.dims()
+            )));
+        }
+        Ok(new)
+    })?;
+    let path = dir.join(COMPRESSED_WEIGHTS_FILE);
+    require_file(&path)?;
+    let applied = model
+        .load_from(&mut SafetensorsStore::from_file(&path))
+        .map_err(|e| data(&path, format!("cannot be loaded: {e}")))?;
+    if !applied.errors.is_empty() || !applied.missing.is_empty() {
+        return Err(data(
+            &path,
+            format!(
+                "does not match the manifest: {} missing, {} errors (first: {})",
+                applied.missing.len(),
+                applied.errors.len(),
+                applied
+                    .errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .or(applied.missing.first().map(|m| m.0.clone()))
+                    .unwrap_or_default(),
+            ),
+        ));
+    }
+    Ok((model, manifest))
+}
