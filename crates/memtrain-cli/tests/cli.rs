@@ -837,14 +837,8 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The fetched all-MiniLM-L6-v2 directory (see `scripts/fetch-minilm.sh`), if any.
 fn minilm_dir() -> Option<PathBuf> {
-    let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/memtrain/minilm"),
-    };
-    let dir = root.join("model");
-    dir.join("model.safetensors").is_file().then_some(dir)
+    memtrain::bert::fetched_model_dir()
 }
 
 #[test]

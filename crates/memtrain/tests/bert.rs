@@ -7,15 +7,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use memtrain::Error;
 use memtrain::bert::{Bert, BertConfig, BertTokenizer};
 
-/// `$MEMTRAIN_MINILM_DIR/model` or `~/.cache/memtrain/minilm/model`, as
-/// `scripts/fetch-minilm.sh` lays it out; `None` when it has not been fetched.
 fn minilm_dir() -> Option<PathBuf> {
-    let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/memtrain/minilm"),
-    };
-    let dir = root.join("model");
-    dir.join("model.safetensors").is_file().then_some(dir)
+    memtrain::bert::fetched_model_dir()
 }
 
 fn scratch(name: &str) -> PathBuf {

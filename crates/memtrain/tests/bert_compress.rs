@@ -211,14 +211,8 @@ fn should_save_and_load_every_method_on_a_tiny_bert() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-/// `$MEMTRAIN_MINILM_DIR/model` or `~/.cache/memtrain/minilm/model`; `None` when absent.
 fn minilm_dir() -> Option<PathBuf> {
-    let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/memtrain/minilm"),
-    };
-    let dir = root.join("model");
-    dir.join("model.safetensors").is_file().then_some(dir)
+    memtrain::bert::fetched_model_dir()
 }
 
 #[test]

@@ -22,7 +22,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
-use super::model::{Bert, CONFIG_FILE, require_file};
+use super::model::{Bert, CONFIG_FILE, mismatch, require_file};
 use crate::decompose::{
     CpParams, CpQuantParams, RankMethod, SvdParams, Tucker2Params, cp_admm_quantized_from,
     cp_als_shaped, cp_modes, rank_for_ratio, svd_lowrank, tucker2,
@@ -639,21 +639,8 @@ pub fn load_compressed(
     let applied = model
         .load_from(&mut SafetensorsStore::from_file(&path))
         .map_err(|e| data(&path, format!("cannot be loaded: {e}")))?;
-    if !applied.errors.is_empty() || !applied.missing.is_empty() {
-        return Err(data(
-            &path,
-            format!(
-                "does not match the manifest: {} missing, {} errors (first: {})",
-                applied.missing.len(),
-                applied.errors.len(),
-                applied
-                    .errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .or(applied.missing.first().map(|m| m.0.clone()))
-                    .unwrap_or_default(),
-            ),
-        ));
+    if let Some(why) = mismatch(&applied) {
+        return Err(data(&path, format!("does not match the manifest: {why}")));
     }
     Ok((model, manifest))
 }

@@ -42,3 +42,15 @@ pub use config::{BertActivation, BertConfig};
 pub use distill::{IterativeParams, StageReport, compress_bert_iterative};
 pub use model::{Bert, BertEmbeddings, BertLayer};
 pub use tokenizer::{BertInput, BertTokenizer};
+
+/// The model directory `scripts/fetch-minilm.sh` fills: `$MEMTRAIN_MINILM_DIR/model`, or
+/// `~/.cache/memtrain/minilm/model`; `None` when no `model.safetensors` is there (the tests
+/// and benchmarks that need the model skip then).
+pub fn fetched_model_dir() -> Option<std::path::PathBuf> {
+    let root = match std::env::var_os("MEMTRAIN_MINILM_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?).join(".cache/memtrain/minilm"),
+    };
+    let dir = root.join("model");
+    dir.join("model.safetensors").is_file().then_some(dir)
+}

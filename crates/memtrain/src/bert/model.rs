@@ -251,18 +251,8 @@ impl Bert {
                 "cannot be loaded as the weights of config.json: {e}"
             ))
         })?;
-        if !applied.errors.is_empty() || !applied.missing.is_empty() {
-            return Err(data(format!(
-                "does not match the BERT config: {} missing, {} errors (first: {})",
-                applied.missing.len(),
-                applied.errors.len(),
-                applied
-                    .errors
-                    .first()
-                    .map(|e| e.to_string())
-                    .or(applied.missing.first().map(|m| m.0.clone()))
-                    .unwrap_or_default(),
-            )));
+        if let Some(why) = mismatch(&applied) {
+            return Err(data(format!("does not match the BERT config: {why}")));
         }
         Ok(model)
     }
@@ -409,4 +399,23 @@ impl Bert {
         self.layers = layers;
         Ok(self)
     }
+}
+
+/// What went wrong when a store was applied to a model (missing tensors or load errors, the
+/// first one named), or `None` when every tensor loaded.
+pub(super) fn mismatch(applied: &burn::store::ApplyResult) -> Option<String> {
+    if applied.errors.is_empty() && applied.missing.is_empty() {
+        return None;
+    }
+    let first = applied
+        .errors
+        .first()
+        .map(|e| e.to_string())
+        .or(applied.missing.first().map(|m| m.0.clone()))
+        .unwrap_or_default();
+    Some(format!(
+        "{} missing, {} errors (first: {first})",
+        applied.missing.len(),
+        applied.errors.len()
+    ))
 }
