@@ -19,7 +19,7 @@
 //! | [`adapter`] | LoRA and LoTR adapters on a frozen base (`adapt=...`) |
 //! | [`plan`] | the memory planner: variants per block and remat for a budget |
 //! | [`model`] | the reference GPT-2 and the [`model::MemoryPolicy`] that chooses each part |
-//! | [`bert`] | a pretrained BERT sentence encoder (all-MiniLM-L6-v2) from Hugging Face files |
+//! | [`bert`] | a pretrained BERT sentence encoder (all-MiniLM-L6-v2) from Hugging Face files, compressed by a parameter ratio |
 //! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
 //! | [`train`] | the measured training step, checkpoints, the policy bench |
 //!
