@@ -224,11 +224,22 @@ fn load_queries(path: &Path) -> Result<Points> {
 
 /// Parses a comma-separated list of positive integers.
 fn parse_list(flag: &str, text: &str) -> Result<Vec<usize>> {
+    parse_numbers(flag, text, 1..=usize::MAX, "positive integers")
+}
+
+/// Parses a comma-separated list of integers in `valid`; the error names the token, the
+/// whole list, and `what` was expected.
+fn parse_numbers(
+    flag: &str,
+    text: &str,
+    valid: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<Vec<usize>> {
     text.split(',')
         .map(|t| match t.trim().parse::<usize>() {
-            Ok(v) if v > 0 => Ok(v),
+            Ok(v) if valid.contains(&v) => Ok(v),
             _ => Err(anyhow!(
-                "invalid {flag}: got {t:?} in {text:?}, expected positive integers separated by commas"
+                "invalid {flag}: got {t:?} in {text:?}, expected {what} separated by commas"
             )),
         })
         .collect()
@@ -534,7 +545,8 @@ fn bench(args: BenchArgs) -> Result<()> {
 
     summary(&rows);
     if let Some(path) = &args.json {
-        write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes()).context("--json")?;
+        crate::bench::write_atomic(path, serde_json::to_string_pretty(&rows)?.as_bytes())
+            .context("--json")?;
     }
     if let Some(path) = &args.plot {
         plot_curves(&rows, path).context("--plot")?;
@@ -674,20 +686,10 @@ fn summary(rows: &[Row]) {
     }
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
-}
-
 /// Recall@10 (x) against queries per second (y, log scale), one line per method.
 fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
     use plotters::prelude::*;
-    crate::plot::register_font()?;
-    let tmp: PathBuf = path.with_extension(format!("tmp-{}.png", std::process::id()));
-    {
-        let root = BitMapBackend::new(&tmp, (900, 600)).into_drawing_area();
-        root.fill(&WHITE)?;
+    crate::plot::draw_png(path, (900, 600), |root| {
         let qps_max = rows.iter().map(|r| r.qps).fold(1.0, f64::max) * 1.5;
         let qps_min = rows
             .iter()
@@ -695,7 +697,7 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
             .fold(f64::INFINITY, f64::min)
             .max(1.0)
             / 1.5;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 "recall@10 against queries per second (1 thread)",
                 ("sans-serif", 22),
@@ -762,9 +764,8 @@ fn plot_curves(rows: &[Row], path: &Path) -> Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
-        root.present()?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+        Ok(())
+    })
 }
 
 /// Recall below this is left off the plot (the region users choose from is near 1).
@@ -788,17 +789,7 @@ fn ood(args: OodArgs) -> Result<()> {
             args.data.display()
         )
     })?;
-    let classes: Vec<usize> = args
-        .classes
-        .split(',')
-        .map(|t| match t.trim().parse::<usize>() {
-            Ok(c) if c <= 9 => Ok(c),
-            _ => Err(anyhow!(
-                "invalid --classes: got {t:?} in {:?}, expected class numbers 0-9 separated by commas",
-                args.classes
-            )),
-        })
-        .collect::<Result<_>>()?;
+    let classes = parse_numbers("--classes", &args.classes, 0..=9, "class numbers 0-9")?;
     if classes.len() >= 10 {
         bail!(
             "invalid --classes: got all ten classes, expected some to hold out as out of distribution"
@@ -847,7 +838,8 @@ fn ood(args: OodArgs) -> Result<()> {
         }));
     }
     if let Some(path) = &args.json {
-        write_atomic(path, serde_json::to_string_pretty(&table)?.as_bytes()).context("--json")?;
+        crate::bench::write_atomic(path, serde_json::to_string_pretty(&table)?.as_bytes())
+            .context("--json")?;
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
 use memtrain::train::BenchRow;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -14,7 +15,7 @@ const FONT_DIRS: [&str; 3] = [
 ];
 
 /// Registers a system TrueType font for the chart's text (plotters draws no text without one).
-pub(crate) fn register_font() -> Result<()> {
+fn register_font() -> Result<()> {
     let path = FONT_DIRS
         .iter()
         .map(Path::new)
@@ -34,19 +35,14 @@ type Part = (&'static str, RGBColor, fn(&BenchRow) -> u64);
 
 /// Draws one stacked bar per policy: parameters, gradients, optimizer state, activations (MiB).
 pub fn memory_bars(rows: &[BenchRow], path: &Path) -> Result<()> {
-    register_font()?;
-    let tmp: PathBuf = path.with_extension(format!("tmp-{}.png", std::process::id()));
-    {
-        let root =
-            BitMapBackend::new(&tmp, (300 + 220 * rows.len() as u32, 600)).into_drawing_area();
-        root.fill(&WHITE)?;
+    draw_png(path, (300 + 220 * rows.len() as u32, 600), |root| {
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         let top = rows
             .iter()
             .map(|r| mib(r.param_bytes + r.grad_bytes + r.optimizer_bytes + r.activation_bytes))
             .fold(0.0, f64::max)
             * 1.1;
-        let mut chart = ChartBuilder::on(&root)
+        let mut chart = ChartBuilder::on(root)
             .caption(
                 format!(
                     "memory per policy ({} batch {} seq {})",
@@ -98,6 +94,23 @@ pub fn memory_bars(rows: &[BenchRow], path: &Path) -> Result<()> {
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
+        Ok(())
+    })
+}
+
+/// The drawing area of a `size` PNG with a white background, handed to `draw`; the picture
+/// goes to a temporary file renamed to `path`, so a failed drawing leaves no half image.
+pub(crate) fn draw_png(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<()>,
+) -> Result<()> {
+    register_font()?;
+    let tmp: PathBuf = path.with_extension(format!("tmp-{}.png", std::process::id()));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        draw(&root)?;
         root.present()?;
     }
     std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
