@@ -1,42 +1,32 @@
 //! The distance kernels every method shares, so that their speeds compare fairly.
 
 /// Squared Euclidean distance of two equal-length vectors.
-///
-/// Eight independent accumulators let the compiler vectorise the loop.
 #[inline]
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..8 {
-            let t = x[k] - y[k];
-            acc[k] += t * t;
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += (x - y) * (x - y);
-    }
-    s
+    sum_pairs(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// Dot product of two equal-length vectors.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    sum_pairs(a, b, |x, y| x * y)
+}
+
+/// `Σ_i term(a_i, b_i)` with eight independent accumulators, so the compiler vectorises it.
+#[inline(always)]
+fn sum_pairs(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     debug_assert_eq!(a.len(), b.len());
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for k in 0..8 {
-            acc[k] += x[k] * y[k];
+            acc[k] += term(x[k], y[k]);
         }
     }
     let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
+    for (&x, &y) in ra.iter().zip(rb) {
+        s += term(x, y);
     }
     s
 }
