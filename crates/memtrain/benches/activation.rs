@@ -8,6 +8,8 @@ use memtrain::activation::{FewBitGeluConfig, InvertedGelu};
 use memtrain::norm::OutputLayerNorm;
 
 fn main() {
+    // As the `memtrain` binary: freed tensors stay in the process between iterations.
+    memtrain::memory::keep_freed_memory();
     divan::main();
 }
 

@@ -6,6 +6,8 @@ use burn::tensor::{Device, Distribution, Tensor};
 use memtrain::attention::{AttentionParams, fused_attention, reference_attention};
 
 fn main() {
+    // As the `memtrain` binary: freed tensors stay in the process between iterations.
+    memtrain::memory::keep_freed_memory();
     divan::main();
 }
 

@@ -7,6 +7,8 @@ use memtrain::model::{MemoryPolicy, Preset};
 use memtrain::train::{TrainConfig, Trainer};
 
 fn main() {
+    // As the `memtrain` binary: freed tensors stay in the process between iterations.
+    memtrain::memory::keep_freed_memory();
     divan::main();
 }
 

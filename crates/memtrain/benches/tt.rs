@@ -7,6 +7,8 @@ use burn::tensor::{Device, Distribution, Tensor};
 use memtrain::tt::{Truncation, TtMatrix, TtTensor, tt_svd};
 
 fn main() {
+    // As the `memtrain` binary: freed tensors stay in the process between iterations.
+    memtrain::memory::keep_freed_memory();
     divan::main();
 }
 

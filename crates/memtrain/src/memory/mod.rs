@@ -5,10 +5,12 @@
 //! a real training step ([`MemoryReport`]); the formulas here predict them, and the tests
 //! check that the two agree.
 
+mod heap;
 mod meter;
 
 use serde::{Deserialize, Serialize};
 
+pub use heap::keep_freed_memory;
 pub use meter::{CountingAllocator, Region, is_installed, live_bytes, peak_bytes, reset_peak};
 
 use crate::activation::codes;
