@@ -88,7 +88,9 @@ pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<
                 let [d_in, d_out] = w.dims();
                 let (rows, cols) = matrix_modes(d_in, d_out, TT_CORES)?;
                 let bias = match &other {
-                    LinearLayer::Exact(l) => l.bias.as_ref().map(|b| b.val().detach()),
+                    LinearLayer::Exact(l) | LinearLayer::Gemm(l) => {
+                        l.bias.as_ref().map(|b| b.val().detach())
+                    }
                     LinearLayer::Sketched(l) => Some(l.bias.val().detach()),
                     LinearLayer::Tt(_) | LinearLayer::Factored(_) => {
                         unreachable!("matched above")

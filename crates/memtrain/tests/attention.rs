@@ -5,6 +5,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use memtrain::attention::kernel::{self, Heads, Params};
 use memtrain::attention::{AttentionParams, fused_attention, reference_attention};
 
+mod common;
+
 fn vec_of(t: Tensor<4>) -> Vec<f32> {
     t.into_data().iter::<f32>().collect()
 }
@@ -173,16 +175,7 @@ fn should_accept_strided_views_of_a_fused_projection() {
 fn should_match_finite_differences_in_f64() {
     let (b, tq, tk, h, d) = (1, 5, 7, 2, 3);
     let mut state = 12345u64;
-    let mut rnd = |n: usize| -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-            })
-            .collect()
-    };
+    let mut rnd = |n: usize| common::uniform(&mut state, n);
     let (q, k, v, w) = (
         rnd(b * tq * h * d),
         rnd(b * tk * h * d),
@@ -220,22 +213,13 @@ fn should_match_finite_differences_in_f64() {
             &lse,
             p,
         );
-        let eps = 1e-6;
-        for (which, analytic) in [(0, &dq), (1, &dk), (2, &dv)] {
-            for i in 0..analytic.len() {
-                let mut x = [q.clone(), k.clone(), v.clone()];
-                x[which][i] += eps;
-                let up = loss(&x[0], &x[1], &x[2]);
-                x[which][i] -= 2.0 * eps;
-                let down = loss(&x[0], &x[1], &x[2]);
-                let numeric = (up - down) / (2.0 * eps);
-                assert!(
-                    (numeric - analytic[i]).abs() <= 1e-7 + 1e-6 * numeric.abs(),
-                    "input {which} element {i} (causal {causal}, masked {masked}): analytic {} numeric {numeric}",
-                    analytic[i]
-                );
-            }
-        }
+        common::assert_matches_central_differences(
+            &[q.clone(), k.clone(), v.clone()],
+            &[dq, dk, dv],
+            |x| loss(&x[0], &x[1], &x[2]),
+            (1e-6, 1e-7, 1e-6),
+            &format!("causal {causal}, masked {masked}"),
+        );
     }
 }
 

@@ -5,8 +5,9 @@
 //! threads the harness starts and ends) would otherwise move the live-byte count under a
 //! measurement.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
+use memtrain::linear::gemm_linear;
 use memtrain::memory::{
     self, CountingAllocator, Region, adamw_state_bytes, block_saved, model_saved,
     optimizer_state_bytes, param_bytes, total_bytes,
@@ -180,6 +181,11 @@ fn should_match_the_activation_estimate_sketched_linear() {
     check_activation_estimate("linear=sketch:0.1,act=inverted,norm=output,attn=memeff");
 }
 
+fn should_match_the_activation_estimate_gemm_linear() {
+    check_activation_estimate("linear=gemm");
+    check_activation_estimate("linear=gemm,act=inverted,norm=output,attn=memeff");
+}
+
 fn should_match_the_activation_estimate_tt_weights() {
     check_activation_estimate("weights=ttm:8");
     check_activation_estimate("weights=ttm:4:all,linear=sketch:0.25,act=inverted");
@@ -286,6 +292,85 @@ fn should_sum_the_block_formula() {
     assert_eq!(total_bytes(&block_saved(&c, &memeff.block, b, t)), fused);
 }
 
+/// `gemm_linear` allocates each product once: its forward holds exactly the output, its
+/// backward exactly `dX`, `dW` and `db`; burn's `Linear` holds more in both (a second copy of
+/// each product, and here a batched weight gradient).
+fn should_write_each_linear_product_once() {
+    let device = Device::flex().autodiff();
+    let (rows, d_in, d_out) = (4 * 64, 1536, 384);
+    let layer = burn::nn::LinearConfig::new(d_in, d_out).init(&device);
+    let x = Tensor::<3>::random([4, 64, d_in], Distribution::Default, &device).require_grad();
+    let dy = Tensor::<3>::random([4, 64, d_out], Distribution::Default, &device).inner();
+    let (w, b) = (layer.weight.val(), layer.bias.as_ref().unwrap().val());
+    let measure = |ours: bool| {
+        let base = memory::live_bytes();
+        memory::reset_peak();
+        let y = if ours {
+            gemm_linear(x.clone(), w.clone(), b.clone())
+        } else {
+            layer.forward(x.clone())
+        };
+        let forward = memory::peak_bytes() - base;
+        let base = memory::live_bytes();
+        memory::reset_peak();
+        let grads = (y * dy.clone()).sum().backward();
+        let backward = memory::peak_bytes() - base;
+        drop(grads);
+        (forward, backward)
+    };
+    // Warm up both (lazy parameter initialisation, one-off buffers).
+    measure(true);
+    measure(false);
+    let (fwd, bwd) = measure(true);
+    let (burn_fwd, burn_bwd) = measure(false);
+    let (y, dx, dw, db) = (
+        4 * rows * d_out,
+        4 * rows * d_in,
+        4 * d_in * d_out,
+        4 * d_out,
+    );
+    assert!(
+        fwd <= y + 4096,
+        "gemm_linear forward peaked {fwd} bytes above its input for a {y}-byte output"
+    );
+    assert!(
+        bwd <= dx + dw + db + 64 * 1024,
+        "gemm_linear backward peaked at {bwd} bytes; dX + dW + db are {}",
+        dx + dw + db
+    );
+    assert!(
+        burn_bwd >= bwd + dx,
+        "burn's Linear backward peaked at {burn_bwd}, gemm_linear at {bwd}: expected a saving of \
+         at least dX ({dx} bytes)"
+    );
+    assert!(burn_fwd >= fwd, "burn {burn_fwd}, ours {fwd}");
+}
+
+/// The inverted GELU's backward writes `dx` over the incoming gradient when it holds the only
+/// reference, so the only `n`-element buffer its backward adds is the harness's own (the
+/// gradient of `y ∘ dy`); a separate `dx` buffer made it two.
+fn should_scale_the_activation_gradient_in_place() {
+    let device = Device::flex().autodiff();
+    let n = 1 << 20;
+    let x = Tensor::<1>::random([n], Distribution::Default, &device).require_grad();
+    let dy = Tensor::<1>::random([n], Distribution::Default, &device).inner();
+    let peak = || {
+        let y = memtrain::activation::InvertedGelu::new().forward(x.clone());
+        let base = memory::live_bytes();
+        memory::reset_peak();
+        let grads = (y * dy.clone()).sum().backward();
+        let p = memory::peak_bytes() - base;
+        drop(grads);
+        p
+    };
+    peak();
+    let p = peak();
+    assert!(
+        p <= 4 * n + 64 * 1024,
+        "inverted GELU backward peaked at {p} bytes for {n} elements: dx was not written in place"
+    );
+}
+
 #[test]
 fn should_agree_with_every_formula() {
     should_raise_live_bytes_by_the_size_of_a_new_tensor();
@@ -299,6 +384,9 @@ fn should_agree_with_every_formula() {
     should_match_the_activation_estimate_sketched_linear();
     should_match_the_activation_estimate_all_exact_savers();
     should_match_the_activation_estimate_tt_weights();
+    should_match_the_activation_estimate_gemm_linear();
     should_keep_only_the_input_in_a_tt_linear();
     should_keep_remat_within_its_prediction();
+    should_write_each_linear_product_once();
+    should_scale_the_activation_gradient_in_place();
 }

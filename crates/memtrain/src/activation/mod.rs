@@ -75,6 +75,38 @@ fn f32_slice(t: &FloatTensor<Flex>) -> &[f32] {
     t.as_slice::<f32>().expect("made contiguous by the caller")
 }
 
+/// `dx[k] = dy[k] · d(k)` over the elements of `dy` in row-major order. Written over `dy`'s
+/// own buffer when the backward pass holds its only reference (the gradient the next layer's
+/// backward just produced), so an activation's backward allocates nothing; into a new buffer
+/// otherwise.
+fn scale_gradient(mut dy: FloatTensor<Flex>, d: impl Fn(usize) -> f32 + Sync) -> FloatTensor<Flex> {
+    let n = dy.shape().num_elements();
+    let whole = dy.dtype() == DType::F32
+        && dy.is_contiguous()
+        && dy.layout().start_offset() == 0
+        && dy.bytes().len() == 4 * n;
+    if whole && let Some(g) = dy.try_storage_mut::<f32>() {
+        g.par_chunks_mut(TASK).enumerate().for_each(|(task, g)| {
+            let base = task * TASK;
+            g.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v *= d(base + i));
+        });
+        return dy;
+    }
+    let dy = dy.to_contiguous();
+    let (shape, device) = (dy.shape(), dy.device());
+    let gs = f32_slice(&dy);
+    let mut dx = vec![0f32; gs.len()];
+    dx.par_chunks_mut(TASK).enumerate().for_each(|(task, dx)| {
+        let base = task * TASK;
+        for (i, v) in dx.iter_mut().enumerate() {
+            *v = gs[base + i] * d(base + i);
+        }
+    });
+    Flex::float_from_data(TensorData::new(dx, shape), &device)
+}
+
 impl InvertedKernel for Flex {
     fn inverted_forward(
         x: FloatTensor<Self>,
@@ -112,23 +144,16 @@ impl InvertedKernel for Flex {
         dy: FloatTensor<Self>,
         func: Invertible,
     ) -> FloatTensor<Self> {
-        let (y, dy) = (y.to_contiguous(), dy.to_contiguous());
-        let (shape, device) = (dy.shape(), dy.device());
-        let (ys, gs) = (f32_slice(&y), f32_slice(&dy));
+        let y = y.to_contiguous();
+        let ys = f32_slice(&y);
         let packed: &[u8] = bits
             .as_ref()
             .map(|b| b.as_slice::<u8>().expect("contiguous bits"))
             .unwrap_or(&[]);
-        let mut dx = vec![0f32; ys.len()];
-        dx.par_chunks_mut(TASK).enumerate().for_each(|(task, dx)| {
-            let base = task * TASK;
-            for (i, d) in dx.iter_mut().enumerate() {
-                let k = base + i;
-                let left = !packed.is_empty() && codes::get(packed, k, 1) == 1;
-                *d = gs[k] * func.derivative_from_output(ys[k], left);
-            }
-        });
-        Flex::float_from_data(TensorData::new(dx, shape), &device)
+        scale_gradient(dy, |k| {
+            let left = !packed.is_empty() && codes::get(packed, k, 1) == 1;
+            func.derivative_from_output(ys[k], left)
+        })
     }
 }
 
@@ -330,20 +355,10 @@ impl FewBitKernel for Flex {
         dy: FloatTensor<Self>,
         table: &FewBitTable,
     ) -> FloatTensor<Self> {
-        let dy = dy.to_contiguous();
-        let (shape, device) = (dy.shape(), dy.device());
-        let gs = f32_slice(&dy);
         let packed = codes_t.as_slice::<u8>().expect("contiguous codes");
         let (_, levels) = table.f32_parts();
         let bits = table.bits;
-        let mut dx = vec![0f32; gs.len()];
-        dx.par_chunks_mut(TASK).enumerate().for_each(|(task, dx)| {
-            let base = task * TASK;
-            for (i, d) in dx.iter_mut().enumerate() {
-                *d = gs[base + i] * levels[codes::get(packed, base + i, bits) as usize];
-            }
-        });
-        Flex::float_from_data(TensorData::new(dx, shape), &device)
+        scale_gradient(dy, |k| levels[codes::get(packed, k, bits) as usize])
     }
 }
 

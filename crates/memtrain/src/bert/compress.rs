@@ -334,7 +334,7 @@ fn layer_rank(layer: &LinearLayer) -> usize {
     match layer {
         LinearLayer::Factored(f) => f.rank(),
         LinearLayer::Tt(t) => t.ranks().into_iter().max().unwrap_or(0),
-        LinearLayer::Exact(_) | LinearLayer::Sketched(_) => 0,
+        LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_) => 0,
     }
 }
 
@@ -419,7 +419,7 @@ impl CompressedManifest {
                             .map(|c| c.dims().to_vec())
                             .collect(),
                     ),
-                    LinearLayer::Exact(_) | LinearLayer::Sketched(_) => {
+                    LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_) => {
                         ("dense", vec![l.dims().to_vec()])
                     }
                 };

@@ -93,7 +93,7 @@ pub struct StageReport {
 /// Freezes everything but the factored layers' parameters.
 fn freeze_dense(mut model: Bert) -> Bert {
     let freeze = |l: LinearLayer| match l {
-        LinearLayer::Exact(_) | LinearLayer::Sketched(_) => l.no_grad(),
+        LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_) => l.no_grad(),
         factored => factored,
     };
     model.embeddings = model.embeddings.no_grad();

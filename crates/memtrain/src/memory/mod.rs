@@ -103,6 +103,8 @@ impl SavedTensor {
 ///   unless another op keeps that input anyway (LayerNorm outputs under `norm=output`, the
 ///   fused attention output under `attn=memeff`, the GELU output under `act=inverted`), where
 ///   the sketch is added on top.
+/// - `linear=gemm` keeps what burn's linear keeps (no row changes); it lowers the peak of
+///   backward, not what is kept.
 /// - `weights=ttm:R[:all]` keeps what a dense linear keeps (its input; the custom backward
 ///   keeps no contraction intermediate) and is never sketched.
 /// - `norm=output` replaces each LayerNorm's four rows by `rstd [b, t, 1]`:

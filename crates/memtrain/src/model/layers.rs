@@ -59,6 +59,9 @@ impl Activation {
 pub enum LinearLayer {
     /// burn's `Linear`: keeps its input `[.., d_input]` for the weight gradient.
     Exact(Linear),
+    /// burn's `Linear` parameters run by [`crate::linear::gemm_linear`]: the same math and
+    /// kept input, each product written once.
+    Gemm(Linear),
     /// [`SketchedLinear`]: keeps a sketch of its input.
     Sketched(SketchedLinear),
     /// [`TtLinear`]: a TT-matrix weight; keeps its input.
@@ -102,6 +105,7 @@ impl LinearLayer {
                         .expect("the policy parser admits only ratios in (0, 1]"),
                 )
             }
+            (LinearPolicy::Gemm, _) => LinearLayer::Gemm(config.init(device)),
             _ => LinearLayer::Exact(config.init(device)),
         }
     }
@@ -109,7 +113,7 @@ impl LinearLayer {
     /// The dense weight `[d_input, d_output]`; `None` for a TT-matrix or factored layer.
     pub fn weight(&self) -> Option<&burn::module::Param<Tensor<2>>> {
         match self {
-            LinearLayer::Exact(l) => Some(&l.weight),
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) => Some(&l.weight),
             LinearLayer::Sketched(l) => Some(&l.weight),
             LinearLayer::Tt(_) | LinearLayer::Factored(_) => None,
         }
@@ -118,7 +122,7 @@ impl LinearLayer {
     /// `[d_input, d_output]`.
     pub fn dims(&self) -> [usize; 2] {
         match self {
-            LinearLayer::Exact(l) => l.weight.lazy_shape().dims(),
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) => l.weight.lazy_shape().dims(),
             LinearLayer::Sketched(l) => l.weight.lazy_shape().dims(),
             LinearLayer::Tt(l) => {
                 let (rows, cols) = l.modes();
@@ -132,7 +136,7 @@ impl LinearLayer {
     /// factored layer).
     pub fn dense_weight(&self) -> Tensor<2> {
         match self {
-            LinearLayer::Exact(l) => l.weight.val(),
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) => l.weight.val(),
             LinearLayer::Sketched(l) => l.weight.val(),
             LinearLayer::Tt(l) => l.matrix().to_dense(),
             LinearLayer::Factored(l) => l.dense_weight(),
@@ -142,7 +146,7 @@ impl LinearLayer {
     /// The bias `[d_output]`, if any.
     pub fn bias(&self) -> Option<Tensor<1>> {
         match self {
-            LinearLayer::Exact(l) => l.bias.as_ref().map(|b| b.val()),
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) => l.bias.as_ref().map(|b| b.val()),
             LinearLayer::Sketched(l) => Some(l.bias.val()),
             LinearLayer::Tt(l) => l.bias.as_ref().map(|b| b.val()),
             LinearLayer::Factored(l) => l.bias.as_ref().map(|b| b.val()),
@@ -152,7 +156,7 @@ impl LinearLayer {
     /// Weight parameters (dense entries, TT cores or factors), without the bias.
     pub fn weight_param_count(&self) -> usize {
         match self {
-            LinearLayer::Exact(_) | LinearLayer::Sketched(_) => {
+            LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_) => {
                 let [a, b] = self.dims();
                 a * b
             }
@@ -177,7 +181,7 @@ impl LinearLayer {
             });
         };
         match self {
-            LinearLayer::Exact(l) => add(&mut l.weight),
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) => add(&mut l.weight),
             LinearLayer::Sketched(l) => add(&mut l.weight),
             LinearLayer::Tt(_) | LinearLayer::Factored(_) => {
                 return Err(crate::error::Error::config(
@@ -202,6 +206,10 @@ impl LinearLayer {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             LinearLayer::Exact(l) => l.forward(x),
+            LinearLayer::Gemm(l) => match &l.bias {
+                Some(b) => crate::linear::gemm_linear(x, l.weight.val(), b.val()),
+                None => l.forward(x),
+            },
             LinearLayer::Sketched(l) => l.forward(x),
             LinearLayer::Tt(l) => l.forward(x),
             LinearLayer::Factored(l) => l.forward(x),

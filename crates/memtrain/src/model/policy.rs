@@ -123,6 +123,9 @@ pub enum LinearPolicy {
     /// burn's `Linear`: keeps its input.
     #[default]
     Exact,
+    /// [`crate::linear::gemm_linear`]: burn's math and kept tensors, each product written
+    /// once (burn's Flex matmul briefly holds every output twice).
+    Gemm,
     /// [`crate::linear::SketchedLinear`]: keeps a sketch with `ratio_bp / 10000` of the
     /// input's rows.
     Sketch {
@@ -139,7 +142,7 @@ impl LinearPolicy {
     /// The sketch ratio, if sketched.
     pub fn ratio(&self) -> Option<f64> {
         match self {
-            LinearPolicy::Exact => None,
+            LinearPolicy::Exact | LinearPolicy::Gemm => None,
             LinearPolicy::Sketch { ratio_bp, .. } => Some(f64::from(*ratio_bp) / 1e4),
         }
     }
@@ -147,7 +150,7 @@ impl LinearPolicy {
     /// Whether a linear of the MLP (`mlp`) or of attention is sketched.
     pub fn sketches(&self, mlp: bool) -> bool {
         match self {
-            LinearPolicy::Exact => false,
+            LinearPolicy::Exact | LinearPolicy::Gemm => false,
             LinearPolicy::Sketch { mlp_only, .. } => mlp || !mlp_only,
         }
     }
@@ -155,10 +158,12 @@ impl LinearPolicy {
 
 impl PolicyKey for LinearPolicy {
     const KEY: &'static str = "linear";
-    const CHOICES: &'static str = "exact, sketch:RATIO[:mlp][:gaussian|rademacher|rows] (RATIO in (0, 1], default all linears, rows)";
+    const CHOICES: &'static str = "exact, gemm, sketch:RATIO[:mlp][:gaussian|rademacher|rows] (RATIO in (0, 1], default all linears, rows)";
     fn parse(value: &str) -> Result<Self> {
-        if value == "exact" {
-            return Ok(LinearPolicy::Exact);
+        match value {
+            "exact" => return Ok(LinearPolicy::Exact),
+            "gemm" => return Ok(LinearPolicy::Gemm),
+            _ => {}
         }
         let mut parts = value.split(':');
         if parts.next() != Some("sketch") {
@@ -195,6 +200,7 @@ impl fmt::Display for LinearPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LinearPolicy::Exact => f.write_str("exact"),
+            LinearPolicy::Gemm => f.write_str("gemm"),
             LinearPolicy::Sketch {
                 ratio_bp,
                 mlp_only,

@@ -31,19 +31,23 @@ use crate::model::{
 };
 use crate::remat::{Schedule, StageCost, optimal, simulate};
 
-/// The candidate block variants: every combination of the exact savers, and with `approx`
-/// 2-bit GELU or MLP-only sketched linears (ratio 0.25) on top of the savers.
+/// The candidate block variants: every combination of the exact savers (burn's linear or
+/// [`crate::linear::gemm_linear`], which writes each product once), and with `approx` 2-bit
+/// GELU or MLP-only sketched linears (ratio 0.25) on top of the savers.
 pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
     let mut out = Vec::new();
-    for act in [ActPolicy::Exact, ActPolicy::Inverted] {
-        for norm in [NormPolicy::Exact, NormPolicy::Output] {
-            for attn in [AttnPolicy::Exact, AttnPolicy::Memeff] {
-                out.push(BlockPolicy {
-                    act,
-                    norm,
-                    attn,
-                    ..BlockPolicy::default()
-                });
+    for linear in [LinearPolicy::Exact, LinearPolicy::Gemm] {
+        for act in [ActPolicy::Exact, ActPolicy::Inverted] {
+            for norm in [NormPolicy::Exact, NormPolicy::Output] {
+                for attn in [AttnPolicy::Exact, AttnPolicy::Memeff] {
+                    out.push(BlockPolicy {
+                        act,
+                        norm,
+                        attn,
+                        linear,
+                        ..BlockPolicy::default()
+                    });
+                }
             }
         }
     }
@@ -52,6 +56,7 @@ pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
             act: ActPolicy::Inverted,
             norm: NormPolicy::Output,
             attn: AttnPolicy::Memeff,
+            linear: LinearPolicy::Gemm,
             ..BlockPolicy::default()
         };
         out.push(BlockPolicy {

@@ -1,0 +1,345 @@
+//! [`gemm_linear`]: burn's dense linear layer, computed by one `gemm` call into a buffer of
+//! exactly the output's size.
+//!
+//! The math and what is kept for backward are burn's (`Y = X W + b`; the input `X` for
+//! `dW = Xᵀ dY`, the weight for `dX = dY Wᵀ`). What differs is the allocation: burn 0.22's Flex
+//! matmul creates every output as a byte vector and then copies it into a 16-byte-aligned
+//! buffer (`FlexTensor::empty`, `Bytes::from_bytes_vec`), so each product briefly holds its
+//! output twice and pays a copy. A linear layer's outputs are the largest tensors of a
+//! transformer block (the MLP's `[rows, 4d]`), so in backward the transient copy of `dX` sets
+//! the block's peak. This op writes each result once.
+//!
+//! # Memory
+//!
+//! Kept for backward: the input (`4 rows d_in` bytes, shared with whatever produced it) and
+//! the weight (a parameter), as [`burn::nn::Linear`]. Transient: in forward the output, in
+//! backward `dX`, `dW` and `db`, each allocated once; burn's adds a second copy of `Y` in
+//! forward and of `dX` and `dW` in backward (measured in `tests/linear.rs`).
+//!
+//! ```
+//! use burn::nn::LinearConfig;
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use memtrain::linear::gemm_linear;
+//! let device = Device::flex();
+//! let layer = LinearConfig::new(8, 16).init(&device);
+//! let x = Tensor::<3>::random([2, 5, 8], Distribution::Default, &device);
+//! let ours = gemm_linear(x.clone(), layer.weight.val(), layer.bias.as_ref().unwrap().val());
+//! assert!(ours.all_close(layer.forward(x), Some(1e-5), Some(1e-6)));
+//! ```
+
+use burn::backend::backend_extension;
+use burn::backend::ops::FloatTensorOps;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use rayon::prelude::*;
+
+use crate::attention::kernel::Real;
+use crate::{on_flex, rows_and_width};
+
+/// Products of at least this many multiply-adds use every rayon thread (Flex's threshold).
+const PARALLEL: usize = 192 * 192 * 192;
+
+/// The three products of a linear layer on one backend.
+pub trait GemmLinearKernel: Backend {
+    /// `x [.., d_in] w [d_in, d_out] + b [d_out]`.
+    fn gemm_linear_forward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+    /// `dX = dY Wᵀ`, shaped like `x` (`dy`'s shape with `d_in` last).
+    fn gemm_linear_dx(weight: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `dW = Xᵀ dY` over all leading axes.
+    fn gemm_linear_dw(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `db`: the sum of `dY` over all leading axes.
+    fn gemm_linear_db(dy: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+type Prim = FloatTensor<Flex>;
+
+/// The tensor itself when contiguous, otherwise a contiguous copy.
+fn ready(t: Prim) -> Prim {
+    if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn slice<T: bytemuck::Pod + burn::tensor::Element>(t: &Prim) -> &[T] {
+    t.as_slice::<T>().expect("made contiguous by `ready`")
+}
+
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    if m.saturating_mul(n).saturating_mul(k) >= PARALLEL {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `dst [m, n] (row-major) = (dst if accumulate) + lhs · rhs`, the operands given by their
+/// (row, column) strides.
+#[allow(clippy::too_many_arguments)]
+fn product<T: Real>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+) {
+    assert!(dst.len() >= m * n, "gemm_linear: output too small");
+    assert!(m == 0 || k == 0 || (m - 1) * lhs.1 + (k - 1) * lhs.2 < lhs.0.len());
+    assert!(k == 0 || n == 0 || (k - 1) * rhs.1 + (n - 1) * rhs.2 < rhs.0.len());
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above keep every index gemm forms within the three slices, and
+    // `dst` is a unique borrow, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.0.as_ptr(),
+            lhs.2 as isize,
+            lhs.1 as isize,
+            rhs.0.as_ptr(),
+            rhs.2 as isize,
+            rhs.1 as isize,
+            T::ONE,
+            T::ONE,
+            false,
+            false,
+            false,
+            parallelism(m, n, k),
+        );
+    }
+}
+
+fn output<T: burn::tensor::Element>(data: Vec<T>, shape: Shape, like: &Prim) -> Prim {
+    Flex::float_from_data(TensorData::new(data, shape), &like.device())
+}
+
+fn with_last(shape: &Shape, last: usize) -> Shape {
+    let mut s = shape.clone();
+    let l = s.num_dims() - 1;
+    s[l] = last;
+    s
+}
+
+fn forward_in<T>(x: Prim, weight: Prim, bias: Prim) -> Prim
+where
+    T: Real + bytemuck::Pod + burn::tensor::Element,
+{
+    let (x, weight, bias) = (ready(x), ready(weight), ready(bias));
+    let (n, d_in) = rows_and_width(&x.shape());
+    let d_out = weight.shape()[1];
+    let b = slice::<T>(&bias);
+    // Every row starts as the bias; the product accumulates onto it.
+    let mut y: Vec<T> = Vec::with_capacity(n * d_out);
+    for _ in 0..n {
+        y.extend_from_slice(b);
+    }
+    product(
+        n,
+        d_out,
+        d_in,
+        &mut y,
+        true,
+        (slice::<T>(&x), d_in, 1),
+        (slice::<T>(&weight), d_out, 1),
+    );
+    output(y, with_last(&x.shape(), d_out), &x)
+}
+
+fn dx_in<T>(weight: Prim, dy: Prim) -> Prim
+where
+    T: Real + bytemuck::Pod + burn::tensor::Element,
+{
+    let (weight, dy) = (ready(weight), ready(dy));
+    let (n, d_out) = rows_and_width(&dy.shape());
+    let d_in = weight.shape()[0];
+    let mut dx = vec![T::ZERO; n * d_in];
+    // Wᵀ [d_out, d_in]: element (o, i) is W[i, o] at i·d_out + o.
+    product(
+        n,
+        d_in,
+        d_out,
+        &mut dx,
+        false,
+        (slice::<T>(&dy), d_out, 1),
+        (slice::<T>(&weight), 1, d_out),
+    );
+    output(dx, with_last(&dy.shape(), d_in), &dy)
+}
+
+fn dw_in<T>(x: Prim, dy: Prim) -> Prim
+where
+    T: Real + bytemuck::Pod + burn::tensor::Element,
+{
+    let (x, dy) = (ready(x), ready(dy));
+    let (n, d_in) = rows_and_width(&x.shape());
+    let d_out = rows_and_width(&dy.shape()).1;
+    let mut dw = vec![T::ZERO; d_in * d_out];
+    // Xᵀ [d_in, n]: element (i, r) is X[r, i] at r·d_in + i.
+    product(
+        d_in,
+        d_out,
+        n,
+        &mut dw,
+        false,
+        (slice::<T>(&x), 1, d_in),
+        (slice::<T>(&dy), d_out, 1),
+    );
+    output(dw, Shape::from(vec![d_in, d_out]), &x)
+}
+
+fn db_in<T>(dy: Prim) -> Prim
+where
+    T: Real + bytemuck::Pod + burn::tensor::Element,
+{
+    let dy = ready(dy);
+    let (_, d_out) = rows_and_width(&dy.shape());
+    let g = slice::<T>(&dy);
+    let rows_per_task = (1 << 16) / d_out.max(1) + 1;
+    let sum = |a: Vec<T>, b: Vec<T>| {
+        a.into_iter()
+            .zip(b)
+            .map(|(mut a, b)| {
+                a += b;
+                a
+            })
+            .collect::<Vec<T>>()
+    };
+    let db = g
+        .par_chunks(rows_per_task * d_out.max(1))
+        .map(|rows| {
+            let mut acc = vec![T::ZERO; d_out];
+            for row in rows.chunks(d_out.max(1)) {
+                acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+            }
+            acc
+        })
+        .reduce(|| vec![T::ZERO; d_out], sum);
+    output(db, Shape::from(vec![d_out]), &dy)
+}
+
+macro_rules! by_dtype {
+    ($t:expr, $f:ident ( $($arg:expr),* )) => {
+        match $t.dtype() {
+            DType::F32 => $f::<f32>($($arg),*),
+            DType::F64 => $f::<f64>($($arg),*),
+            other => panic!("gemm_linear runs in f32 or f64, got {other:?}"),
+        }
+    };
+}
+
+impl GemmLinearKernel for Flex {
+    fn gemm_linear_forward(x: Prim, weight: Prim, bias: Prim) -> Prim {
+        by_dtype!(x, forward_in(x, weight, bias))
+    }
+    fn gemm_linear_dx(weight: Prim, dy: Prim) -> Prim {
+        by_dtype!(dy, dx_in(weight, dy))
+    }
+    fn gemm_linear_dw(x: Prim, dy: Prim) -> Prim {
+        by_dtype!(dy, dw_in(x, dy))
+    }
+    fn gemm_linear_db(dy: Prim) -> Prim {
+        by_dtype!(dy, db_in(dy))
+    }
+}
+
+/// The linear op as a burn backend extension.
+#[backend_extension(Flex, Autodiff)]
+pub trait GemmLinearBackend: Backend {
+    /// `x w + b`, keeping `x` and `w` for backward.
+    fn gemm_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+}
+
+impl GemmLinearBackend for Flex {
+    fn gemm_linear(x: Prim, weight: Prim, bias: Prim) -> Prim {
+        Self::gemm_linear_forward(x, weight, bias)
+    }
+}
+
+#[derive(Debug)]
+struct GemmBackward;
+
+impl<B: Backend + GemmLinearKernel> Backward<B, 3> for GemmBackward {
+    /// The input when the weight needs a gradient, the weight when the input does.
+    type State = (Option<FloatTensor<B>>, Option<FloatTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_w, node_b] = ops.parents;
+        let dy = grads.consume::<B>(&ops.node);
+        let (x, weight) = ops.state;
+        if let Some(node) = node_b {
+            grads.register::<B>(node.id, B::gemm_linear_db(dy.clone()));
+        }
+        if let Some(node) = node_w {
+            let x = x.expect("kept when the weight is tracked");
+            grads.register::<B>(node.id, B::gemm_linear_dw(x, dy.clone()));
+        }
+        if let Some(node) = node_x {
+            let w = weight.expect("kept when the input is tracked");
+            grads.register::<B>(node.id, B::gemm_linear_dx(w, dy));
+        }
+    }
+}
+
+impl<B: Backend + GemmLinearKernel, C: CheckpointStrategy> GemmLinearBackend for Autodiff<B, C> {
+    fn gemm_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (x_tracked, w_tracked) = (x.is_tracked(), weight.is_tracked());
+        let (xp, wp, bp) = (
+            x.primitive().clone(),
+            weight.primitive().clone(),
+            bias.primitive().clone(),
+        );
+        match GemmBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = (w_tracked.then(|| xp.clone()), x_tracked.then(|| wp.clone()));
+                prep.finish(state, B::gemm_linear_forward(xp, wp, bp))
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::gemm_linear_forward(xp, wp, bp)),
+        }
+    }
+}
+
+/// `x [.., d_in] · weight [d_in, d_out] + bias [d_out]`, with burn's gradients and kept
+/// tensors but each product written once (see the module docs). On backends other than Flex
+/// it is burn's `linear`.
+pub fn gemm_linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor<1>) -> Tensor<D> {
+    if !on_flex(&x.device()) {
+        return burn::tensor::module::linear(x, weight, Some(bias));
+    }
+    Tensor::from_dispatch(<Dispatch as GemmLinearBackend>::gemm_linear(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+    ))
+}

@@ -1,0 +1,136 @@
+//! `gemm_linear` climbs the oracle ladder: golden values, burn's `Linear` as the reference op,
+//! and central differences in f64. Its memory is checked in `tests/memory.rs`.
+
+use burn::nn::LinearConfig;
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
+use memtrain::linear::gemm_linear;
+
+mod common;
+
+fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .try_to_vec::<f64>()
+        .expect("float data")
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what}[{i}]: {x} against {y}"
+        );
+    }
+}
+
+#[test]
+fn should_give_hand_computed_values_and_gradients() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<2>::from_data([[1.0, 2.0]], &device).require_grad();
+    let w = Tensor::<2>::from_data([[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]], &device).require_grad();
+    let b = Tensor::<1>::from_data([1.0, -1.0, 0.5], &device).require_grad();
+    let y = gemm_linear(x.clone(), w.clone(), b.clone());
+    assert_eq!(vec_of(y.clone()), [2.0, 1.0, 8.5]);
+    // L = y · [1, 2, 3]: dx = W [1, 2, 3] = [7, 11], dW = xᵀ [1, 2, 3], db = [1, 2, 3].
+    let weights = Tensor::<2>::from_data([[1.0, 2.0, 3.0]], &device);
+    let grads = (y * weights).sum().backward();
+    assert_eq!(vec_of(x.grad(&grads).unwrap()), [7.0, 11.0]);
+    assert_eq!(
+        vec_of(w.grad(&grads).unwrap()),
+        [1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
+    );
+    assert_eq!(vec_of(b.grad(&grads).unwrap()), [1.0, 2.0, 3.0]);
+}
+
+#[test]
+fn should_match_burns_linear_forward_and_backward() {
+    let device = Device::flex().autodiff();
+    for (shape, d_out) in [([3, 5, 8], 16), ([2, 1, 33], 7), ([4, 64, 96], 384)] {
+        let layer = LinearConfig::new(shape[2], d_out).init(&device);
+        let x = Tensor::<3>::random(shape, Distribution::Default, &device).require_grad();
+        let dy = Tensor::<3>::random([shape[0], shape[1], d_out], Distribution::Default, &device);
+        let (w, b) = (layer.weight.val(), layer.bias.as_ref().unwrap().val());
+        let ours = gemm_linear(x.clone(), w.clone(), b.clone());
+        let theirs = layer.forward(x.clone());
+        assert_close(&vec_of(ours.clone()), &vec_of(theirs.clone()), 1e-5, "y");
+        let g_ours = (ours * dy.clone()).sum().backward();
+        let g_theirs = (theirs * dy).sum().backward();
+        assert_close(
+            &vec_of(x.grad(&g_ours).unwrap()),
+            &vec_of(x.grad(&g_theirs).unwrap()),
+            1e-4,
+            "dx",
+        );
+        assert_close(
+            &vec_of(w.grad(&g_ours).unwrap()),
+            &vec_of(w.grad(&g_theirs).unwrap()),
+            1e-4,
+            "dW",
+        );
+        assert_close(
+            &vec_of(b.grad(&g_ours).unwrap()),
+            &vec_of(b.grad(&g_theirs).unwrap()),
+            1e-4,
+            "db",
+        );
+    }
+}
+
+#[test]
+fn should_accept_a_strided_input() {
+    let device = Device::flex();
+    let layer = LinearConfig::new(6, 4).init(&device);
+    // [5, 6] seen through a transpose: not contiguous.
+    let x = Tensor::<2>::random([6, 5], Distribution::Default, &device).transpose();
+    let ours = gemm_linear(
+        x.clone(),
+        layer.weight.val(),
+        layer.bias.as_ref().unwrap().val(),
+    );
+    assert_close(&vec_of(ours), &vec_of(layer.forward(x)), 1e-5, "y");
+}
+
+/// Every gradient against central differences of `L = Σ g ∘ (x W + b)`, all in f64.
+#[test]
+fn should_match_finite_differences_in_f64() {
+    let device = Device::flex().autodiff();
+    let (n, d_in, d_out) = (6, 4, 5);
+    let mut state = 7u64;
+    let mut rnd = |len: usize| common::uniform(&mut state, len);
+    let (x, w, b, g) = (rnd(n * d_in), rnd(d_in * d_out), rnd(d_out), rnd(n * d_out));
+    let t2 = |v: &[f64], s: [usize; 2]| {
+        Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), (&device, DType::F64))
+    };
+    let t1 = |v: &[f64]| {
+        Tensor::<1>::from_data(
+            TensorData::new(v.to_vec(), [v.len()]),
+            (&device, DType::F64),
+        )
+    };
+    let loss = |x: &[f64], w: &[f64], b: &[f64]| -> f64 {
+        let y = gemm_linear(t2(x, [n, d_in]), t2(w, [d_in, d_out]), t1(b));
+        assert_eq!(y.dtype(), DType::F64);
+        vec_of(y).iter().zip(&g).map(|(y, g)| y * g).sum()
+    };
+    let (xt, wt, bt) = (
+        t2(&x, [n, d_in]).require_grad(),
+        t2(&w, [d_in, d_out]).require_grad(),
+        t1(&b).require_grad(),
+    );
+    let grads = (gemm_linear(xt.clone(), wt.clone(), bt.clone()) * t2(&g, [n, d_out]))
+        .sum()
+        .backward();
+    let analytic = [
+        vec_of(xt.grad(&grads).unwrap()),
+        vec_of(wt.grad(&grads).unwrap()),
+        vec_of(bt.grad(&grads).unwrap()),
+    ];
+    common::assert_matches_central_differences(
+        &[x, w, b],
+        &analytic,
+        |p| loss(&p[0], &p[1], &p[2]),
+        (1e-6, 1e-8, 1e-7),
+        "gemm_linear",
+    );
+}
