@@ -284,7 +284,9 @@ fn search(args: PlanArgs) -> Result<()> {
         }
     );
     let report = memtrain::plan::make_plan(&config, budget, approx, &data, &device)?;
-    println!("candidates (one block each, medians of 3):");
+    println!(
+        "candidates (one block each, medians of 3; bwd MiB: the larger backward peak of its two halves):"
+    );
     println!(
         "{:<4} {:>9} {:>9} {:>10} {:>10}  policy",
         "#", "fwd ms", "bwd ms", "kept MiB", "bwd MiB"
@@ -293,10 +295,10 @@ fn search(args: PlanArgs) -> Result<()> {
         println!(
             "{:<4} {:>9.1} {:>9.1} {:>10.1} {:>10.1}  {}",
             i,
-            1e3 * v.block.forward,
-            1e3 * v.block.backward,
-            mib(v.block.kept as u64),
-            mib(v.block.backward_peak as u64),
+            1e3 * v.forward(),
+            1e3 * v.backward(),
+            mib(v.kept() as u64),
+            mib(v.backward_peak() as u64),
             short(&v.block_policy())
         );
     }

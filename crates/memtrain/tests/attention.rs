@@ -3,7 +3,9 @@
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use memtrain::attention::kernel::{self, Heads, Params};
-use memtrain::attention::{AttentionParams, fused_attention, reference_attention};
+use memtrain::attention::{
+    AttentionParams, fused_attention, fused_attention_qkv, reference_attention,
+};
 
 mod common;
 
@@ -252,4 +254,71 @@ fn should_name_both_shapes_on_mismatch() {
     let q = Tensor::<4>::zeros([1, 4, 2, 8], &device);
     let k = Tensor::<4>::zeros([1, 4, 2, 4], &device);
     fused_attention(q, k.clone(), k, None, AttentionParams::causal());
+}
+
+/// The packed op against the fused op on the three slices of the same projection: equal
+/// outputs and an equal gradient of the projection (the slices' gradients, summed by autodiff).
+#[test]
+fn should_give_the_packed_projection_the_sliced_gradient() {
+    let device = Device::flex().autodiff();
+    let (b, t, h, d) = (2, 19, 3, 8);
+    let qkv = Tensor::<4>::random([b, t, 3 * h, d], Distribution::Default, &device).require_grad();
+    let w = Tensor::<4>::random([b, t, h, d], Distribution::Default, &device);
+    let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * h..(i + 1) * h, 0..d]);
+    for params in [AttentionParams::causal(), AttentionParams::full()] {
+        let packed = fused_attention_qkv(qkv.clone(), h, params);
+        let sliced = fused_attention(part(0), part(1), part(2), None, params);
+        assert_close(
+            &vec_of(packed.clone().inner()),
+            &vec_of(sliced.clone().inner()),
+            1e-6,
+            1e-7,
+            "o",
+        );
+        let g_packed = (packed * w.clone()).sum().backward();
+        let g_sliced = (sliced * w.clone()).sum().backward();
+        assert_close(
+            &vec_of(qkv.grad(&g_packed).unwrap()),
+            &vec_of(qkv.grad(&g_sliced).unwrap()),
+            1e-5,
+            1e-6,
+            "d qkv",
+        );
+    }
+}
+
+/// The packed kernel writes exactly the three gradients of the unpacked one, each in its third
+/// of the heads axis.
+#[test]
+fn should_pack_the_kernel_gradients_head_by_head() {
+    let (b, t, h, d) = (2, 6, 3, 4);
+    let mut state = 99u64;
+    let qkv = common::uniform(&mut state, b * t * 3 * h * d);
+    let d_o = common::uniform(&mut state, b * t * h * d);
+    let view = |i: usize| Heads::new(&qkv, i * h * d, [t * 3 * h * d, 3 * h * d, d], [b, t, h, d]);
+    let p = Params {
+        scale: 0.5,
+        causal: true,
+        mask: None,
+    };
+    let (o, lse) = kernel::forward(view(0), view(1), view(2), p);
+    let dout = Heads::contiguous(&d_o, [b, t, h, d]);
+    let oh = Heads::contiguous(&o, [b, t, h, d]);
+    let (dq, dk, dv) = kernel::backward(view(0), view(1), view(2), oh, dout, &lse, p);
+    let packed = kernel::backward_packed(view(0), view(1), view(2), oh, dout, &lse, p);
+    for (third, grad) in [&dq, &dk, &dv].into_iter().enumerate() {
+        for bi in 0..b {
+            for ti in 0..t {
+                for hi in 0..h {
+                    let from = ((bi * t + ti) * h + hi) * d;
+                    let to = ((bi * t + ti) * 3 * h + third * h + hi) * d;
+                    assert_eq!(
+                        packed[to..to + d],
+                        grad[from..from + d],
+                        "third {third}, batch {bi}, token {ti}, head {hi}"
+                    );
+                }
+            }
+        }
+    }
 }

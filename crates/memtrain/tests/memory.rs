@@ -371,6 +371,45 @@ fn should_scale_the_activation_gradient_in_place() {
     );
 }
 
+/// The packed attention's backward holds one gradient of the projection; slicing `q`, `k`,
+/// `v` out of it under autodiff costs a zero-filled gradient of the whole projection per
+/// slice.
+fn should_write_the_packed_attention_gradient_once() {
+    use memtrain::attention::{AttentionParams, fused_attention, fused_attention_qkv};
+    let device = Device::flex().autodiff();
+    let (b, t, h, d) = (4, 128, 6, 64);
+    let qkv_bytes = 4 * b * t * 3 * h * d;
+    let qkv = Tensor::<4>::random([b, t, 3 * h, d], Distribution::Default, &device).require_grad();
+    let dy = Tensor::<4>::random([b, t, h, d], Distribution::Default, &device).inner();
+    let measure = |packed: bool| {
+        let y = if packed {
+            fused_attention_qkv(qkv.clone(), h, AttentionParams::causal())
+        } else {
+            let part = |i: usize| qkv.clone().slice([0..b, 0..t, i * h..(i + 1) * h, 0..d]);
+            fused_attention(part(0), part(1), part(2), None, AttentionParams::causal())
+        };
+        let base = memory::live_bytes();
+        memory::reset_peak();
+        let grads = (y * dy.clone()).sum().backward();
+        let p = memory::peak_bytes() - base;
+        drop(grads);
+        p
+    };
+    measure(true);
+    measure(false);
+    let (packed, sliced) = (measure(true), measure(false));
+    // The harness's own gradient of `y` (a third of the projection) comes on top.
+    assert!(
+        packed <= qkv_bytes + qkv_bytes / 3 + 512 * 1024,
+        "packed attention backward peaked at {packed} bytes; the projection's gradient is \
+         {qkv_bytes}"
+    );
+    assert!(
+        sliced >= packed + qkv_bytes,
+        "sliced {sliced} against packed {packed}: expected a saving of at least {qkv_bytes}"
+    );
+}
+
 #[test]
 fn should_agree_with_every_formula() {
     should_raise_live_bytes_by_the_size_of_a_new_tensor();
@@ -389,4 +428,5 @@ fn should_agree_with_every_formula() {
     should_keep_remat_within_its_prediction();
     should_write_each_linear_product_once();
     should_scale_the_activation_gradient_in_place();
+    should_write_the_packed_attention_gradient_once();
 }

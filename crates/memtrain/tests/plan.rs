@@ -33,14 +33,18 @@ fn head() -> StageCost {
 
 fn variants(fast: (f64, usize), lean: (f64, usize)) -> Vec<Variant> {
     vec![
-        Variant::new(BlockPolicy::default(), stage(fast.0, fast.1, 30), head()),
+        Variant::new(
+            BlockPolicy::default(),
+            vec![stage(fast.0, fast.1, 30)],
+            head(),
+        ),
         Variant::new(
             BlockPolicy {
                 act: ActPolicy::Inverted,
                 attn: AttnPolicy::Memeff,
                 ..BlockPolicy::default()
             },
-            stage(lean.0, lean.1, 30),
+            vec![stage(lean.0, lean.1, 30)],
             head(),
         ),
     ]

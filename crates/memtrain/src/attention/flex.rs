@@ -96,6 +96,46 @@ fn backward_in<T: Real + bytemuck::Pod + burn::tensor::Element>(
     )
 }
 
+fn backward_packed_in<T: Real + bytemuck::Pod + burn::tensor::Element>(
+    qkv: Prim,
+    o: Prim,
+    lse: Prim,
+    d_o: Prim,
+    n_heads: usize,
+    scale: f32,
+    causal: bool,
+) -> Prim {
+    let [b, t, three_h, dh] = qkv.shape().dims();
+    let qkv = kernel_ready(qkv);
+    let (o, d_o, lse) = (kernel_ready(o), kernel_ready(d_o), lse.to_contiguous());
+    let part = |i: usize| {
+        let l = qkv.layout();
+        let st = l.strides();
+        Heads::new(
+            qkv.storage::<T>(),
+            l.start_offset() + i * n_heads * st[2] as usize,
+            [st[0] as usize, st[1] as usize, st[2] as usize],
+            [b, t, n_heads, dh],
+        )
+    };
+    let p = Params {
+        scale: T::from_f64(scale as f64),
+        causal,
+        mask: None,
+    };
+    let lse_s = lse.as_slice::<T>().expect("contiguous");
+    let d = kernel::backward_packed(
+        part(0),
+        part(1),
+        part(2),
+        heads::<T>(&o),
+        heads::<T>(&d_o),
+        lse_s,
+        p,
+    );
+    to_prim(d, [b, t, three_h, dh], &qkv)
+}
+
 impl FusedAttentionKernel for Flex {
     fn fused_attention_forward(
         q: Prim,
@@ -127,6 +167,27 @@ impl FusedAttentionKernel for Flex {
             DType::F32 => backward_in::<f32>(q, k, v, mask, o, lse, d_o, scale, causal),
             DType::F64 => backward_in::<f64>(q, k, v, mask, o, lse, d_o, scale, causal),
             _ => generic::backward::<Flex>(q, k, v, mask, o, lse, d_o, scale, causal),
+        }
+    }
+
+    fn fused_attention_backward_packed(
+        qkv: Prim,
+        o: Prim,
+        lse: Prim,
+        d_o: Prim,
+        heads: usize,
+        scale: f32,
+        causal: bool,
+    ) -> Prim {
+        match qkv.dtype() {
+            DType::F32 => backward_packed_in::<f32>(qkv, o, lse, d_o, heads, scale, causal),
+            DType::F64 => backward_packed_in::<f64>(qkv, o, lse, d_o, heads, scale, causal),
+            _ => {
+                let [q, k, v] = super::split_qkv::<Flex>(qkv, heads);
+                let (dq, dk, dv) =
+                    generic::backward::<Flex>(q, k, v, None, o, lse, d_o, scale, causal);
+                Flex::float_cat(vec![dq, dk, dv], 2)
+            }
         }
     }
 }

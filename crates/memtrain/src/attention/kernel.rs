@@ -490,6 +490,111 @@ pub fn backward<T: Real>(
     p: Params<'_, T>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
+    let mut dq = vec![T::ZERO; b * tq * h * dh];
+    let mut dk = vec![T::ZERO; b * tk * h * dh];
+    let mut dvv = vec![T::ZERO; b * tk * h * dv];
+    let sinks = [
+        Sink::new(&mut dq, h, 0),
+        Sink::new(&mut dk, h, 0),
+        Sink::new(&mut dvv, h, 0),
+    ];
+    backward_into(q, k, v, o, d_o, lse, p, sinks);
+    (dq, dk, dvv)
+}
+
+/// [`backward`] for self-attention whose `q`, `k` and `v` are the three thirds of one
+/// `[batch, seq, 3 heads, width]` projection (heads `0..h`, `h..2h`, `2h..3h`): returns the
+/// gradient of that projection, written in place, so no separate `dq`, `dk`, `dv` exist.
+///
+/// # Panics
+///
+/// As [`backward`], and when `q`, `k` and `v` do not share one shape.
+pub fn backward_packed<T: Real>(
+    q: Heads<'_, T>,
+    k: Heads<'_, T>,
+    v: Heads<'_, T>,
+    o: Heads<'_, T>,
+    d_o: Heads<'_, T>,
+    lse: &[T],
+    p: Params<'_, T>,
+) -> Vec<T> {
+    let ([b, t, h, d], kd) = (q.dims, k.dims);
+    assert!(
+        kd == q.dims && v.dims == q.dims,
+        "packed attention needs q, k, v of one shape: {:?}, {:?}, {:?}",
+        q.dims,
+        k.dims,
+        v.dims
+    );
+    let mut dqkv = vec![T::ZERO; b * t * 3 * h * d];
+    let [sq, sk, sv] = [0, h, 2 * h].map(|offset| Sink::new(&mut dqkv, 3 * h, offset));
+    backward_into(q, k, v, o, d_o, lse, p, [sq, sk, sv]);
+    dqkv
+}
+
+/// Where one gradient goes: head `offset + hi` of a `[batch, seq, heads, width]` buffer. Holds
+/// a raw pointer so that the three gradients of [`backward_packed`] can share one buffer.
+#[derive(Clone, Copy)]
+struct Sink<T> {
+    data: *mut T,
+    len: usize,
+    heads: usize,
+    offset: usize,
+}
+
+// SAFETY: a sink is only written through `Sink::write_head`, and the tasks of `backward_into`
+// write disjoint rows (see there).
+unsafe impl<T: Send> Send for Sink<T> {}
+unsafe impl<T: Send> Sync for Sink<T> {}
+
+impl<T: Copy> Sink<T> {
+    fn new(buffer: &mut [T], heads: usize, offset: usize) -> Self {
+        Sink {
+            data: buffer.as_mut_ptr(),
+            len: buffer.len(),
+            heads,
+            offset,
+        }
+    }
+
+    /// Copies head `(b, h)`'s contiguous `[seq, width]` rows into place.
+    ///
+    /// # Safety
+    ///
+    /// The buffer the sink was made from is alive and no other thread writes the same rows.
+    unsafe fn write_head(&self, src: &[T], b: usize, h: usize, seq: usize, width: usize) {
+        for t in 0..seq {
+            let at = ((b * seq + t) * self.heads + self.offset + h) * width;
+            assert!(
+                at + width <= self.len,
+                "attention gradient row out of bounds"
+            );
+            // SAFETY: in bounds (asserted); the caller guarantees liveness and exclusivity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src[t * width..(t + 1) * width].as_ptr(),
+                    self.data.add(at),
+                    width,
+                )
+            };
+        }
+    }
+}
+
+/// The backward of every (batch, head) pair in parallel, each written into its rows of the
+/// three sinks as soon as it is done.
+#[allow(clippy::too_many_arguments)]
+fn backward_into<T: Real>(
+    q: Heads<'_, T>,
+    k: Heads<'_, T>,
+    v: Heads<'_, T>,
+    o: Heads<'_, T>,
+    d_o: Heads<'_, T>,
+    lse: &[T],
+    p: Params<'_, T>,
+    [sq, sk, sv]: [Sink<T>; 3],
+) {
+    let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
     assert!(
         o.dims == [b, tq, h, dv] && d_o.dims == [b, tq, h, dv] && lse.len() == b * h * tq,
         "attention backward: o {:?}, d_o {:?}, lse {} do not match [batch, seq_q, heads, width_v] = {:?}",
@@ -498,53 +603,32 @@ pub fn backward<T: Real>(
         lse.len(),
         [b, tq, h, dv]
     );
-    let heads: Vec<(Vec<T>, Vec<T>, Vec<T>)> = (0..b * h)
-        .into_par_iter()
-        .map(|bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let mut dq = vec![T::ZERO; tq * dh];
-            let mut dk = vec![T::ZERO; tk * dh];
-            let mut dvv = vec![T::ZERO; tk * dv];
-            backward_head(
-                q.head(bi, hi),
-                k.head(bi, hi),
-                v.head(bi, hi),
-                o.head(bi, hi),
-                d_o.head(bi, hi),
-                &lse[bh * tq..(bh + 1) * tq],
-                [tq, tk, dh, dv],
-                &p,
-                &mut dq,
-                &mut dk,
-                &mut dvv,
-            );
-            (dq, dk, dvv)
-        })
-        .collect();
-    let mut dq = vec![T::ZERO; b * tq * h * dh];
-    let mut dk = vec![T::ZERO; b * tk * h * dh];
-    let mut dvv = vec![T::ZERO; b * tk * h * dv];
-    for (bh, (hq, hk, hv)) in heads.into_iter().enumerate() {
+    (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
-        scatter(&mut dq, &hq, bi, hi, tq, h, dh);
-        scatter(&mut dk, &hk, bi, hi, tk, h, dh);
-        scatter(&mut dvv, &hv, bi, hi, tk, h, dv);
-    }
-    (dq, dk, dvv)
-}
-
-/// Copies one head's contiguous `[seq, width]` rows into a `[batch, seq, heads, width]` buffer.
-fn scatter<T: Copy>(
-    dst: &mut [T],
-    src: &[T],
-    b: usize,
-    h: usize,
-    seq: usize,
-    heads: usize,
-    width: usize,
-) {
-    for t in 0..seq {
-        let at = ((b * seq + t) * heads + h) * width;
-        dst[at..at + width].copy_from_slice(&src[t * width..(t + 1) * width]);
-    }
+        let mut dq = vec![T::ZERO; tq * dh];
+        let mut dk = vec![T::ZERO; tk * dh];
+        let mut dvv = vec![T::ZERO; tk * dv];
+        backward_head(
+            q.head(bi, hi),
+            k.head(bi, hi),
+            v.head(bi, hi),
+            o.head(bi, hi),
+            d_o.head(bi, hi),
+            &lse[bh * tq..(bh + 1) * tq],
+            [tq, tk, dh, dv],
+            &p,
+            &mut dq,
+            &mut dk,
+            &mut dvv,
+        );
+        // SAFETY: the sinks' buffers outlive this parallel loop (they belong to the caller),
+        // and task (bi, hi) writes only the rows of head `offset + hi` of batch `bi`: distinct
+        // tasks write distinct rows, also when the three sinks share one buffer (their head
+        // offsets are 0, h and 2h, and hi < h).
+        unsafe {
+            sq.write_head(&dq, bi, hi, tq, dh);
+            sk.write_head(&dk, bi, hi, tk, dh);
+            sv.write_head(&dvv, bi, hi, tk, dv);
+        }
+    });
 }

@@ -47,7 +47,7 @@ use burn::backend::Dispatch;
 use burn::backend::backend_extension;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Slice, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -126,6 +126,34 @@ pub trait FusedAttentionKernel: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         generic::backward::<Self>(q, k, v, mask, o, lse, d_o, scale, causal)
     }
+
+    /// The gradient of a `[b, t, 3h, dh]` projection whose thirds are `q`, `k` and `v`
+    /// ([`fused_attention_qkv`]), from the forward's output and log-sum-exp. The default
+    /// concatenates [`FusedAttentionKernel::fused_attention_backward`]'s three gradients;
+    /// Flex writes them into one buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_attention_backward_packed(
+        qkv: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_o: FloatTensor<Self>,
+        heads: usize,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let [q, k, v] = split_qkv::<Self>(qkv, heads);
+        let (dq, dk, dv) =
+            Self::fused_attention_backward(q, k, v, None, o, lse, d_o, scale, causal);
+        Self::float_cat(vec![dq, dk, dv], 2)
+    }
+}
+
+/// The `q`, `k` and `v` views of a `[b, t, 3h, dh]` projection.
+fn split_qkv<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [FloatTensor<B>; 3] {
+    [0, 1, 2].map(|i| {
+        let part = Slice::from(i * heads..(i + 1) * heads);
+        B::float_slice(qkv.clone(), &[Slice::full(), Slice::full(), part])
+    })
 }
 
 mod flex;
@@ -139,6 +167,15 @@ pub trait FusedAttentionBackend: Backend {
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self>;
+
+    /// Causal or full self-attention on a packed `[b, t, 3h, dh]` projection (see
+    /// [`fused_attention_qkv`]).
+    fn fused_attention_qkv(
+        qkv: FloatTensor<Self>,
+        heads: u32,
         scale: f32,
         causal: bool,
     ) -> FloatTensor<Self>;
@@ -165,6 +202,16 @@ impl FusedAttentionBackend for burn::backend::Flex {
         Self::fused_attention_forward(q, k, v, None, scale, causal).0
     }
 
+    fn fused_attention_qkv(
+        qkv: FloatTensor<Self>,
+        heads: u32,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let [q, k, v] = split_qkv::<Self>(qkv, heads as usize);
+        Self::fused_attention_forward(q, k, v, None, scale, causal).0
+    }
+
     fn fused_attention_masked(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -188,6 +235,32 @@ impl<B: Backend + FusedAttentionKernel, C: CheckpointStrategy> FusedAttentionBac
         causal: bool,
     ) -> FloatTensor<Self> {
         tracked::<B, C>(q, k, v, None, scale, causal)
+    }
+
+    fn fused_attention_qkv(
+        qkv: FloatTensor<Self>,
+        heads: u32,
+        scale: f32,
+        causal: bool,
+    ) -> FloatTensor<Self> {
+        let heads = heads as usize;
+        let op = PackedAttentionBackward {
+            heads,
+            scale,
+            causal,
+        };
+        let p = qkv.primitive().clone();
+        match op.prepare::<C>([qkv.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let [q, k, v] = split_qkv::<B>(p.clone(), heads);
+                let (o, lse) = B::fused_attention_forward(q, k, v, None, scale, causal);
+                prep.finish((p, o.clone(), lse), o)
+            }
+            OpsKind::UnTracked(prep) => {
+                let [q, k, v] = split_qkv::<B>(p, heads);
+                prep.finish(B::fused_attention_forward(q, k, v, None, scale, causal).0)
+            }
+        }
     }
 
     fn fused_attention_masked(
@@ -231,6 +304,36 @@ impl<B: Backend + FusedAttentionKernel> Backward<B, 3> for FusedAttentionBackwar
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
             }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct PackedAttentionBackward {
+    heads: usize,
+    scale: f32,
+    causal: bool,
+}
+
+impl<B: Backend + FusedAttentionKernel> Backward<B, 1> for PackedAttentionBackward {
+    /// The packed projection (q, k and v), the output and the log-sum-exp.
+    type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let d_o = grads.consume::<B>(&ops.node);
+        let (qkv, o, lse) = ops.state;
+        if let Some(node) = node {
+            let d = B::fused_attention_backward_packed(
+                qkv,
+                o,
+                lse,
+                d_o,
+                self.heads,
+                self.scale,
+                self.causal,
+            );
+            grads.register::<B>(node.id, d);
         }
     }
 }
@@ -340,6 +443,50 @@ pub fn fused_attention(
             params.causal,
         ),
     })
+}
+
+/// [`fused_attention`] for self-attention on the packed output of a fused QKV projection:
+/// `qkv [b, t, 3h, dh]` holds `q` in heads `0..h`, `k` in `h..2h` and `v` in `2h..3h`; returns
+/// `[b, t, h, dh]`. The same forward, kept tensors and gradients as [`fused_attention`] on the
+/// three slices, but the backward writes the gradient of `qkv` into one buffer: slicing the
+/// projection under autodiff instead makes burn build a zero-filled `[b, t, 3h, dh]` gradient
+/// for each slice and add them up.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use memtrain::attention::{AttentionParams, fused_attention, fused_attention_qkv};
+/// let device = Device::flex();
+/// let qkv = Tensor::<4>::random([2, 10, 3 * 4, 8], Distribution::Default, &device);
+/// let part = |i: usize| qkv.clone().slice([0..2, 0..10, 4 * i..4 * (i + 1), 0..8]);
+/// let packed = fused_attention_qkv(qkv.clone(), 4, AttentionParams::causal());
+/// let sliced = fused_attention(part(0), part(1), part(2), None, AttentionParams::causal());
+/// assert!(packed.all_close(sliced, Some(1e-5), Some(1e-6)));
+/// ```
+///
+/// # Panics
+///
+/// When the third axis is not `3 heads`.
+pub fn fused_attention_qkv(qkv: Tensor<4>, heads: usize, params: AttentionParams) -> Tensor<4> {
+    let [b, t, three_h, dh] = qkv.dims();
+    assert_eq!(
+        three_h,
+        3 * heads,
+        "a packed projection has 3 x {heads} heads on its third axis, got {three_h}"
+    );
+    if !crate::on_flex(&qkv.device()) {
+        let part = |i: usize| {
+            qkv.clone()
+                .slice([0..b, 0..t, i * heads..(i + 1) * heads, 0..dh])
+        };
+        return reference_attention(part(0), part(1), part(2), None, params);
+    }
+    let scale = params.scale_for(dh);
+    Tensor::from_dispatch(<Dispatch as FusedAttentionBackend>::fused_attention_qkv(
+        qkv.into_dispatch(),
+        heads as u32,
+        scale,
+        params.causal,
+    ))
 }
 
 /// Plain attention, as burn-nn's `MultiHeadAttention` computes it (matmul, scale, additive

@@ -54,8 +54,7 @@ impl SelfAttention {
         let qkv = ad
             .linear(&self.qkv, self.qkv_adapter.as_ref(), 0, x)
             .reshape([b, t, 3 * h, dh]);
-        let heads = |i: usize| qkv.clone().slice([0..b, 0..t, i * h..(i + 1) * h, 0..dh]);
-        let y = self.core.forward(heads(0), heads(1), heads(2));
+        let y = self.core.forward_qkv(qkv, h);
         ad.linear(
             &self.proj,
             self.proj_adapter.as_ref(),
@@ -127,7 +126,16 @@ impl Block {
     }
 
     fn forward_with(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
-        let h = x.clone() + self.attn.forward_with(self.ln1.forward(x), ad);
+        self.mlp_half(self.attn_half(x, ad), ad)
+    }
+
+    /// The first half: `x + attn(ln1(x))`.
+    fn attn_half(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
+        x.clone() + self.attn.forward_with(self.ln1.forward(x), ad)
+    }
+
+    /// The second half: `h + mlp(ln2(h))`.
+    fn mlp_half(&self, h: Tensor<3>, ad: &Adapt) -> Tensor<3> {
         h.clone() + self.mlp.forward_with(self.ln2.forward(h), ad)
     }
 
@@ -367,6 +375,31 @@ impl Gpt {
             merged: self.merged,
         };
         self.blocks[index].forward_with(x, &ad)
+    }
+
+    /// The stages rematerialization schedules, [`Gpt::stage_forward`]: two per block.
+    pub fn n_stages(&self) -> usize {
+        2 * self.blocks.len()
+    }
+
+    /// Stage `index` of the blocks: the attention half of block `index / 2` (`x + attn(ln1(x))`)
+    /// when `index` is even, its MLP half (`h + mlp(ln2(h))`) when odd. Two stages in a row are
+    /// [`Gpt::block_forward`].
+    ///
+    /// # Panics
+    ///
+    /// When `index >= n_stages()`.
+    pub fn stage_forward(&self, index: usize, x: Tensor<3>) -> Tensor<3> {
+        let ad = Adapt {
+            lotr: &self.lotr,
+            merged: self.merged,
+        };
+        let block = &self.blocks[index / 2];
+        if index % 2 == 0 {
+            block.attn_half(x, &ad)
+        } else {
+            block.mlp_half(x, &ad)
+        }
     }
 
     /// Token plus position embeddings of `tokens [batch, seq]`: the blocks' input.

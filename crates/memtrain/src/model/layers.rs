@@ -9,7 +9,9 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use crate::activation::{FewBit, FewBitGeluConfig, Invertible, inverted_activation};
-use crate::attention::{AttentionParams, fused_attention, reference_attention};
+use crate::attention::{
+    AttentionParams, fused_attention, fused_attention_qkv, reference_attention,
+};
 use crate::linear::{
     FactoredLinear, SketchedLinear, SketchedLinearConfig, TtLinear, TtLinearConfig,
 };
@@ -244,6 +246,23 @@ impl AttentionCore {
         match self {
             AttentionCore::Exact => reference_attention(q, k, v, None, params),
             AttentionCore::Memeff => fused_attention(q, k, v, None, params),
+        }
+    }
+
+    /// Causal self-attention on a fused projection `qkv: [batch, seq, 3 heads, d_head]` (`q`,
+    /// `k`, `v` in that order) to `[batch, seq, heads, d_head]`. Under `Memeff` the backward
+    /// writes the projection's gradient in one buffer ([`fused_attention_qkv`]).
+    pub fn forward_qkv(&self, qkv: Tensor<4>, heads: usize) -> Tensor<4> {
+        let [b, t, _, dh] = qkv.dims();
+        match self {
+            AttentionCore::Exact => {
+                let part = |i: usize| {
+                    qkv.clone()
+                        .slice([0..b, 0..t, i * heads..(i + 1) * heads, 0..dh])
+                };
+                self.forward(part(0), part(1), part(2))
+            }
+            AttentionCore::Memeff => fused_attention_qkv(qkv, heads, AttentionParams::causal()),
         }
     }
 }

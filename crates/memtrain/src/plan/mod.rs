@@ -76,8 +76,9 @@ pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
 pub struct Variant {
     /// The block policy.
     pub policy: String,
-    /// One block.
-    pub block: StageCost,
+    /// One block's stages, in order ([`Gpt::stage_forward`]: its attention half, then its MLP
+    /// half).
+    pub stages: Vec<StageCost>,
     /// The head (final norm, LM head, loss) under this variant's norm.
     pub head: StageCost,
     #[serde(skip)]
@@ -85,15 +86,21 @@ pub struct Variant {
 }
 
 impl Variant {
-    /// A candidate with given costs (for planning from measurements taken elsewhere).
-    pub fn new(policy: BlockPolicy, block: StageCost, head: StageCost) -> Self {
+    /// A candidate with given costs (for planning from measurements taken elsewhere): a block
+    /// made of `stages`, and the head.
+    ///
+    /// # Panics
+    ///
+    /// When `stages` is empty.
+    pub fn new(policy: BlockPolicy, stages: Vec<StageCost>, head: StageCost) -> Self {
+        assert!(!stages.is_empty(), "a block has at least one stage");
         Self {
             policy: MemoryPolicy {
                 block: policy,
                 ..MemoryPolicy::default()
             }
             .to_string(),
-            block,
+            stages,
             head,
             block_policy: policy,
         }
@@ -102,6 +109,40 @@ impl Variant {
     /// The block policy.
     pub fn block_policy(&self) -> BlockPolicy {
         self.block_policy
+    }
+
+    /// One block's forward seconds.
+    pub fn forward(&self) -> f64 {
+        self.stages.iter().map(|s| s.forward).sum()
+    }
+
+    /// One block's backward seconds.
+    pub fn backward(&self) -> f64 {
+        self.stages.iter().map(|s| s.backward).sum()
+    }
+
+    /// Bytes one block keeps for backward (all its stages).
+    pub fn kept(&self) -> usize {
+        self.stages.iter().map(|s| s.kept).sum()
+    }
+
+    /// The largest backward peak of the block's stages.
+    pub fn backward_peak(&self) -> usize {
+        self.stages
+            .iter()
+            .map(|s| s.backward_peak)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The stage with the largest `kept + backward_peak`: what the leanest schedule must hold
+    /// at once.
+    fn widest_stage(&self) -> StageCost {
+        *self
+            .stages
+            .iter()
+            .max_by_key(|s| s.kept + s.backward_peak)
+            .expect("a block has at least one stage")
     }
 }
 
@@ -133,11 +174,12 @@ pub fn profile_variants(
                 .loss(batch.inputs.clone(), batch.targets.clone())
                 .backward(),
         );
-        let chain = crate::remat::profile(&model, batch, reps);
+        let mut chain = crate::remat::profile(&model, batch, reps);
+        let head = chain.pop().expect("the head is the last stage");
         out.push(Variant {
             policy: policy.to_string(),
-            block: chain[0],
-            head: chain[1],
+            stages: chain,
+            head,
             block_policy: *c,
         });
     }
@@ -159,13 +201,16 @@ pub struct MemoryPlan {
     pub time: f64,
 }
 
-/// The stored input of the chain (the embedding output) for a profiled block.
+/// The stored input of the chain (the embedding output, shaped like a block's output).
 fn input_bytes(v: &Variant) -> usize {
-    v.block.output
+    v.stages[v.stages.len() - 1].output
 }
 
 fn chain_of(variants: &[Variant], assignment: &[usize], head: usize) -> Vec<StageCost> {
-    let mut chain: Vec<StageCost> = assignment.iter().map(|&i| variants[i].block).collect();
+    let mut chain: Vec<StageCost> = assignment
+        .iter()
+        .flat_map(|&i| variants[i].stages.iter().copied())
+        .collect();
     chain.push(variants[head].head);
     chain
 }
@@ -230,7 +275,10 @@ pub fn solve(
     let Some(uniform) = best_uniform else {
         // Name the smallest feasible budget: the leanest variant's own remat minimum.
         let lean = (0..variants.len())
-            .min_by_key(|&v| variants[v].block.kept + variants[v].block.backward_peak)
+            .min_by_key(|&v| {
+                let w = variants[v].widest_stage();
+                w.kept + w.backward_peak
+            })
             .expect("at least one candidate");
         let chain = chain_of(variants, &vec![lean; n_blocks], lean);
         let input = input_bytes(&variants[lean]);
@@ -243,14 +291,14 @@ pub fn solve(
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-        let b = variants[lean].block;
+        let b = variants[lean].widest_stage();
         return Err(Error::config(
             "budget",
             format!("{budget} bytes"),
             format!(
                 "a budget any plan fits; with {} everywhere {e}; what it holds at its peak: the \
-                 stored input and a checkpoint ({:.1} MiB each), one block's kept tensors ({:.1} MiB) \
-                 and its backward's peak ({:.1} MiB)",
+                 stored input and a checkpoint ({:.1} MiB each), one half-block's kept tensors \
+                 ({:.1} MiB) and its backward's peak ({:.1} MiB)",
                 variants[lean].policy,
                 b.output as f64 / 1048576.0,
                 b.kept as f64 / 1048576.0,
@@ -289,7 +337,8 @@ pub fn solve(
 /// profile's keep-everything forward and backward for the plain variant.
 pub fn calibrate(measured_step: f64, plain: &Variant, n_blocks: usize) -> f64 {
     let chain = chain_of(std::slice::from_ref(plain), &vec![0; n_blocks], 0);
-    let (_, time) = simulate(&chain, &Schedule::keep_all(0, n_blocks), input_bytes(plain));
+    let last = chain.len() - 1;
+    let (_, time) = simulate(&chain, &Schedule::keep_all(0, last), input_bytes(plain));
     (measured_step - time).max(0.0)
 }
 

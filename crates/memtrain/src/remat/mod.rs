@@ -2,8 +2,10 @@
 //! recompute in backward, chosen by the Rotor dynamic program ("Optimal checkpointing for
 //! heterogeneous chains", Beaumont, Eyraud-Dubois, Herrmann, Joly, Shilova, 2019).
 //!
-//! The chain is the GPT's blocks followed by the head (final LayerNorm, tied LM head, loss);
-//! its input is the embedding output, always stored. Whatever each block keeps inside (its
+//! The chain is the GPT's block halves ([`Gpt::stage_forward`]: each block's attention with its
+//! residual, then its MLP with its residual) followed by the head (final LayerNorm, tied LM
+//! head, loss); its input is the embedding output, always stored. Half-block stages let a
+//! schedule hold one half's kept tensors at a time, about half a block's. Whatever each block keeps inside (its
 //! activation, attention, linear and norm policies) is measured by [`profile`], so remat
 //! composes with every other policy.
 //!
@@ -104,8 +106,8 @@ impl Exec<'_> {
         reset_peak();
     }
 
-    fn n_blocks(&self) -> usize {
-        self.model.blocks().len()
+    fn n_stages(&self) -> usize {
+        self.model.n_stages()
     }
 
     /// Runs `schedule` from the stored input `x` of its first stage, given the gradient of its
@@ -114,13 +116,13 @@ impl Exec<'_> {
         match schedule {
             Schedule::Keep { stage, rest } => {
                 let xin = x.clone().autodiff().require_grad();
-                let mut grads = if *stage == self.n_blocks() {
+                let mut grads = if *stage == self.n_stages() {
                     let loss = self.model.head_loss(xin.clone(), self.targets.clone());
                     self.mark();
                     self.loss = loss.clone().into_scalar::<f32>();
                     loss.backward()
                 } else {
-                    let y = self.model.block_forward(*stage, xin.clone());
+                    let y = self.model.stage_forward(*stage, xin.clone());
                     self.mark();
                     let dy = match rest {
                         Some(r) => self.run(r, &y.clone().inner(), dy),
@@ -141,7 +143,7 @@ impl Exec<'_> {
                 let (s, _) = left.span();
                 let mut h = x.clone();
                 for i in s..*split {
-                    h = self.valid.block_forward(i, h);
+                    h = self.valid.stage_forward(i, h);
                 }
                 self.mark();
                 let dy = self.run(right, &h, dy);
@@ -152,8 +154,8 @@ impl Exec<'_> {
     }
 }
 
-/// One forward and backward of `model` on `batch` following `schedule` (over the blocks and
-/// the head: stages `0..=n_layers`): the loss, the parameter gradients (exactly those of
+/// One forward and backward of `model` on `batch` following `schedule` (over the block halves
+/// and the head: stages `0..=2 n_layers`): the loss, the parameter gradients (exactly those of
 /// `model.loss(..).backward()`, up to f32 summation order for the tied embedding), and the
 /// measured peaks.
 ///
@@ -194,13 +196,13 @@ pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams
     (exec.total, stats)
 }
 
-/// Measures, for each stage of `model` on `batch` (blocks, then the head), the forward and
+/// Measures, for each stage of `model` on `batch` (block halves, then the head), the forward and
 /// backward times (medians of `reps`) and the sizes a [`Schedule`] needs, with the memory
 /// meter. The counting allocator must be installed.
 pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     let valid = model.valid();
     let mut x = valid.embed(batch.inputs.clone().inner());
-    let n = model.blocks().len();
+    let n = model.n_stages();
     let mut chain = Vec::with_capacity(n + 1);
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -213,7 +215,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             // Forward without autodiff: peak above the input, output included.
             let base = live_bytes();
             reset_peak();
-            let y_valid = (stage < n).then(|| valid.block_forward(stage, x.clone()));
+            let y_valid = (stage < n).then(|| valid.stage_forward(stage, x.clone()));
             let forward_peak = peak_bytes().saturating_sub(base);
             drop(y_valid);
             // Forward with autodiff: what the graph keeps, output included.
@@ -221,7 +223,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             let base = live_bytes();
             let start = Instant::now();
             let (out, loss) = if stage < n {
-                (Some(model.block_forward(stage, xin.clone())), None)
+                (Some(model.stage_forward(stage, xin.clone())), None)
             } else {
                 let loss = model.head_loss(xin.clone(), batch.targets.clone());
                 (None, Some(loss))
@@ -257,7 +259,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             forward_peak,
         });
         if stage < n {
-            x = valid.block_forward(stage, x);
+            x = valid.stage_forward(stage, x);
         }
     }
     chain
@@ -300,8 +302,9 @@ pub fn plan_for(chain: Vec<StageCost>, policy: RematPolicy) -> Result<Plan> {
     let last = chain.len() - 1;
     let schedule = match policy {
         RematPolicy::None => Schedule::keep_all(0, last),
-        // Every K-th block input (the head always joins the last segment).
-        RematPolicy::Every(k) => Schedule::every(k as usize, 0, last),
+        // Every K-th block input: every 2K-th stage's (the head always joins the last
+        // segment).
+        RematPolicy::Every(k) => Schedule::every(2 * k as usize, 0, last),
         RematPolicy::Budget(bytes) => {
             let quantum = (bytes as usize / 512).max(4096);
             optimal(&chain, input, bytes as usize, quantum)?
