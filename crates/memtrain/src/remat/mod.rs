@@ -14,8 +14,8 @@
 //! [`step`] runs a [`Schedule`] on burn: a stage that is not kept runs forward on the
 //! autodiff-free view of the model (`Module::valid`), so it builds no graph; a kept stage runs
 //! on a detached, gradient-requiring copy of its input, so its graph covers that stage only;
-//! its backward is `(y · dy).sum().backward()` with the output gradient from the stages after
-//! it. Each stage's parameter gradients are moved into one [`GradientsParams`] (summed for the
+//! its backward runs from the output gradient the stages after it computed ([`backward_from`]).
+//! Each stage's parameter gradients are moved into one [`GradientsParams`] (summed for the
 //! token embedding, which the head shares), so the optimizer receives exactly what plain
 //! autodiff gives (`tests/remat.rs` compares every parameter). This is a driver of per-stage
 //! graphs rather than one autodiff op wrapping a block: burn 0.22's backend-extension ops take
@@ -38,8 +38,10 @@
 //! ```
 
 mod schedule;
+mod seed;
 
 pub use schedule::{Prediction, Schedule, StageCost, all_schedules, optimal, simulate};
+pub use seed::{SeedGradientBackend, backward_from};
 
 use std::time::Instant;
 
@@ -128,7 +130,7 @@ impl Exec<'_> {
                         Some(r) => self.run(r, &y.clone().inner(), dy),
                         None => dy.expect("a block's output gradient"),
                     };
-                    (y * dy).sum().backward()
+                    backward_from(y, dy)
                 };
                 let dx = xin
                     .grad_remove(&mut grads)
@@ -184,7 +186,7 @@ pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams
     drop(x0);
     // The embeddings: their own small graph, fed the chain's input gradient.
     let e = model.embed(batch.inputs.clone());
-    let mut grads = (e * dx0).sum().backward();
+    let mut grads = backward_from(e, dx0);
     take_grads(model, &mut grads, &mut exec.total);
     drop(grads);
     exec.mark();
@@ -239,7 +241,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             reset_peak();
             let start = Instant::now();
             let grads = match (out, loss) {
-                (Some(y), _) => (y * dy.expect("a block output")).sum().backward(),
+                (Some(y), _) => backward_from(y, dy.expect("a block output")),
                 (None, Some(l)) => l.backward(),
                 _ => unreachable!("a stage has an output or a loss"),
             };
