@@ -395,7 +395,7 @@ impl Gpt {
             merged: self.merged,
         };
         let block = &self.blocks[index / 2];
-        if index % 2 == 0 {
+        if index.is_multiple_of(2) {
             block.attn_half(x, &ad)
         } else {
             block.mlp_half(x, &ad)
