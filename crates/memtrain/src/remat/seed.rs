@@ -21,10 +21,7 @@ pub trait SeedGradientBackend: Backend {
 }
 
 fn zero<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
-    B::float_from_data(
-        TensorData::new(vec![0f32], Shape::new([1])),
-        &like.device(),
-    )
+    B::float_from_data(TensorData::new(vec![0f32], Shape::new([1])), &like.device())
 }
 
 impl SeedGradientBackend for Flex {
