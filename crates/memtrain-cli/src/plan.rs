@@ -289,7 +289,8 @@ fn search(args: PlanArgs) -> Result<()> {
     );
     let report = memtrain::plan::make_plan(&config, budget, approx, &data, &device)?;
     println!(
-        "candidates (one block each, medians of 3; bwd MiB: the larger backward peak of its two halves):"
+        "candidates (one block each, medians of {} rounds; bwd MiB: the larger backward peak of its two halves):",
+        memtrain::plan::PROFILE_REPS
     );
     println!(
         "{:<4} {:>9} {:>9} {:>10} {:>10}  policy",

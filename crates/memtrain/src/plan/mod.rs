@@ -147,7 +147,9 @@ impl Variant {
 }
 
 /// Profiles each candidate on a one-block model of `config`'s width at `batch` (block costs
-/// do not depend on the block's position), medians of `reps`.
+/// do not depend on the block's position): `reps` rounds, each profiling every candidate once
+/// in turn, so that a slow spell of the machine lands on all candidates alike; times are the
+/// medians over the rounds.
 ///
 /// # Errors
 ///
@@ -161,7 +163,7 @@ pub fn profile_variants(
 ) -> Result<Vec<Variant>> {
     let mut one = *config;
     one.n_layers = 1;
-    let mut out = Vec::with_capacity(candidates.len());
+    let mut models = Vec::with_capacity(candidates.len());
     for c in candidates {
         let policy = MemoryPolicy {
             block: *c,
@@ -174,10 +176,28 @@ pub fn profile_variants(
                 .loss(batch.inputs.clone(), batch.targets.clone())
                 .backward(),
         );
-        let mut chain = crate::remat::profile(&model, batch, reps);
+        models.push((policy.to_string(), model));
+    }
+    let mut rounds: Vec<Vec<Vec<StageCost>>> = vec![Vec::new(); candidates.len()];
+    for _ in 0..reps.max(1) {
+        for (i, (_, model)) in models.iter().enumerate() {
+            rounds[i].push(crate::remat::profile(model, batch, 1));
+        }
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut out = Vec::with_capacity(candidates.len());
+    for ((name, _), (runs, c)) in models.into_iter().zip(rounds.into_iter().zip(candidates)) {
+        let mut chain = runs[runs.len() - 1].clone();
+        for (s, stage) in chain.iter_mut().enumerate() {
+            stage.forward = median(runs.iter().map(|r| r[s].forward).collect());
+            stage.backward = median(runs.iter().map(|r| r[s].backward).collect());
+        }
         let head = chain.pop().expect("the head is the last stage");
         out.push(Variant {
-            policy: policy.to_string(),
+            policy: name,
             stages: chain,
             head,
             block_policy: *c,
@@ -342,6 +362,9 @@ pub fn calibrate(measured_step: f64, plain: &Variant, n_blocks: usize) -> f64 {
     (measured_step - time).max(0.0)
 }
 
+/// Profiling rounds (and calibration steps) of [`make_plan`]: times are their medians.
+pub const PROFILE_REPS: usize = 5;
+
 /// The data batch the planner profiles on (the first training batch of `seed`).
 pub fn batch_for(data: &Dataset, seed: u64, batch: usize, seq: usize, device: &Device) -> Batch {
     data.train_batch(seed, 0, batch, seq, device)
@@ -392,18 +415,25 @@ pub fn make_plan(
     one.batch = 1;
     let mut trainer = crate::train::Trainer::new(one.clone(), device)?;
     let mut steps = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..PROFILE_REPS {
         let b = trainer.next_batch(data);
         steps.push(trainer.try_step(&b)?.seconds);
     }
     drop(trainer);
+    steps.remove(0);
     steps.sort_by(f64::total_cmp);
     let small = batch_for(data, one.seed, 1, one.seq, device);
-    let reference = profile_variants(&model_config, &small, &[BlockPolicy::default()], 3, device)?;
-    let constant = calibrate(steps[1], &reference[0], model_config.n_layers);
+    let reference = profile_variants(
+        &model_config,
+        &small,
+        &[BlockPolicy::default()],
+        PROFILE_REPS,
+        device,
+    )?;
+    let constant = calibrate(steps[steps.len() / 2], &reference[0], model_config.n_layers);
     let batch = batch_for(data, plain.seed, plain.batch, plain.seq, device);
     let cands = candidates(approx);
-    let variants = profile_variants(&model_config, &batch, &cands, 3, device)?;
+    let variants = profile_variants(&model_config, &batch, &cands, PROFILE_REPS, device)?;
     let (plan, uniform) = solve(&variants, model_config.n_layers, budget, constant)?;
     Ok(PlanReport {
         plan,
