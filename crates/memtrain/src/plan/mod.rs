@@ -13,7 +13,8 @@
 //!    `Trainer` runs as is.
 //!
 //! Predicted step time is the schedule's forward and backward time from the profile plus a
-//! per-step constant (embedding, optimizer update) measured once, in [`calibrate`].
+//! per-step constant (embedding, optimizer update, the executor's per-stage bookkeeping)
+//! measured once, at batch 1, in [`calibrate`].
 //!
 //! Approximate variants change the gradients; their fidelity price, from the recorded
 //! tinyshakespeare runs (docs/BENCHMARKS.md, `small`, 300 steps): `act=fewbit:2` 2.3867
@@ -409,10 +410,13 @@ pub fn make_plan(
         plain.batch,
         plain.seq,
     ));
-    // The per-step constant (embedding, optimizer update) from plain steps at batch 1, so that
-    // planning never allocates the plain activations it is asked to avoid.
+    // The per-step constant (embedding, optimizer update, the remat executor's per-stage
+    // bookkeeping) from steps at batch 1, so that planning never allocates the plain
+    // activations it is asked to avoid; run by the remat executor with room for everything
+    // (it keeps every stage), the path every plan's step takes.
     let mut one = plain.clone();
     one.batch = 1;
+    one.policy.remat = RematPolicy::Budget(1 << 40);
     let mut trainer = crate::train::Trainer::new(one.clone(), device)?;
     let mut steps = Vec::new();
     for _ in 0..PROFILE_REPS {
