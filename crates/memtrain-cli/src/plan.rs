@@ -240,14 +240,18 @@ fn budget_bytes(text: &str, plain_bytes: usize) -> Result<u64> {
 }
 
 /// The step times of `steps` steps after a first (untimed) one, and the largest activation
-/// and step peaks.
+/// and step peaks; with `remat`, the trainer runs that schedule.
 fn measure_steps(
     config: TrainConfig,
+    remat: Option<memtrain::remat::Plan>,
     data: &Dataset,
     steps: usize,
     device: &Device,
 ) -> Result<(Vec<f64>, u64, u64)> {
     let mut trainer = Trainer::new(config, device)?;
+    if let Some(plan) = remat {
+        trainer.use_remat_plan(plan)?;
+    }
     let (mut times, mut act, mut peak) = (Vec::new(), 0, 0);
     for _ in 0..steps + 1 {
         let batch = trainer.next_batch(data);
@@ -325,10 +329,10 @@ fn search(args: PlanArgs) -> Result<()> {
         report.constant
     );
     if args.measure > 0 {
-        let run = |policy: &MemoryPolicy| -> Result<(Vec<f64>, u64, u64)> {
+        let run = |plan: &memtrain::plan::MemoryPlan| -> Result<(Vec<f64>, u64, u64)> {
             let mut c = config.clone();
-            c.policy = policy.clone();
-            measure_steps(c, &data, args.measure, &device)
+            c.policy = plan.policy.clone();
+            measure_steps(c, Some(plan.remat_plan()), &data, args.measure, &device)
         };
         let same = report.plan.policy == report.uniform.policy;
         // Plan, uniform, uniform, plan: a drift in the machine's speed weighs on both alike.
@@ -339,12 +343,12 @@ fn search(args: PlanArgs) -> Result<()> {
         };
         let mut pooled = [(Vec::new(), 0, 0), (Vec::new(), 0, 0)];
         for &is_plan in order {
-            let policy = if is_plan {
-                &report.plan.policy
+            let plan = if is_plan {
+                &report.plan
             } else {
-                &report.uniform.policy
+                &report.uniform
             };
-            let (times, a, p) = run(policy)?;
+            let (times, a, p) = run(plan)?;
             let slot = &mut pooled[usize::from(!is_plan)];
             slot.0.extend(times);
             slot.1 = slot.1.max(a);

@@ -214,12 +214,37 @@ pub struct MemoryPlan {
     pub assignment: Vec<usize>,
     /// The policy: per-block variants and `remat=budget:B`.
     pub policy: MemoryPolicy,
-    /// The remat schedule over blocks and head.
+    /// The remat schedule over the block halves and the head.
     pub schedule: Schedule,
     /// Predicted chain peak (bytes above the step's start, the stored input included).
     pub peak: usize,
     /// Predicted step seconds (chain time plus the calibrated constant).
     pub time: f64,
+    /// The profiled stages the schedule was made for (block halves, then the head).
+    pub chain: Vec<StageCost>,
+    /// Bytes of the chain's stored input.
+    pub input: usize,
+}
+
+impl MemoryPlan {
+    /// The schedule with its chain, for [`crate::train::Trainer::use_remat_plan`]: the trainer
+    /// then runs exactly the schedule whose peak and time were predicted, instead of solving
+    /// again on its own profile (whose times differ a little, so near-ties may go the other
+    /// way).
+    pub fn remat_plan(&self) -> crate::remat::Plan {
+        let last = self.chain.len() - 1;
+        let predict = |s: &Schedule| {
+            let (peak, time) = simulate(&self.chain, s, self.input);
+            crate::remat::Prediction { peak, time }
+        };
+        crate::remat::Plan {
+            chain: self.chain.clone(),
+            input: self.input,
+            schedule: self.schedule.clone(),
+            prediction: predict(&self.schedule),
+            keep_all: predict(&Schedule::keep_all(0, last)),
+        }
+    }
 }
 
 /// The stored input of the chain (the embedding output, shaped like a block's output).
@@ -269,6 +294,8 @@ fn evaluate(
         schedule,
         peak,
         time: time + constant,
+        chain,
+        input,
     })
 }
 

@@ -377,6 +377,33 @@ impl Trainer {
         })
     }
 
+    /// Runs `plan`'s schedule from the next step on, instead of the one the trainer would make
+    /// from its own profile on its first step (see [`crate::plan::MemoryPlan::remat_plan`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the policy asks for no rematerialization, or the plan's chain
+    /// does not have one stage per block half plus the head.
+    pub fn use_remat_plan(&mut self, plan: crate::remat::Plan) -> Result<()> {
+        if self.config.policy.remat == crate::model::RematPolicy::None {
+            return Err(Error::config(
+                "remat",
+                "none",
+                "a policy with remat=every:K or remat=budget:SIZE to run a remat plan",
+            ));
+        }
+        let stages = self.model().n_stages() + 1;
+        if plan.chain.len() != stages {
+            return Err(Error::config(
+                "remat plan",
+                format!("{} stages", plan.chain.len()),
+                format!("{stages} stages: two per block and the head"),
+            ));
+        }
+        self.remat = Some(plan);
+        Ok(())
+    }
+
     /// The rematerialization plan in use (made on the first step), if the policy asks for
     /// one.
     pub fn remat_plan(&self) -> Option<&crate::remat::Plan> {
