@@ -381,8 +381,9 @@ pub fn solve(
     Ok((best, uniform))
 }
 
-/// The per-step constant a plan's time adds to its chain: a measured plain step minus the
-/// profile's keep-everything forward and backward for the plain variant.
+/// The per-step constant a plan's time adds to its chain: a measured step of the plain variant
+/// that keeps everything (run by the remat executor, as [`make_plan`] does at batch 1) minus
+/// the profile's keep-everything forward and backward of the same variant and batch.
 pub fn calibrate(measured_step: f64, plain: &Variant, n_blocks: usize) -> f64 {
     let chain = chain_of(std::slice::from_ref(plain), &vec![0; n_blocks], 0);
     let last = chain.len() - 1;
