@@ -105,3 +105,42 @@ fn should_start_every_policy_from_the_same_weights() {
         );
     }
 }
+
+/// A planner's schedule runs as given: the trainer executes it instead of solving its own,
+/// its peak is the schedule's simulated one, and a plan for another model is refused.
+#[test]
+fn should_run_a_given_remat_plan_and_refuse_a_mismatched_one() {
+    use memtrain::remat::{plan_for, profile};
+    let device = Device::flex().autodiff();
+    let mut config = TrainConfig::new(Preset::Tiny);
+    config.batch = 4;
+    config.seq = 32;
+    config.policy = "remat=budget:1GiB".parse().unwrap();
+    let data = Dataset::new(&synthetic_corpus(300, 1), Tokenizer::Byte, config.seq).unwrap();
+    let mut trainer = Trainer::new(config.clone(), &device).unwrap();
+    let batch = trainer.next_batch(&data);
+    // Every second block input kept: not what a 1 GiB budget would choose (keep everything).
+    let chain = profile(trainer.model(), &batch, 1);
+    let every = plan_for(chain.clone(), memtrain::model::RematPolicy::Every(1)).unwrap();
+    let wanted = every.schedule.to_string();
+    trainer.use_remat_plan(every).unwrap();
+    trainer.step(&batch);
+    assert_eq!(
+        trainer.remat_plan().unwrap().schedule.to_string(),
+        wanted,
+        "the trainer replaced the given schedule"
+    );
+    // A chain of another length (a model with one block more) is refused.
+    let mut longer = chain.clone();
+    longer.insert(0, chain[0]);
+    longer.insert(0, chain[1]);
+    let other = plan_for(longer, memtrain::model::RematPolicy::None).unwrap();
+    let err = trainer.use_remat_plan(other).unwrap_err().to_string();
+    assert!(err.contains("stages"), "{err}");
+    // So is any plan when the policy asks for no rematerialization.
+    config.policy = MemoryPolicy::default();
+    let mut plain = Trainer::new(config, &device).unwrap();
+    let keep = plan_for(chain, memtrain::model::RematPolicy::None).unwrap();
+    let err = plain.use_remat_plan(keep).unwrap_err().to_string();
+    assert!(err.contains("remat"), "{err}");
+}
