@@ -109,6 +109,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         config.policy = policy;
         config.validate()?;
         let (text, source) = load_text(args.common.data.as_ref())?;
+        // The planner's schedule, when the policy it planned runs unchanged.
+        let mut planned_schedule = None;
         if let Some(budget) = &args.budget {
             let approx = crate::plan::allow_approx(args.allow.as_deref())?;
             let (bytes, _) = crate::plan::planner_budget(budget, &config)?;
@@ -128,9 +130,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 mib(report.plan.peak as u64),
                 report.plan.time
             );
+            if planned == report.plan.policy {
+                planned_schedule = Some(report.plan.remat_plan());
+            }
             config.policy = planned;
         }
-        let trainer = match &args.init_from {
+        let mut trainer = match &args.init_from {
             None => Trainer::new(config, &device)?,
             Some(dir) => {
                 let (base, state) = Trainer::resume(dir, &device).context("--init-from")?;
@@ -156,6 +161,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 Trainer::from_model(config, model, 0, &device).context("--init-from")?
             }
         };
+        if let Some(schedule) = planned_schedule {
+            trainer.use_remat_plan(schedule)?;
+        }
         (trainer, text, source)
     };
     let config = trainer.config().clone();
