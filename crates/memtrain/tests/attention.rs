@@ -322,3 +322,29 @@ fn should_pack_the_kernel_gradients_head_by_head() {
         }
     }
 }
+
+/// Writing the gradients over the projection gives exactly what the allocating packed
+/// backward gives.
+#[test]
+fn should_write_the_packed_gradient_over_the_projection() {
+    let (b, t, h, d) = (2, 7, 3, 4);
+    let mut state = 5u64;
+    let qkv = common::uniform(&mut state, b * t * 3 * h * d);
+    let d_o = common::uniform(&mut state, b * t * h * d);
+    for causal in [true, false] {
+        let view =
+            |i: usize| Heads::new(&qkv, i * h * d, [t * 3 * h * d, 3 * h * d, d], [b, t, h, d]);
+        let p = Params {
+            scale: 0.3,
+            causal,
+            mask: None,
+        };
+        let (o, lse) = kernel::forward(view(0), view(1), view(2), p);
+        let oh = Heads::contiguous(&o, [b, t, h, d]);
+        let dout = Heads::contiguous(&d_o, [b, t, h, d]);
+        let allocated = kernel::backward_packed(view(0), view(1), view(2), oh, dout, &lse, p);
+        let mut in_place = qkv.clone();
+        kernel::backward_packed_in_place(&mut in_place, [b, t, h, d], oh, dout, &lse, p);
+        assert_eq!(in_place, allocated, "causal {causal}");
+    }
+}

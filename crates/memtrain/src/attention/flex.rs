@@ -106,8 +106,31 @@ fn backward_packed_in<T: Real + bytemuck::Pod + burn::tensor::Element>(
     causal: bool,
 ) -> Prim {
     let [b, t, three_h, dh] = qkv.shape().dims();
-    let qkv = kernel_ready(qkv);
     let (o, d_o, lse) = (kernel_ready(o), kernel_ready(d_o), lse.to_contiguous());
+    let p = Params {
+        scale: T::from_f64(scale as f64),
+        causal,
+        mask: None,
+    };
+    let lse_s = lse.as_slice::<T>().expect("contiguous");
+    // The kept projection is usually held by this backward alone: then its gradient is
+    // written over it.
+    let mut qkv = qkv;
+    let whole = qkv.is_contiguous()
+        && qkv.layout().start_offset() == 0
+        && qkv.bytes().len() == qkv.shape().num_elements() * std::mem::size_of::<T>();
+    if whole && let Some(buffer) = qkv.try_storage_mut::<T>() {
+        kernel::backward_packed_in_place(
+            buffer,
+            [b, t, n_heads, dh],
+            heads::<T>(&o),
+            heads::<T>(&d_o),
+            lse_s,
+            p,
+        );
+        return qkv;
+    }
+    let qkv = kernel_ready(qkv);
     let part = |i: usize| {
         let l = qkv.layout();
         let st = l.strides();
@@ -118,12 +141,6 @@ fn backward_packed_in<T: Real + bytemuck::Pod + burn::tensor::Element>(
             [b, t, n_heads, dh],
         )
     };
-    let p = Params {
-        scale: T::from_f64(scale as f64),
-        causal,
-        mask: None,
-    };
-    let lse_s = lse.as_slice::<T>().expect("contiguous");
     let d = kernel::backward_packed(
         part(0),
         part(1),

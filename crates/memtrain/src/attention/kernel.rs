@@ -532,6 +532,81 @@ pub fn backward_packed<T: Real>(
     dqkv
 }
 
+/// [`backward_packed`] written over the projection itself: `qkv` (`[batch, seq, 3 heads,
+/// width]`, contiguous) holds `q`, `k`, `v` on entry and their gradients on return, so the
+/// backward allocates nothing of the projection's size. Each (batch, head) task copies its
+/// own three heads out, computes, and writes their gradients back into the same places, which
+/// no other task reads or writes.
+///
+/// # Panics
+///
+/// When `qkv`'s length does not match `dims`, and as [`backward`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward_packed_in_place<T: Real>(
+    qkv: &mut [T],
+    [b, t, h, d]: [usize; 4],
+    o: Heads<'_, T>,
+    d_o: Heads<'_, T>,
+    lse: &[T],
+    p: Params<'_, T>,
+) {
+    assert_eq!(
+        qkv.len(),
+        b * t * 3 * h * d,
+        "packed projection of {:?}",
+        [b, t, 3 * h, d]
+    );
+    assert!(
+        o.dims == [b, t, h, d] && d_o.dims == [b, t, h, d] && lse.len() == b * h * t,
+        "attention backward: o {:?}, d_o {:?}, lse {} do not match {:?}",
+        o.dims,
+        d_o.dims,
+        lse.len(),
+        [b, t, h, d]
+    );
+    assert!(
+        p.mask.is_none_or(|m| m.len() == t * t),
+        "the mask must be [seq, seq]"
+    );
+    let base = Sink::new(qkv, 3 * h, 0);
+    (0..b * h).into_par_iter().for_each(|bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        let sinks = [0, h, 2 * h].map(|offset| base.at_offset(offset));
+        // This task's q, k, v heads, copied out before anything is written.
+        let mut heads = [0, 1, 2].map(|_| vec![T::ZERO; t * d]);
+        for (sink, head) in sinks.iter().zip(heads.iter_mut()) {
+            // SAFETY: `qkv` is borrowed mutably for this whole function, and this task alone
+            // touches the rows of heads `hi`, `h + hi` and `2h + hi` of batch `bi`.
+            unsafe { sink.read_head(head, bi, hi, t, d) };
+        }
+        let [q, k, v] = &heads;
+        let (mut dq, mut dk, mut dv) = (
+            vec![T::ZERO; t * d],
+            vec![T::ZERO; t * d],
+            vec![T::ZERO; t * d],
+        );
+        backward_head(
+            (q.as_ptr(), d),
+            (k.as_ptr(), d),
+            (v.as_ptr(), d),
+            o.head(bi, hi),
+            d_o.head(bi, hi),
+            &lse[bh * t..(bh + 1) * t],
+            [t, t, d, d],
+            &p,
+            &mut dq,
+            &mut dk,
+            &mut dv,
+        );
+        // SAFETY: as above: the same rows, read completely before this write.
+        unsafe {
+            sinks[0].write_head(&dq, bi, hi, t, d);
+            sinks[1].write_head(&dk, bi, hi, t, d);
+            sinks[2].write_head(&dv, bi, hi, t, d);
+        }
+    });
+}
+
 /// Where one gradient goes: head `offset + hi` of a `[batch, seq, heads, width]` buffer. Holds
 /// a raw pointer so that the three gradients of [`backward_packed`] can share one buffer.
 #[derive(Clone, Copy)]
@@ -554,6 +629,31 @@ impl<T: Copy> Sink<T> {
             len: buffer.len(),
             heads,
             offset,
+        }
+    }
+
+    /// The same buffer, heads counted from `offset`.
+    fn at_offset(self, offset: usize) -> Self {
+        Sink { offset, ..self }
+    }
+
+    /// Copies head `(b, h)`'s `[seq, width]` rows out of the buffer into `dst`.
+    ///
+    /// # Safety
+    ///
+    /// The buffer the sink was made from is alive and no other thread writes the same rows.
+    unsafe fn read_head(&self, dst: &mut [T], b: usize, h: usize, seq: usize, width: usize) {
+        for t in 0..seq {
+            let at = ((b * seq + t) * self.heads + self.offset + h) * width;
+            assert!(at + width <= self.len, "attention head row out of bounds");
+            // SAFETY: in bounds (asserted); the caller guarantees liveness and exclusivity.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.data.add(at),
+                    dst[t * width..(t + 1) * width].as_mut_ptr(),
+                    width,
+                )
+            };
         }
     }
 
