@@ -50,13 +50,13 @@ fn fraction(text: &str) -> Option<f64> {
 
 fn print_plan(plan: &Plan) {
     println!(
-        "{:<6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "stage", "fwd ms", "bwd ms", "out MiB", "kept MiB", "bwd MiB", "fwd MiB"
+        "{:<6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "stage", "fwd ms", "bwd ms", "out MiB", "kept MiB", "keep pk", "bwd MiB", "fwd MiB"
     );
     let n = plan.chain.len();
     for (i, c) in plan.chain.iter().enumerate() {
         println!(
-            "{:<6} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            "{:<6} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
             if i + 1 == n {
                 "head".to_string()
             } else {
@@ -66,6 +66,7 @@ fn print_plan(plan: &Plan) {
             1e3 * c.backward,
             mib(c.output as u64),
             mib(c.kept as u64),
+            mib(c.keep_peak as u64),
             mib(c.backward_peak as u64),
             mib(c.forward_peak as u64),
         );

@@ -15,6 +15,7 @@ fn stage(forward: f64, kept: usize, backward_peak: usize) -> StageCost {
         backward: 2.0 * forward,
         output: 10 * U,
         kept: kept * U,
+        keep_peak: kept * U,
         backward_peak: backward_peak * U,
         forward_peak: 20 * U,
     }
@@ -26,6 +27,7 @@ fn head() -> StageCost {
         backward: 0.2,
         output: 4 * U,
         kept: 15 * U,
+        keep_peak: 15 * U,
         backward_peak: 10 * U,
         forward_peak: 0,
     }

@@ -66,16 +66,24 @@ fn should_give_plain_gradients_under_every_schedule() {
 
 fn chain_strategy() -> impl Strategy<Value = Vec<StageCost>> {
     prop::collection::vec(
-        (1usize..8, 1usize..6, 1usize..20, 0usize..10, 1usize..10),
+        (
+            1usize..8,
+            1usize..6,
+            1usize..20,
+            0usize..10,
+            1usize..10,
+            0usize..12,
+        ),
         2..6,
     )
     .prop_map(|v| {
         v.into_iter()
-            .map(|(f, b, kept, bp, out)| StageCost {
+            .map(|(f, b, kept, bp, out, transient)| StageCost {
                 forward: f as f64,
                 backward: b as f64 + 0.5,
                 output: out,
                 kept: kept + out,
+                keep_peak: kept + out + transient,
                 backward_peak: bp + out,
                 forward_peak: out + bp / 2,
             })
@@ -118,6 +126,7 @@ fn should_name_the_smallest_feasible_budget() {
         backward: 2.0,
         output: 100,
         kept: 400,
+        keep_peak: 400,
         backward_peak: 300,
         forward_peak: 200,
     };

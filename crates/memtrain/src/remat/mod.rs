@@ -27,7 +27,7 @@
 //! ```
 //! use memtrain::remat::{Schedule, StageCost, optimal, simulate};
 //!
-//! let stage = StageCost { forward: 1.0, backward: 2.0, output: 10, kept: 40, backward_peak: 30, forward_peak: 20 };
+//! let stage = StageCost { forward: 1.0, backward: 2.0, output: 10, kept: 40, keep_peak: 40, backward_peak: 30, forward_peak: 20 };
 //! let chain = vec![stage; 6];
 //! let keep = Schedule::keep_all(0, 5);
 //! let (peak, time) = simulate(&chain, &keep, 10);
@@ -212,7 +212,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     };
     for stage in 0..=n {
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
-        let mut sizes = (0, 0, 0, 0);
+        let mut sizes = (0, 0, 0, 0, 0);
         for _ in 0..reps.max(1) {
             // Forward without autodiff: peak above the input, output included.
             let base = live_bytes();
@@ -223,6 +223,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             // Forward with autodiff: what the graph keeps, output included.
             let xin = x.clone().autodiff().require_grad();
             let base = live_bytes();
+            reset_peak();
             let start = Instant::now();
             let (out, loss) = if stage < n {
                 (Some(model.stage_forward(stage, xin.clone())), None)
@@ -230,8 +231,9 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
                 let loss = model.head_loss(xin.clone(), batch.targets.clone());
                 (None, Some(loss))
             };
-            let kept = live_bytes().saturating_sub(base);
             fwd.push(start.elapsed().as_secs_f64());
+            let kept = live_bytes().saturating_sub(base);
+            let keep_peak = peak_bytes().saturating_sub(base);
             let output = out
                 .as_ref()
                 .map_or(4, |y| y.shape().num_elements() * y.dtype().size());
@@ -249,14 +251,15 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             let backward_peak = peak_bytes().saturating_sub(base);
             drop(grads);
             drop(xin);
-            sizes = (output, kept, backward_peak, forward_peak);
+            sizes = (output, kept, keep_peak, backward_peak, forward_peak);
         }
-        let (output, kept, backward_peak, forward_peak) = sizes;
+        let (output, kept, keep_peak, backward_peak, forward_peak) = sizes;
         chain.push(StageCost {
             forward: median(fwd),
             backward: median(bwd),
             output,
             kept,
+            keep_peak,
             backward_peak,
             forward_peak,
         });

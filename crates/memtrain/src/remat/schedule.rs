@@ -20,6 +20,10 @@ pub struct StageCost {
     pub output: usize,
     /// Everything a forward with autodiff keeps, output included.
     pub kept: usize,
+    /// Peak above the input during a forward with autodiff, what it keeps and its output
+    /// included (at least `kept`: an op's input and output can coexist for a moment, e.g. a
+    /// few-bit activation's 4d-wide input and output).
+    pub keep_peak: usize,
     /// Peak above `kept` during the stage's backward (gradients of its parameters and input,
     /// temporaries), not counting the incoming output gradient.
     pub backward_peak: usize,
@@ -151,8 +155,8 @@ fn sim(
     match schedule {
         Schedule::Keep { stage, rest } => {
             let c = &chain[*stage];
+            *peak = (*peak).max(live + c.keep_peak.max(c.kept));
             let mut live = live + c.kept;
-            *peak = (*peak).max(live);
             *time += c.forward;
             if let Some(r) = rest {
                 // The rest consumes dy_t and leaves dy_s.
@@ -215,6 +219,7 @@ pub fn optimal(
             time_b: c.backward,
             output: up(c.output),
             kept: up(c.kept),
+            keep_peak: up(c.keep_peak.max(c.kept)),
             backward_peak: up(c.backward_peak),
             forward_peak: up(c.forward_peak),
         })
@@ -264,6 +269,7 @@ struct QCost {
     time_b: f64,
     output: usize,
     kept: usize,
+    keep_peak: usize,
     backward_peak: usize,
     forward_peak: usize,
 }
@@ -315,7 +321,7 @@ impl<'a> Dp<'a> {
         let mut best = (f64::INFINITY, Choice::None);
         // Keep stage s.
         let after = m + self.out(t);
-        if c.kept <= m && c.kept + c.backward_peak + self.out(s) <= after {
+        if c.keep_peak <= m && c.kept + c.backward_peak + self.out(s) <= after {
             let rest = if s == t {
                 0.0
             } else {
