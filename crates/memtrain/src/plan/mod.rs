@@ -136,15 +136,21 @@ impl Variant {
             .unwrap_or(0)
     }
 
-    /// The stage with the largest `kept + backward_peak`: what the leanest schedule must hold
-    /// at once.
+    /// The stage with the largest peak while it is kept (its forward with autodiff, or its
+    /// kept tensors plus its backward's peak): what the leanest schedule must hold at once.
     fn widest_stage(&self) -> StageCost {
         *self
             .stages
             .iter()
-            .max_by_key(|s| s.kept + s.backward_peak)
+            .max_by_key(|s| held(s))
             .expect("a block has at least one stage")
     }
+}
+
+/// A kept stage's own peak: its forward with autodiff, or its kept tensors plus its backward's
+/// peak, whichever is larger.
+fn held(s: &StageCost) -> usize {
+    s.keep_peak.max(s.kept + s.backward_peak)
 }
 
 /// Profiles each candidate on a one-block model of `config`'s width at `batch` (block costs
@@ -323,10 +329,7 @@ pub fn solve(
     let Some(uniform) = best_uniform else {
         // Name the smallest feasible budget: the leanest variant's own remat minimum.
         let lean = (0..variants.len())
-            .min_by_key(|&v| {
-                let w = variants[v].widest_stage();
-                w.kept + w.backward_peak
-            })
+            .min_by_key(|&v| held(&variants[v].widest_stage()))
             .expect("at least one candidate");
         let chain = chain_of(variants, &vec![lean; n_blocks], lean);
         let input = input_bytes(&variants[lean]);
@@ -345,12 +348,15 @@ pub fn solve(
             format!("{budget} bytes"),
             format!(
                 "a budget any plan fits; with {} everywhere {e}; what it holds at its peak: the \
-                 stored input and a checkpoint ({:.1} MiB each), one half-block's kept tensors \
-                 ({:.1} MiB) and its backward's peak ({:.1} MiB)",
+                 stored input and a checkpoint ({:.1} MiB each), the output gradient, and one \
+                 half block's own peak, {:.1} MiB (its kept tensors {:.1} MiB and its backward's \
+                 peak {:.1} MiB, or its forward with autodiff {:.1} MiB, whichever is larger)",
                 variants[lean].policy,
                 b.output as f64 / 1048576.0,
+                held(&b) as f64 / 1048576.0,
                 b.kept as f64 / 1048576.0,
-                b.backward_peak as f64 / 1048576.0
+                b.backward_peak as f64 / 1048576.0,
+                b.keep_peak as f64 / 1048576.0
             ),
         ));
     };
