@@ -448,9 +448,10 @@ pub fn fused_attention(
 /// [`fused_attention`] for self-attention on the packed output of a fused QKV projection:
 /// `qkv [b, t, 3h, dh]` holds `q` in heads `0..h`, `k` in `h..2h` and `v` in `2h..3h`; returns
 /// `[b, t, h, dh]`. The same forward, kept tensors and gradients as [`fused_attention`] on the
-/// three slices, but the backward writes the gradient of `qkv` into one buffer: slicing the
-/// projection under autodiff instead makes burn build a zero-filled `[b, t, 3h, dh]` gradient
-/// for each slice and add them up.
+/// three slices, but the backward writes the gradient of `qkv` into one buffer (on Flex, over
+/// the kept projection itself when nothing else holds it, so the backward allocates nothing of
+/// its size): slicing the projection under autodiff instead makes burn build a zero-filled
+/// `[b, t, 3h, dh]` gradient for each slice and add them up.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
