@@ -532,6 +532,39 @@ pub fn backward_packed<T: Real>(
     dqkv
 }
 
+/// One (batch, head) pair's backward into fresh contiguous buffers `[dq, dk, dv]`, from its
+/// `q`, `k`, `v` rows (pointer, row stride), the forward's output and the output gradient, and
+/// the log-sum-exp of all `heads` heads.
+fn head_grads<T: Real>(
+    [q, k, v]: [(*const T, usize); 3],
+    [o, d_o]: [Heads<'_, T>; 2],
+    lse: &[T],
+    (bi, hi, heads): (usize, usize, usize),
+    [tq, tk, dh, dv]: [usize; 4],
+    p: &Params<'_, T>,
+) -> [Vec<T>; 3] {
+    let (mut dq, mut dk, mut dvv) = (
+        vec![T::ZERO; tq * dh],
+        vec![T::ZERO; tk * dh],
+        vec![T::ZERO; tk * dv],
+    );
+    let bh = bi * heads + hi;
+    backward_head(
+        q,
+        k,
+        v,
+        o.head(bi, hi),
+        d_o.head(bi, hi),
+        &lse[bh * tq..(bh + 1) * tq],
+        [tq, tk, dh, dv],
+        p,
+        &mut dq,
+        &mut dk,
+        &mut dvv,
+    );
+    [dq, dk, dvv]
+}
+
 /// [`backward_packed`] written over the projection itself: `qkv` (`[batch, seq, 3 heads,
 /// width]`, contiguous) holds `q`, `k`, `v` on entry and their gradients on return, so the
 /// backward allocates nothing of the projection's size. Each (batch, head) task copies its
@@ -580,23 +613,13 @@ pub fn backward_packed_in_place<T: Real>(
             unsafe { sink.read_head(head, bi, hi, t, d) };
         }
         let [q, k, v] = &heads;
-        let (mut dq, mut dk, mut dv) = (
-            vec![T::ZERO; t * d],
-            vec![T::ZERO; t * d],
-            vec![T::ZERO; t * d],
-        );
-        backward_head(
-            (q.as_ptr(), d),
-            (k.as_ptr(), d),
-            (v.as_ptr(), d),
-            o.head(bi, hi),
-            d_o.head(bi, hi),
-            &lse[bh * t..(bh + 1) * t],
+        let [dq, dk, dv] = head_grads(
+            [(q.as_ptr(), d), (k.as_ptr(), d), (v.as_ptr(), d)],
+            [o, d_o],
+            lse,
+            (bi, hi, h),
             [t, t, d, d],
             &p,
-            &mut dq,
-            &mut dk,
-            &mut dv,
         );
         // SAFETY: as above: the same rows, read completely before this write.
         unsafe {
@@ -705,21 +728,13 @@ fn backward_into<T: Real>(
     );
     (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
-        let mut dq = vec![T::ZERO; tq * dh];
-        let mut dk = vec![T::ZERO; tk * dh];
-        let mut dvv = vec![T::ZERO; tk * dv];
-        backward_head(
-            q.head(bi, hi),
-            k.head(bi, hi),
-            v.head(bi, hi),
-            o.head(bi, hi),
-            d_o.head(bi, hi),
-            &lse[bh * tq..(bh + 1) * tq],
+        let [dq, dk, dvv] = head_grads(
+            [q.head(bi, hi), k.head(bi, hi), v.head(bi, hi)],
+            [o, d_o],
+            lse,
+            (bi, hi, h),
             [tq, tk, dh, dv],
             &p,
-            &mut dq,
-            &mut dk,
-            &mut dvv,
         );
         // SAFETY: the sinks' buffers outlive this parallel loop (they belong to the caller),
         // and task (bi, hi) writes only the rows of head `offset + hi` of batch `bi`: distinct
