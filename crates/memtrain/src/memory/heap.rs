@@ -11,9 +11,10 @@
 /// megabytes in size. glibc's default serves blocks above a (dynamic) threshold with `mmap`
 /// and gives them back with `munmap` on free, and trims the top of its heap when more than a
 /// threshold is free. Either way the next step gets fresh pages, and the kernel faults and
-/// zeroes every one of them again. On the `small` GPT at batch 8 that was 0.88 million page
-/// faults in five steps and 13-16% of the step time (1.437 s against 1.213 s once the memory
-/// is kept: docs/BENCHMARKS.md, "Keeping freed memory"). It also made the planner's
+/// zeroes every one of them again. On the `small` GPT at batch 8 that was 1.2 million extra
+/// page faults in a 12-step bench of two policies and 13-16% of plain burn's step time
+/// (1.434 s against 1.217 s once the memory is kept: docs/BENCHMARKS.md, "Keeping freed
+/// memory"). It also made the planner's
 /// predictions miss: a block profiled alone reuses its own pages, the same block inside the
 /// whole step does not.
 ///
