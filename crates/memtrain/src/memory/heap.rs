@@ -12,7 +12,7 @@
 /// and gives them back with `munmap` on free, and trims the top of its heap when more than a
 /// threshold is free. Either way the next step gets fresh pages, and the kernel faults and
 /// zeroes every one of them again. On the `small` GPT at batch 8 that was 1.2 million extra
-/// page faults in a 12-step bench of two policies and 13-16% of plain burn's step time
+/// page faults in a bench of two policies, 5 steps each, and 13-16% of plain burn's step time
 /// (1.434 s against 1.217 s once the memory is kept: docs/BENCHMARKS.md, "Keeping freed
 /// memory"). It also made the planner's
 /// predictions miss: a block profiled alone reuses its own pages, the same block inside the
