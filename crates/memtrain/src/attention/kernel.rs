@@ -352,6 +352,11 @@ fn check<T>(
         !p.causal || tq <= tk,
         "causal attention needs seq_q {tq} <= seq_k {tk}"
     );
+    check_mask(p, tq, tk);
+    ([b, tq, h, dh], [b, tk, h, dv])
+}
+
+fn check_mask<T>(p: &Params<'_, T>, tq: usize, tk: usize) {
     if let Some(m) = p.mask {
         assert_eq!(
             m.len(),
@@ -359,7 +364,20 @@ fn check<T>(
             "the mask must be [seq_q, seq_k] = [{tq}, {tk}]"
         );
     }
-    ([b, tq, h, dh], [b, tk, h, dv])
+}
+
+/// The forward's output, the output gradient and the log-sum-exp against the backward's
+/// `[batch, seq_q, heads, width_v]`.
+fn check_output<T>(o: &Heads<'_, T>, d_o: &Heads<'_, T>, lse: &[T], dims: [usize; 4]) {
+    let [b, tq, h, _] = dims;
+    assert!(
+        o.dims == dims && d_o.dims == dims && lse.len() == b * h * tq,
+        "attention backward: o {:?}, d_o {:?}, lse {} do not match [batch, seq_q, heads, width_v] = {:?}",
+        o.dims,
+        d_o.dims,
+        lse.len(),
+        dims
+    );
 }
 
 /// Backward of one head into contiguous `dq [seq_q, dh]`, `dk [seq_k, dh]`, `dv [seq_k, dv]`.
@@ -589,18 +607,8 @@ pub fn backward_packed_in_place<T: Real>(
         "packed projection of {:?}",
         [b, t, 3 * h, d]
     );
-    assert!(
-        o.dims == [b, t, h, d] && d_o.dims == [b, t, h, d] && lse.len() == b * h * t,
-        "attention backward: o {:?}, d_o {:?}, lse {} do not match {:?}",
-        o.dims,
-        d_o.dims,
-        lse.len(),
-        [b, t, h, d]
-    );
-    assert!(
-        p.mask.is_none_or(|m| m.len() == t * t),
-        "the mask must be [seq, seq]"
-    );
+    check_output(&o, &d_o, lse, [b, t, h, d]);
+    check_mask(&p, t, t);
     let base = Sink::new(qkv, 3 * h, 0);
     (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
@@ -718,14 +726,7 @@ fn backward_into<T: Real>(
     [sq, sk, sv]: [Sink<T>; 3],
 ) {
     let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
-    assert!(
-        o.dims == [b, tq, h, dv] && d_o.dims == [b, tq, h, dv] && lse.len() == b * h * tq,
-        "attention backward: o {:?}, d_o {:?}, lse {} do not match [batch, seq_q, heads, width_v] = {:?}",
-        o.dims,
-        d_o.dims,
-        lse.len(),
-        [b, tq, h, dv]
-    );
+    check_output(&o, &d_o, lse, [b, tq, h, dv]);
     (0..b * h).into_par_iter().for_each(|bh| {
         let (bi, hi) = (bh / h, bh % h);
         let [dq, dk, dvv] = head_grads(

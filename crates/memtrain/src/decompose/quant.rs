@@ -20,6 +20,17 @@ fn check_bits(bits: u32) -> Result<()> {
     Ok(())
 }
 
+/// The bit width and the ADMM penalty of `params`.
+fn check_admm(params: &CpQuantParams) -> Result<()> {
+    check_bits(params.bits)?;
+    if let Some(rho) = params.rho
+        && !(rho > 0.0 && rho.is_finite())
+    {
+        return Err(Error::config("rho", rho, "a finite ADMM penalty > 0"));
+    }
+    Ok(())
+}
+
 /// Rounds `v` in place to the symmetric `bits`-bit grid of its own maximum and returns the
 /// step (see [`quantize_to_grid`]).
 pub(crate) fn project(v: &mut [f64], bits: u32) -> f64 {
@@ -182,12 +193,7 @@ pub fn cp_admm_quantized_shaped(
     shape: &[usize],
     params: CpQuantParams,
 ) -> Result<Cp> {
-    check_bits(params.bits)?;
-    if let Some(rho) = params.rho
-        && !(rho > 0.0 && rho.is_finite())
-    {
-        return Err(Error::config("rho", rho, "a finite ADMM penalty > 0"));
-    }
+    check_admm(&params)?;
     let x = t.detach();
     check_cp_input(&x, shape, params.rank)?;
     let als = CpParams::new(params.rank)
@@ -212,12 +218,7 @@ pub fn cp_admm_quantized_from(
     init: &Cp,
     params: CpQuantParams,
 ) -> Result<Cp> {
-    check_bits(params.bits)?;
-    if let Some(rho) = params.rho
-        && !(rho > 0.0 && rho.is_finite())
-    {
-        return Err(Error::config("rho", rho, "a finite ADMM penalty > 0"));
-    }
+    check_admm(&params)?;
     if init.shape() != shape {
         return Err(Error::config(
             "initial CP shape",

@@ -191,16 +191,14 @@ pub fn profile_variants(
             rounds[i].push(crate::remat::profile(model, batch, 1));
         }
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let mut out = Vec::with_capacity(candidates.len());
     for ((name, _), (runs, c)) in models.into_iter().zip(rounds.into_iter().zip(candidates)) {
         let mut chain = runs[runs.len() - 1].clone();
         for (s, stage) in chain.iter_mut().enumerate() {
-            stage.forward = median(runs.iter().map(|r| r[s].forward).collect());
-            stage.backward = median(runs.iter().map(|r| r[s].backward).collect());
+            stage.forward =
+                crate::train::median(&runs.iter().map(|r| r[s].forward).collect::<Vec<_>>());
+            stage.backward =
+                crate::train::median(&runs.iter().map(|r| r[s].backward).collect::<Vec<_>>());
         }
         let head = chain.pop().expect("the head is the last stage");
         out.push(Variant {

@@ -53,6 +53,7 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::memory::{live_bytes, peak_bytes, reset_peak};
 use crate::model::{Gpt, RematPolicy};
+use crate::train::median;
 
 /// Moves every gradient `grads` holds for `module`'s parameters into `total`, adding to what
 /// is there already.
@@ -206,10 +207,6 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     let mut x = valid.embed(batch.inputs.clone().inner());
     let n = model.n_stages();
     let mut chain = Vec::with_capacity(n + 1);
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     for stage in 0..=n {
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         let mut sizes = (0, 0, 0, 0, 0);
@@ -255,8 +252,8 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
         }
         let (output, kept, keep_peak, backward_peak, forward_peak) = sizes;
         chain.push(StageCost {
-            forward: median(fwd),
-            backward: median(bwd),
+            forward: median(&fwd),
+            backward: median(&bwd),
             output,
             kept,
             keep_peak,

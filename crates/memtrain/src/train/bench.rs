@@ -56,8 +56,8 @@ pub struct BenchRow {
     pub final_loss: f32,
 }
 
-/// Median of a non-empty slice.
-pub(crate) fn median(xs: &[f64]) -> f64 {
+/// Median of a non-empty slice (the mean of the middle two for an even length).
+pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();

@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use bench::{BenchConfig, BenchRow, run_bench};
+pub use bench::{BenchConfig, BenchRow, median, run_bench};
 pub use checkpoint::{CheckpointState, DataSource, LATEST};
 pub use variance::{VarianceReport, gradient_variance};
 
