@@ -134,3 +134,38 @@ fn should_match_finite_differences_in_f64() {
         "gemm_linear",
     );
 }
+
+/// A strided output gradient (here a transposed view) gives burn's gradients: the backward
+/// lays it out once for its three products.
+#[test]
+fn should_accept_a_strided_output_gradient() {
+    let device = Device::flex().autodiff();
+    let layer = LinearConfig::new(6, 4).init(&device);
+    let x = Tensor::<2>::random([5, 6], Distribution::Default, &device).require_grad();
+    let dy = Tensor::<2>::random([4, 5], Distribution::Default, &device)
+        .inner()
+        .transpose();
+    let (w, b) = (layer.weight.val(), layer.bias.as_ref().unwrap().val());
+    // `backward_from` hands `dy` itself, strides and all, to the op as its output gradient.
+    let ours =
+        memtrain::remat::backward_from(gemm_linear(x.clone(), w.clone(), b.clone()), dy.clone());
+    let theirs = (layer.forward(x.clone()) * dy).sum().backward();
+    assert_close(
+        &vec_of(x.grad(&ours).unwrap()),
+        &vec_of(x.grad(&theirs).unwrap()),
+        1e-5,
+        "dx",
+    );
+    assert_close(
+        &vec_of(w.grad(&ours).unwrap()),
+        &vec_of(w.grad(&theirs).unwrap()),
+        1e-5,
+        "dW",
+    );
+    assert_close(
+        &vec_of(b.grad(&ours).unwrap()),
+        &vec_of(b.grad(&theirs).unwrap()),
+        1e-5,
+        "db",
+    );
+}

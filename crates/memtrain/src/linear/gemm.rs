@@ -59,6 +59,9 @@ pub trait GemmLinearKernel: Backend {
     fn gemm_linear_dw(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
     /// `db`: the sum of `dY` over all leading axes.
     fn gemm_linear_db(dy: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `dY` in the layout the three products read (on Flex: contiguous), made once for all
+    /// three instead of once in each.
+    fn gemm_linear_grad_layout(dy: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 type Prim = FloatTensor<Flex>;
@@ -260,6 +263,9 @@ impl GemmLinearKernel for Flex {
     fn gemm_linear_db(dy: Prim) -> Prim {
         by_dtype!(dy, db_in(dy))
     }
+    fn gemm_linear_grad_layout(dy: Prim) -> Prim {
+        ready(dy)
+    }
 }
 
 /// The linear op as a burn backend extension.
@@ -288,7 +294,7 @@ impl<B: Backend + GemmLinearKernel> Backward<B, 3> for GemmBackward {
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_w, node_b] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
+        let dy = B::gemm_linear_grad_layout(grads.consume::<B>(&ops.node));
         let (x, weight) = ops.state;
         if let Some(node) = node_b {
             grads.register::<B>(node.id, B::gemm_linear_db(dy.clone()));
