@@ -7,7 +7,8 @@ use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::data::{Dataset, Tokenizer};
-use memtrain::model::{MemoryPolicy, Preset};
+use memtrain::model::Preset;
+use memtrain::policy::MemoryPolicy;
 use memtrain::train::{BenchConfig, BenchRow, run_bench};
 
 use crate::{Common, load_text, mib};
@@ -170,9 +171,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
     print_table(&rows);
     let model = check.model_config();
-    println!("activation_bytes measured vs analytic (memtrain::memory::model_saved):");
+    println!("activation_bytes measured vs analytic (memtrain::model::model_saved):");
     for (row, policy) in rows.iter().zip(&config.policies) {
-        if policy.remat != memtrain::model::RematPolicy::None {
+        if policy.remat != memtrain::policy::RematPolicy::None {
             println!(
                 "  {:<w$}  {:>10.1} MiB: the chain's peak under remat (predicted by memtrain plan)",
                 row.policy,
@@ -181,7 +182,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             continue;
         }
-        if policy.adapt != memtrain::model::AdaptPolicy::None {
+        if policy.adapt != memtrain::policy::AdaptPolicy::None {
             println!(
                 "  {:<w$}  {:>10.1} MiB: measured only (the formula does not model a frozen base: autodiff keeps less for ops whose weights do not train)",
                 row.policy,
@@ -190,7 +191,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             );
             continue;
         }
-        let analytic = memtrain::memory::total_bytes(&memtrain::memory::model_saved(
+        let analytic = memtrain::memory::total_bytes(&memtrain::model::model_saved(
             &model,
             policy,
             config.batch,

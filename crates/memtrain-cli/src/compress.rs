@@ -14,7 +14,7 @@ use memtrain::bert::{
     LayerReport, compress_bert, compress_bert_iterative, save_compressed,
 };
 use memtrain::compress::gpt_to_ttm;
-use memtrain::model::WeightsPolicy;
+use memtrain::policy::WeightsPolicy;
 use memtrain::train::Trainer;
 use memtrain::tt::Truncation;
 

@@ -9,6 +9,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use clap::Args;
 use memtrain::bert::{Bert, BertTokenizer, load_compressed};
+use memtrain::linear::Linears;
 use serde::Serialize;
 
 #[derive(Args, Debug)]

@@ -5,8 +5,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer};
-use memtrain::memory::{model_saved, total_bytes};
-use memtrain::model::{MemoryPolicy, Preset, RematPolicy, parse_size};
+use memtrain::memory::total_bytes;
+use memtrain::model::Preset;
+use memtrain::model::model_saved;
+use memtrain::policy::{MemoryPolicy, RematPolicy, parse_size};
 use memtrain::remat::{Plan, plan_for, profile};
 use memtrain::train::{TrainConfig, Trainer};
 
@@ -395,7 +397,7 @@ fn search(args: PlanArgs) -> Result<()> {
 }
 
 /// A compact name for a block policy.
-fn short(b: &memtrain::model::BlockPolicy) -> String {
+fn short(b: &memtrain::policy::BlockPolicy) -> String {
     format!(
         "act={},norm={},attn={},linear={}",
         b.act, b.norm, b.attn, b.linear
@@ -416,8 +418,8 @@ fn plan_fits(
     let candidates: Vec<_> = memtrain::plan::candidates(approx)
         .into_iter()
         .filter(|c| {
-            c.attn == memtrain::model::AttnPolicy::Memeff
-                && c.linear != memtrain::model::LinearPolicy::Exact
+            c.attn == memtrain::policy::AttnPolicy::Memeff
+                && c.linear != memtrain::policy::LinearPolicy::Exact
         })
         .collect();
     memtrain::plan::profile_variants(model, batch, &candidates, 1, device)

@@ -118,7 +118,7 @@ pub(crate) fn draw_png(
 
 /// The SPEC without its plain (default) items, so bar labels stay short.
 fn short(policy: &str) -> String {
-    let plain = memtrain::model::MemoryPolicy::default().to_string();
+    let plain = memtrain::policy::MemoryPolicy::default().to_string();
     let plain: Vec<&str> = plain.split(',').collect();
     let kept: Vec<&str> = policy.split(',').filter(|i| !plain.contains(i)).collect();
     if kept.is_empty() {

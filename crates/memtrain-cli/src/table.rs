@@ -2,7 +2,7 @@
 
 use anyhow::{Result, bail};
 use clap::Args;
-use memtrain::activation::{FewBitFn, QuantizeParams, Weight, quantize_derivative};
+use memtrain::activation::{ActFn, QuantizeParams, Weight, quantize_derivative};
 
 #[derive(Args, Debug)]
 pub struct TableArgs {
@@ -21,7 +21,7 @@ pub struct TableArgs {
 }
 
 pub fn run(args: TableArgs) -> Result<()> {
-    let func: FewBitFn = args.act.parse()?;
+    let func: ActFn = args.act.parse()?;
     let weight = match args.weight.as_str() {
         "uniform" => Weight::Uniform,
         "gaussian" => Weight::Gaussian,

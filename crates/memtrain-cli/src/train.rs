@@ -11,7 +11,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::data::{Dataset, Tokenizer};
 use memtrain::memory::{MemoryReport, live_bytes};
-use memtrain::model::{MemoryPolicy, Preset};
+use memtrain::model::Preset;
+use memtrain::policy::MemoryPolicy;
 use memtrain::train::{DataSource, TrainConfig, Trainer};
 
 use crate::{Common, load_text, mib};

@@ -5,7 +5,8 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer};
-use memtrain::model::{MemoryPolicy, Preset};
+use memtrain::model::Preset;
+use memtrain::policy::MemoryPolicy;
 use memtrain::train::{TrainConfig, gradient_variance};
 
 use crate::{Common, load_text};

@@ -1,7 +1,7 @@
 //! The tensor-train point cloud: `Π N_j` points of dimension `D` in a few small cores.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use memtrain::tt::{Truncation, tt_svd_shaped};
+use memtrain_tt::{Truncation, tt_svd_shaped};
 
 use crate::data::Points;
 use crate::{Error, Result};

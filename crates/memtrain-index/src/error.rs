@@ -37,6 +37,24 @@ pub enum Error {
     },
 }
 
+impl From<memtrain_tt::Error> for Error {
+    /// A tensor-train error is an invalid input with the same words.
+    fn from(e: memtrain_tt::Error) -> Self {
+        match e {
+            memtrain_tt::Error::Config {
+                what,
+                got,
+                expected,
+            } => Error::Invalid {
+                what,
+                got,
+                expected,
+            },
+            other => Error::invalid("tensor train", other, "valid input"),
+        }
+    }
+}
+
 impl Error {
     /// Builds an [`Error::Invalid`].
     pub fn invalid(

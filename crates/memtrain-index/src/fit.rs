@@ -118,15 +118,17 @@ fn nearest_term(y: Tensor<2>, c: Tensor<2>) -> Tensor<1> {
 }
 
 /// The TT ranks `[1, r_1, ..., r_k]` for `shape` `[N_1..N_k]` and dimension `d`: `rank`,
-/// capped by the sizes of the unfoldings of `[N_1, ..., N_k, d]`.
-pub fn capped_ranks(shape: &[usize], d: usize, rank: usize) -> Vec<usize> {
-    let mut ranks = vec![1usize];
-    for j in 1..=shape.len() {
-        let left: usize = shape[..j].iter().product();
-        let right: usize = shape[j..].iter().product::<usize>() * d;
-        ranks.push(rank.min(left).min(right));
-    }
-    ranks
+/// capped by the sizes of the unfoldings of `[N_1, ..., N_k, d]`
+/// ([`memtrain_tt::linalg::capped_ranks`] without the last core's right rank).
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for rank 0, no modes or a zero mode or dimension.
+pub fn capped_ranks(shape: &[usize], d: usize, rank: usize) -> Result<Vec<usize>> {
+    let modes: Vec<Vec<usize>> = shape.iter().chain([&d]).map(|&n| vec![n]).collect();
+    let mut ranks = memtrain_tt::linalg::capped_ranks(&modes, rank)?;
+    ranks.pop();
+    Ok(ranks)
 }
 
 /// An error unless `shape` holds at least `n` points.
@@ -226,7 +228,7 @@ pub fn fit(
         })
         .collect();
 
-    let ranks = capped_ranks(shape, d, config.rank);
+    let ranks = capped_ranks(shape, d, config.rank)?;
     let k = shape.len();
     let device = Device::flex().autodiff();
     let mut rng = StdRng::seed_from_u64(config.seed);

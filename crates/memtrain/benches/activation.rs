@@ -4,8 +4,8 @@
 use burn::nn::LayerNormConfig;
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Distribution, Tensor};
-use memtrain::activation::{FewBitGeluConfig, InvertedGelu};
-use memtrain::norm::OutputLayerNorm;
+use memtrain::activation::{ActFn, FewBitConfig, InvertedConfig};
+use memtrain::norm::OutputLayerNormConfig;
 
 fn main() {
     // As the `memtrain` binary: freed tensors stay in the process between iterations.
@@ -32,13 +32,17 @@ fn gelu_exact(bencher: divan::Bencher) {
 
 #[divan::bench(sample_count = 20)]
 fn gelu_inverted(bencher: divan::Bencher) {
-    let act = InvertedGelu::new();
+    let act = InvertedConfig::new(ActFn::Gelu)
+        .init()
+        .expect("GELU inverts");
     bench_op(bencher, 4 * D_MODEL, |x| act.forward(x));
 }
 
 #[divan::bench(args = [1, 2, 3, 4], sample_count = 20)]
 fn gelu_fewbit(bencher: divan::Bencher, bits: u32) {
-    let act = FewBitGeluConfig::new(bits).init().expect("1..=4 bits");
+    let act = FewBitConfig::new(ActFn::Gelu, bits)
+        .init()
+        .expect("1..=4 bits");
     bench_op(bencher, 4 * D_MODEL, |x| act.forward(x));
 }
 
@@ -50,6 +54,8 @@ fn layernorm_exact(bencher: divan::Bencher) {
 
 #[divan::bench(sample_count = 20)]
 fn layernorm_output(bencher: divan::Bencher) {
-    let ln = OutputLayerNorm::new(D_MODEL, &Device::flex().autodiff());
+    let ln = OutputLayerNormConfig::new(D_MODEL)
+        .init(&Device::flex().autodiff())
+        .expect("a positive width");
     bench_op(bencher, D_MODEL, |x| ln.forward(x));
 }

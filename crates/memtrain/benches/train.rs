@@ -3,7 +3,8 @@
 
 use burn::tensor::Device;
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
-use memtrain::model::{MemoryPolicy, Preset};
+use memtrain::model::Preset;
+use memtrain::policy::MemoryPolicy;
 use memtrain::train::{TrainConfig, Trainer};
 
 fn main() {

@@ -4,11 +4,12 @@
 //! ```
 //! use burn::tensor::Device;
 //! use memtrain::compress::gpt_to_ttm;
-//! use memtrain::model::{Gpt, MemoryPolicy, Preset};
+//! use memtrain::model::Preset;
+//! use memtrain::policy::MemoryPolicy;
 //! use memtrain::tt::Truncation;
 //!
 //! let device = Device::flex();
-//! let model = Gpt::new(&Preset::Tiny.config(256), &MemoryPolicy::default(), &device).unwrap();
+//! let model = Preset::Tiny.config(256).init(&MemoryPolicy::default(), &device).unwrap();
 //! let (_tt, report) = gpt_to_ttm(model, Truncation::rank(4), true).unwrap();
 //! assert_eq!(report.len(), 8); // 2 blocks x (qkv, proj, fc, mlp.proj)
 //! assert!(report.iter().all(|l| l.params_after < l.params_before && l.rel_error < 1.0));
@@ -18,10 +19,9 @@ use burn::tensor::Tensor;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::linear::TtLinear;
+use crate::linear::{LinearLayer, Linears, TtLinear};
 use crate::model::Gpt;
-use crate::model::layers::LinearLayer;
-use crate::tt::{Truncation, TtMatrix, matrix_modes};
+use memtrain_tt::{Truncation, TtMatrix, matrix_modes};
 
 /// Cores of the TT-matrices [`gpt_to_ttm`] builds (as `weights=ttm` does).
 pub const TT_CORES: usize = 3;
@@ -59,8 +59,8 @@ fn rel_error(before: Tensor<2>, after: Tensor<2>) -> f64 {
 /// modes.
 pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<LayerReport>)> {
     let mut report = Vec::new();
-    let model = model.try_map_linears(|name, layer, mlp| {
-        if !(mlp || all) {
+    let model = model.try_map_linears(|name, layer| {
+        if !(name.contains(".mlp.") || all) {
             return Ok(layer);
         }
         let (before, dense, bias, m) = match layer {

@@ -74,5 +74,23 @@ impl Error {
     }
 }
 
+impl From<memtrain_tt::Error> for Error {
+    /// A tensor-train or linear-algebra error is a configuration error with the same words.
+    fn from(e: memtrain_tt::Error) -> Self {
+        match e {
+            memtrain_tt::Error::Config {
+                what,
+                got,
+                expected,
+            } => Error::Config {
+                what,
+                got,
+                expected,
+            },
+            other => Error::config("tensor train", other, "valid input"),
+        }
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

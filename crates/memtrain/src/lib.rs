@@ -6,7 +6,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`memory`] | the counting allocator, [`memory::MemoryReport`], the analytic formulas |
+//! | [`memory`] | the counting allocator, nestable [`memory::Region`]s, [`memory::MemoryReport`] |
 //! | [`attention`] | fused attention: no `[seq, seq]` tensor kept (`attn=memeff`) |
 //! | [`activation`] | inverted activations: keep the output and a bit (`act=inverted`) |
 //! | [`norm`] | output-saving LayerNorm (`norm=output`) |
@@ -18,10 +18,12 @@
 //! | [`remat`] | rematerialization of blocks under a memory budget (`remat=...`) |
 //! | [`adapter`] | LoRA and LoTR adapters on a frozen base (`adapt=...`) |
 //! | [`plan`] | the memory planner: variants per block and remat for a budget |
-//! | [`model`] | the reference GPT-2 and the [`model::MemoryPolicy`] that chooses each part |
+//! | [`policy`] | [`policy::MemoryPolicy`]: which method computes each part, and its SPEC grammar |
+//! | [`model`] | the reference GPT-2, built under a policy, and what it keeps (formulas) |
 //! | [`bert`] | a pretrained BERT sentence encoder (all-MiniLM-L6-v2) from Hugging Face files, compressed by a parameter ratio |
 //! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
 //! | [`train`] | the measured training step, checkpoints, the policy bench |
+//! | [`stats`] | the median of repeated measurements |
 //!
 //! # Quick start
 //!
@@ -56,11 +58,14 @@ pub mod model;
 pub mod norm;
 pub mod optim;
 pub mod plan;
+pub mod policy;
 pub mod remat;
+pub mod stats;
 pub mod train;
-pub mod tt;
 
 pub use error::{Error, Result};
+/// Tensor trains and the linear-algebra floor: the `memtrain-tt` crate, re-exported.
+pub use memtrain_tt as tt;
 
 /// A tensor of `shape` viewed as a matrix: `(rows, width)`, the width being the last axis and
 /// the rows every leading axis together.

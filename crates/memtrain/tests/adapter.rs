@@ -5,17 +5,14 @@
 use burn::module::{Lora as BurnLora, Module, ModuleVisitor, Param};
 use burn::nn::LinearConfig;
 use burn::tensor::{Device, Distribution, Int, Tensor};
-use memtrain::adapter::{AdapterConfig, AdapterKind, Lora, LotrInit, Targets};
-use memtrain::model::{Gpt, MemoryPolicy, Preset};
+use memtrain::adapter::{AdapterConfig, AdapterKind, LoraConfig, LotrInit, Targets};
+use memtrain::model::{Gpt, Preset};
+use memtrain::policy::MemoryPolicy;
 
 fn model(device: &Device) -> Gpt {
-    Gpt::new_seeded(
-        &Preset::Tiny.config(256),
-        &MemoryPolicy::default(),
-        device,
-        3,
-    )
-    .unwrap()
+    (Preset::Tiny.config(256))
+        .init_seeded(&MemoryPolicy::default(), device, 3)
+        .unwrap()
 }
 
 /// (trainable, frozen) parameter counts.
@@ -92,7 +89,9 @@ fn should_count_trainable_parameters_as_the_formulas_say() {
     }
     // The policy builds the same.
     let p: MemoryPolicy = "adapt=lotr:4".parse().unwrap();
-    let m = Gpt::new_seeded(&Preset::Tiny.config(256), &p, &device, 3).unwrap();
+    let m = (Preset::Tiny.config(256))
+        .init_seeded(&p, &device, 3)
+        .unwrap();
     assert_eq!(
         counts(&m).0,
         shapes
@@ -170,14 +169,20 @@ fn should_match_burns_lora_output_for_output() {
     let adapter = burn_lora.weight.adapter().expect("an adapted weight");
     let (a, b) = (adapter.a.val(), adapter.b.val());
     assert!(b.clone().abs().max().into_scalar::<f32>() > 1e-3);
-    let ours = Lora::from_factors(a, b, 8.0 / 4.0);
+    let ours = LoraConfig::new(12, 20, 4)
+        .with_alpha(Some(8.0))
+        .init_from(a, b)
+        .unwrap();
     let y_burn = burn_lora.forward(x.clone());
     let y_ours = linear.forward(x.clone()) + ours.forward(x);
     let d = (y_burn - y_ours).abs().max().into_scalar::<f32>();
     assert!(d < 1e-5, "{d}");
     // Parameter for parameter: the same trainable shapes ([d_in, r], [r, d_out]) and init
     // (B = 0).
-    let fresh = Lora::new(12, 20, 4, 2.0, &device);
+    let fresh = LoraConfig::new(12, 20, 4)
+        .with_alpha(Some(8.0))
+        .init(&device)
+        .unwrap();
     assert_eq!(fresh.a.val().dims(), adapter.a.val().dims());
     assert_eq!(fresh.b.val().dims(), adapter.b.val().dims());
     assert_eq!(fresh.b.val().abs().max().into_scalar::<f32>(), 0.0);

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use memtrain::Error;
 use memtrain::bert::{Bert, BertConfig, BertTokenizer};
+use memtrain::linear::Linears;
 
 fn minilm_dir() -> Option<PathBuf> {
     memtrain::bert::fetched_model_dir()
@@ -144,8 +145,8 @@ fn should_name_the_path_of_a_missing_or_foreign_model() {
     assert!(matches!(err, Error::Data { .. }), "{err}");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
     let other = memtrain::model::Preset::Tiny.config(256);
-    let policy = memtrain::model::MemoryPolicy::default();
-    let gpt_model = memtrain::model::Gpt::new(&other, &policy, &device).unwrap();
+    let policy = memtrain::policy::MemoryPolicy::default();
+    let gpt_model = other.init(&policy, &device).unwrap();
     use burn::store::{ModuleSnapshot, SafetensorsStore};
     std::fs::remove_file(foreign.join("model.safetensors")).unwrap();
     gpt_model

@@ -12,7 +12,7 @@ use memtrain::bert::{
     Bert, BertConfig, BertTokenizer, CompressMethod, CompressParams, CompressedManifest,
     compress_bert, compress_linear, load_compressed, save_compressed,
 };
-use memtrain::model::layers::LinearLayer;
+use memtrain::linear::{LinearLayer, Linears};
 
 const METHODS: [CompressMethod; 7] = [
     CompressMethod::Svd,

@@ -4,8 +4,7 @@
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use memtrain::activation::{
-    FewBit, FewBitConfig, FewBitFn, FewBitGeluConfig, FewBitReluConfig, QuantizeParams, Weight,
-    quantize_derivative,
+    ActFn, FewBit, FewBitConfig, QuantizeParams, Weight, quantize_derivative,
 };
 
 fn grad_of(
@@ -24,7 +23,7 @@ fn grad_of(
 fn should_give_relu_exactly_at_one_bit() {
     // Golden: one border at 0, levels 0 and 1: the exact ReLU derivative.
     let device = Device::flex().autodiff();
-    let act = FewBitReluConfig::new(1).init().unwrap();
+    let act = FewBitConfig::new(ActFn::Relu, 1).init().unwrap();
     let t = act.table();
     assert_eq!(t.borders.len(), 3);
     assert!(
@@ -45,7 +44,7 @@ fn should_compute_the_forward_exactly_and_the_gradient_from_the_table() {
     let x = Tensor::<1>::random([5000], Distribution::Normal(0.0, 2.0), &device);
     let xs: Vec<f32> = x.into_data().iter::<f32>().collect();
     for bits in [1, 2, 3, 4, 8] {
-        let act = FewBitGeluConfig::new(bits).init().unwrap();
+        let act = FewBitConfig::new(ActFn::Gelu, bits).init().unwrap();
         let (y, dx) = grad_of(&|x| act.forward(x), &xs, &device);
         let (y_exact, _) = grad_of(&gelu, &xs, &device);
         for (a, b) in y.iter().zip(&y_exact) {
@@ -68,7 +67,7 @@ fn should_compute_the_forward_exactly_and_the_gradient_from_the_table() {
 fn should_match_the_exact_derivative_to_the_grid_resolution_at_eight_bits() {
     // With 256 levels each interval is narrow, so |q - f'| is at most about the largest
     // |f''| (0.6 for GELU... below 1 for all of these) times the widest interval.
-    for func in [FewBitFn::Gelu, FewBitFn::Silu, FewBitFn::Tanh] {
+    for func in [ActFn::Gelu, ActFn::Silu, ActFn::Tanh] {
         let t = quantize_derivative(
             func,
             8,
@@ -109,14 +108,14 @@ fn should_measure_the_error_the_dp_predicts_on_gaussian_inputs() {
             weight: Weight::Gaussian,
             ..Default::default()
         };
-        let table = quantize_derivative(FewBitFn::Gelu, bits, params).unwrap();
+        let table = quantize_derivative(ActFn::Gelu, bits, params).unwrap();
         let predicted = table.error / table.total_weight;
         let act = FewBit::from_table(table);
         let (_, dx) = grad_of(&|x| act.forward(x), &xs, &device);
         let sq: Vec<f64> = xs
             .iter()
             .zip(&dx)
-            .map(|(&x, &d)| (d as f64 - FewBitFn::Gelu.df(x as f64)).powi(2))
+            .map(|(&x, &d)| (d as f64 - ActFn::Gelu.df(x as f64)).powi(2))
             .collect();
         let mean = sq.iter().sum::<f64>() / n as f64;
         let var = sq.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
@@ -131,7 +130,7 @@ fn should_measure_the_error_the_dp_predicts_on_gaussian_inputs() {
 #[test]
 fn should_reject_bad_bits_at_config_time() {
     for bits in [0, 9, 32] {
-        let e = FewBitConfig::new(FewBitFn::Silu, bits)
+        let e = FewBitConfig::new(ActFn::Silu, bits)
             .init()
             .unwrap_err()
             .to_string();

@@ -8,11 +8,10 @@
 use burn::tensor::{Device, Distribution, Tensor};
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
 use memtrain::linear::gemm_linear;
-use memtrain::memory::{
-    self, CountingAllocator, Region, adamw_state_bytes, block_saved, model_saved,
-    optimizer_state_bytes, param_bytes, total_bytes,
-};
-use memtrain::model::{BlockPolicy, GptConfig, MemoryPolicy, Preset};
+use memtrain::memory::{self, CountingAllocator, Region, adamw_state_bytes, total_bytes};
+use memtrain::model::{self as gpt, block_saved, model_saved, optimizer_state_bytes, param_bytes};
+use memtrain::model::{GptConfig, Preset};
+use memtrain::policy::{BlockPolicy, MemoryPolicy};
 use memtrain::train::{TrainConfig, Trainer};
 
 #[global_allocator]
@@ -47,6 +46,45 @@ fn should_raise_live_bytes_by_the_size_of_a_new_tensor() {
     );
     assert!(region.peak() >= expect);
     drop(warm);
+}
+
+/// A region opened inside another (a remat stage inside the trainer's step) must not reset the
+/// outer one's peak, and the outer peak must see what happened inside.
+fn should_nest_regions_without_resetting_the_outer_peak() {
+    let mb = 1 << 20;
+    let alloc = |n: usize| std::hint::black_box(vec![1u8; n]);
+    let outer = Region::start();
+    drop(alloc(4 * mb)); // freed before the inner region starts
+    let inner = Region::start();
+    let small = alloc(mb);
+    let (inner_peak, outer_peak) = (inner.peak(), outer.peak());
+    drop(small);
+    let deeper = Region::start();
+    drop(alloc(2 * mb)); // inside a second nested region
+    drop(deeper);
+    let inner_after = inner.peak();
+    drop(inner);
+    assert!(
+        (mb..mb + 4096).contains(&inner_peak),
+        "the inner region's peak {inner_peak} is not its own 1 MiB"
+    );
+    assert!(
+        (2 * mb..2 * mb + 4096).contains(&inner_after),
+        "the inner region does not see its nested region's 2 MiB: {inner_after}"
+    );
+    assert!(
+        outer_peak >= 4 * mb && outer.peak() >= 4 * mb,
+        "opening a nested region reset the outer peak: {outer_peak}, {}",
+        outer.peak()
+    );
+    // A region dropped out of order still leaves the others correct.
+    let a = Region::start();
+    let b = Region::start();
+    drop(alloc(3 * mb));
+    drop(a);
+    assert!(b.peak() >= 3 * mb, "b lost its peak: {}", b.peak());
+    drop(b);
+    assert!(outer.peak() >= 4 * mb);
 }
 
 fn data_for(seq: usize) -> Dataset {
@@ -84,10 +122,10 @@ fn should_match_param_and_adamw_formulas() {
         if spec.is_empty() || spec.starts_with("weights") {
             assert_eq!(o, adamw_state_bytes(model.param_count_for(&policy)));
         }
-        let shapes = memory::param_shapes(&model, &policy);
+        let shapes = gpt::param_shapes(&model, &policy);
         assert_eq!(
             shapes.len(),
-            tensors_per_gpt(&model) + memory::adapter_shapes(&model, &policy).len()
+            tensors_per_gpt(&model) + gpt::adapter_shapes(&model, &policy).len()
         );
         assert_eq!(
             shapes
@@ -114,7 +152,7 @@ fn should_match_param_and_adamw_formulas() {
             );
         }
         // Gradients: one per trainable parameter, freed graph; within the same slack.
-        let g: usize = memory::trainable_shapes(&model, &policy)
+        let g: usize = gpt::trainable_shapes(&model, &policy)
             .iter()
             .map(|s| 4 * s.iter().product::<usize>())
             .sum();
@@ -246,7 +284,15 @@ fn should_keep_remat_within_its_prediction() {
         let mut measured = 0;
         for _ in 0..2 {
             let batch = trainer.next_batch(&data);
-            measured = trainer.try_step(&batch).unwrap().memory.activation_bytes as usize;
+            let report = trainer.try_step(&batch).unwrap().memory;
+            measured = report.activation_bytes as usize;
+            // The executor measures its stages in regions nested in the step's.
+            assert!(
+                report.peak_bytes >= report.activation_bytes,
+                "{spec}: step peak {} below the chain peak {} (a nested region reset it)",
+                report.peak_bytes,
+                report.activation_bytes
+            );
         }
         let plan = trainer.remat_plan().expect("a remat policy plans");
         let predicted = plan.prediction.peak;
@@ -259,7 +305,7 @@ fn should_keep_remat_within_its_prediction() {
             "{spec}: measured {measured} above predicted {predicted}"
         );
         assert!(predicted < plan.keep_all.peak, "{spec}: nothing saved");
-        if let memtrain::model::RematPolicy::Budget(b) = cfg.policy.remat {
+        if let memtrain::policy::RematPolicy::Budget(b) = cfg.policy.remat {
             assert!(
                 predicted as u64 <= b,
                 "{spec}: prediction {predicted} over budget {b}"
@@ -303,18 +349,16 @@ fn should_write_each_linear_product_once() {
     let dy = Tensor::<3>::random([4, 64, d_out], Distribution::Default, &device).inner();
     let (w, b) = (layer.weight.val(), layer.bias.as_ref().unwrap().val());
     let measure = |ours: bool| {
-        let base = memory::live_bytes();
-        memory::reset_peak();
+        let region = Region::start();
         let y = if ours {
             gemm_linear(x.clone(), w.clone(), b.clone())
         } else {
             layer.forward(x.clone())
         };
-        let forward = memory::peak_bytes() - base;
-        let base = memory::live_bytes();
-        memory::reset_peak();
+        let forward = region.peak();
+        let region = Region::start();
         let grads = (y * dy.clone()).sum().backward();
-        let backward = memory::peak_bytes() - base;
+        let backward = region.peak();
         drop(grads);
         (forward, backward)
     };
@@ -354,12 +398,14 @@ fn should_scale_the_activation_gradient_in_place() {
     let n = 1 << 20;
     let x = Tensor::<1>::random([n], Distribution::Default, &device).require_grad();
     let dy = Tensor::<1>::random([n], Distribution::Default, &device).inner();
+    let gelu = memtrain::activation::InvertedConfig::new(memtrain::activation::ActFn::Gelu)
+        .init()
+        .unwrap();
     let peak = || {
-        let y = memtrain::activation::InvertedGelu::new().forward(x.clone());
-        let base = memory::live_bytes();
-        memory::reset_peak();
+        let y = gelu.forward(x.clone());
+        let region = Region::start();
         let grads = (y * dy.clone()).sum().backward();
-        let p = memory::peak_bytes() - base;
+        let p = region.peak();
         drop(grads);
         p
     };
@@ -391,10 +437,9 @@ fn should_write_the_packed_attention_gradient_once() {
             let part = |i: usize| proj.clone().slice([0..b, 0..t, i * h..(i + 1) * h, 0..d]);
             fused_attention(part(0), part(1), part(2), None, AttentionParams::causal())
         };
-        let base = memory::live_bytes();
-        memory::reset_peak();
+        let region = Region::start();
         let grads = (y * dy.clone()).sum().backward();
-        let p = memory::peak_bytes() - base;
+        let p = region.peak();
         drop(grads);
         p
     };
@@ -417,6 +462,7 @@ fn should_write_the_packed_attention_gradient_once() {
 #[test]
 fn should_agree_with_every_formula() {
     should_raise_live_bytes_by_the_size_of_a_new_tensor();
+    should_nest_regions_without_resetting_the_outer_peak();
     should_sum_the_block_formula();
     should_match_param_and_adamw_formulas();
     should_match_the_activation_estimate_plain();

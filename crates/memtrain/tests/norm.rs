@@ -2,10 +2,10 @@
 
 use burn::nn::LayerNormConfig;
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
-use memtrain::norm::OutputLayerNorm;
+use memtrain::norm::{OutputLayerNorm, OutputLayerNormConfig};
 
 fn setup(device: &Device, d: usize, gamma: Vec<f32>) -> (OutputLayerNorm, burn::nn::LayerNorm) {
-    let mut ours = OutputLayerNorm::new(d, device);
+    let mut ours = OutputLayerNormConfig::new(d).init(device).unwrap();
     let beta: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin() * 0.5).collect();
     ours.gamma = burn::module::Param::from_tensor(Tensor::from_data(
         TensorData::new(gamma.clone(), [d]),
@@ -99,7 +99,7 @@ fn should_match_finite_differences_in_f64() {
     let gamma: Vec<f64> = (0..d).map(|i| 0.8 + 0.1 * i as f64).collect();
     let beta: Vec<f64> = (0..d).map(|i| 0.05 * i as f64).collect();
     let f64s = (&device, DType::F64);
-    let mut ln = OutputLayerNorm::new(d, &device);
+    let mut ln = OutputLayerNormConfig::new(d).init(&device).unwrap();
     ln.gamma = burn::module::Param::from_tensor(Tensor::from_data(
         TensorData::new(gamma.clone(), [d]),
         f64s,

@@ -125,9 +125,10 @@ fn should_reject_bad_nag_gs_constants() {
 
 fn galore(rank: usize, gap: usize, scale: f64) -> Galore {
     GaloreConfig::new(rank)
-        .with_gap(gap)
+        .with_update_proj_gap(gap)
         .with_scale(scale)
         .build()
+        .unwrap()
 }
 
 proptest! {
@@ -253,11 +254,17 @@ fn should_refresh_the_projector_every_gap_steps() {
 #[test]
 fn should_reject_bad_galore_configurations() {
     for (config, needle) in [
-        (GaloreConfig::new(0), "GaLore rank"),
+        (GaloreConfig::new(0), "invalid rank"),
         (GaloreConfig::new(65), "1..=64"),
-        (GaloreConfig::new(8).with_gap(0), "GaLore gap"),
-        (GaloreConfig::new(8).with_scale(0.0), "GaLore scale"),
-        (GaloreConfig::new(8).with_scale(f64::NAN), "GaLore scale"),
+        (
+            GaloreConfig::new(8).with_update_proj_gap(0),
+            "update_proj_gap",
+        ),
+        (GaloreConfig::new(8).with_scale(0.0), "invalid scale"),
+        (GaloreConfig::new(8).with_scale(f64::NAN), "invalid scale"),
+        (GaloreConfig::new(8).with_beta_1(1.0), "beta_1"),
+        (GaloreConfig::new(8).with_epsilon(0.0), "epsilon"),
+        (GaloreConfig::new(8).with_weight_decay(-1.0), "weight_decay"),
     ] {
         let e = config.check(64).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");

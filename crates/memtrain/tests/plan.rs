@@ -1,8 +1,8 @@
 //! The planner's solver on synthetic variants: never slower than the best uniform policy,
 //! mixes variants when that is faster, and names the smallest budget when nothing fits.
 
-use memtrain::model::{ActPolicy, AttnPolicy, BlockPolicy};
 use memtrain::plan::{Variant, solve};
+use memtrain::policy::{ActPolicy, AttnPolicy, BlockPolicy};
 use memtrain::remat::StageCost;
 use proptest::prelude::*;
 

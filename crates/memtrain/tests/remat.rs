@@ -6,7 +6,8 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
-use memtrain::model::{Gpt, MemoryPolicy, Preset};
+use memtrain::model::{Gpt, Preset};
+use memtrain::policy::MemoryPolicy;
 use memtrain::remat::{Schedule, StageCost, all_schedules, optimal, simulate, step};
 use proptest::prelude::*;
 
@@ -46,7 +47,7 @@ fn should_give_plain_gradients_under_every_schedule() {
         let policy: MemoryPolicy = spec.parse().unwrap();
         let mut config = Preset::Tiny.config(256);
         config.n_layers = 2;
-        let model = Gpt::new_seeded(&config, &policy, &device, 7).unwrap();
+        let model = (config).init_seeded(&policy, &device, 7).unwrap();
         let data = Dataset::new(&synthetic_corpus(300, 1), Tokenizer::Byte, 32).unwrap();
         let batch = data.train_batch(3, 0, 4, 32, &device);
         let loss = model.loss(batch.inputs.clone(), batch.targets.clone());

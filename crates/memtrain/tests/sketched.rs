@@ -41,7 +41,8 @@ fn exact(linear: &Linear, x: &Tensor<2>, w: &Tensor<2>) -> Grads {
 fn sketched(linear: &Linear, x: &Tensor<2>, w: &Tensor<2>, kind: SketchKind, salt: u64) -> Grads {
     let layer = SketchedLinearConfig::new(D_IN, D_OUT, RATIO)
         .with_kind(kind)
-        .init_from(linear.clone(), salt)
+        .with_salt(salt)
+        .init_from(linear.clone())
         .unwrap();
     let xg = x.clone().require_grad();
     let g = (layer.forward(xg.clone()) * w.clone()).sum().backward();
@@ -72,7 +73,8 @@ fn should_keep_dx_db_and_the_output_exact() {
         close(&got.db, &reference.db, "db");
         let layer = SketchedLinearConfig::new(D_IN, D_OUT, RATIO)
             .with_kind(kind)
-            .init_from(linear.clone(), 1)
+            .with_salt(1)
+            .init_from(linear.clone())
             .unwrap();
         close(
             &vec_of(layer.forward(x.clone())),
@@ -154,13 +156,13 @@ fn should_reject_a_bad_ratio_or_shape() {
     let device = Device::flex();
     for ratio in [0.0, -0.5, 1.5, f64::NAN] {
         let e = SketchedLinearConfig::new(4, 3, ratio)
-            .init_normal(0.02, 0, &device)
+            .init(&device)
             .unwrap_err()
             .to_string();
         assert!(e.contains("ratio") && e.contains("(0, 1]"), "{e}");
     }
     let e = SketchedLinearConfig::new(5, 3, 0.5)
-        .init_from(LinearConfig::new(4, 3).init(&device), 0)
+        .init_from(LinearConfig::new(4, 3).init(&device))
         .unwrap_err();
     assert!(e.to_string().contains("[4, 3]"), "{e}");
 }

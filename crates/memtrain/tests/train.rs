@@ -2,13 +2,16 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
-use memtrain::model::{Gpt, MemoryPolicy, Preset};
+use memtrain::model::Preset;
+use memtrain::policy::MemoryPolicy;
 use memtrain::train::{TrainConfig, Trainer};
 
 #[test]
 fn should_not_let_a_future_token_change_past_logits() {
     let device = Device::flex();
-    let gpt = Gpt::new(&Preset::Tiny.config(256), &MemoryPolicy::default(), &device).unwrap();
+    let gpt = (Preset::Tiny.config(256))
+        .init(&MemoryPolicy::default(), &device)
+        .unwrap();
     let a: Vec<i64> = (0..12).map(|i| (i * 17 % 256) as i64).collect();
     let mut b = a.clone();
     b[8] = 200;
@@ -121,7 +124,7 @@ fn should_run_a_given_remat_plan_and_refuse_a_mismatched_one() {
     let batch = trainer.next_batch(&data);
     // Every second block input kept: not what a 1 GiB budget would choose (keep everything).
     let chain = profile(trainer.model(), &batch, 1);
-    let every = plan_for(chain.clone(), memtrain::model::RematPolicy::Every(1)).unwrap();
+    let every = plan_for(chain.clone(), memtrain::policy::RematPolicy::Every(1)).unwrap();
     let wanted = every.schedule.to_string();
     trainer.use_remat_plan(every).unwrap();
     trainer.step(&batch);
@@ -134,13 +137,13 @@ fn should_run_a_given_remat_plan_and_refuse_a_mismatched_one() {
     let mut longer = chain.clone();
     longer.insert(0, chain[0]);
     longer.insert(0, chain[1]);
-    let other = plan_for(longer, memtrain::model::RematPolicy::None).unwrap();
+    let other = plan_for(longer, memtrain::policy::RematPolicy::None).unwrap();
     let err = trainer.use_remat_plan(other).unwrap_err().to_string();
     assert!(err.contains("stages"), "{err}");
     // So is any plan when the policy asks for no rematerialization.
     config.policy = MemoryPolicy::default();
     let mut plain = Trainer::new(config, &device).unwrap();
-    let keep = plan_for(chain, memtrain::model::RematPolicy::None).unwrap();
+    let keep = plan_for(chain, memtrain::policy::RematPolicy::None).unwrap();
     let err = plain.use_remat_plan(keep).unwrap_err().to_string();
     assert!(err.contains("remat"), "{err}");
 }

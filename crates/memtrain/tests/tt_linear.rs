@@ -88,7 +88,7 @@ proptest! {
         let cols: Vec<usize> = rows.iter().rev().map(|m| m + 1).collect();
         let (d_in, d_out) = (rows.iter().product(), cols.iter().product());
         let layer = TtLinearConfig::new(d_in, d_out, rank)
-            .with_modes(rows.clone(), cols.clone())
+            .with_modes(Some((rows.clone(), cols.clone())))
             .init(&device)
             .unwrap();
         let x = Tensor::<2>::random([batch, d_in], Distribution::Normal(0.0, 1.0), &device);
@@ -173,7 +173,7 @@ fn should_convert_from_and_to_a_dense_layer() {
     let dense = LinearConfig::new(24, 30).init(&device);
     // Full rank: exact up to f32 round-off.
     let full = TtLinearConfig::new(24, 30, 1000)
-        .with_modes(vec![2, 3, 4], vec![2, 3, 5])
+        .with_modes(Some((vec![2, 3, 4], vec![2, 3, 5])))
         .init_from(&dense, 0.0)
         .unwrap();
     close(
@@ -189,7 +189,7 @@ fn should_convert_from_and_to_a_dense_layer() {
         "b",
     );
     let low = TtLinearConfig::new(24, 30, 2)
-        .with_modes(vec![2, 3, 4], vec![2, 3, 5])
+        .with_modes(Some((vec![2, 3, 4], vec![2, 3, 5])))
         .init_from(&dense, 0.0)
         .unwrap();
     assert_eq!(low.ranks(), vec![1, 2, 2, 1]);
@@ -229,7 +229,7 @@ fn should_reject_bad_configurations() {
         .to_string();
     assert!(e.contains("7 = [7] into 3 modes"), "{e}");
     let e = TtLinearConfig::new(24, 30, 2)
-        .with_modes(vec![2, 12], vec![5, 7])
+        .with_modes(Some((vec![2, 12], vec![5, 7])))
         .init(&device)
         .unwrap_err()
         .to_string();

@@ -4,254 +4,202 @@
 //! Novikov & Oseledets, "Inverted Activations: Reducing Memory Footprint in Neural Network
 //! Training", <https://arxiv.org/abs/2407.15545>.
 //!
-//! Sigmoid, Tanh and Softplus are monotone and `f'(f⁻¹(y))` has a closed form:
-//! `y (1 - y)`, `1 - y²`, `1 - e^{-y}`. GELU and SiLU have one minimum `x*`; one bit per
-//! element (packed 8 to a byte) says on which side of it `x` lies, and on each side
-//! `g(y) = f'(f⁻¹(y))` is approximated by a table fitted once:
-//!
-//! - the variable is `s = sqrt(y - f(x*))`, in which `g` is analytic at the minimum (near it
-//!   `y - f(x*) ≈ f''(x*) (x - x*)² / 2`, so `x` is a smooth function of `±s`);
-//! - each side's `s` range is cut into [`CELLS`] equal cells with a cubic per cell,
-//!   interpolating `g` at the cell's Chebyshev nodes (exact inversion by bisection in f64);
-//! - beyond the table's right end `g = 1` (GELU: `y > 6`, SiLU: `y > 20`, where
-//!   `|f' - 1| < 1e-7`).
-//!
-//! Evaluation is a square root, a table lookup and three fused multiply-adds. Accuracy (test
-//! `should_recover_the_derivative_within_the_documented_error`, f32 outputs of f32 inputs on
-//! a 1e-3 grid over [-10, 10] and 10⁵ N(0, 1) samples): GELU max absolute error 5.8e-5 and
-//! max relative error 2.5e-6 where `|f'| >= 0.05`; SiLU 8.4e-5 and 3.1e-6. The maximum
-//! absolute error sits next to the minimum, where it is set by f32's rounding of `y` (the
-//! table itself is exact to about 1e-7 there). The reference implementation (PgLoLo/optiacts)
-//! fits small closed forms with about 1.9e-2 absolute error for GELU.
+//! The function's math and branch tables are in [`super::function`] and `branch.rs`; the
+//! kernels per backend in `flex.rs` (burn's Flex CPU backend). On other backends the exact
+//! burn activation runs (no saving).
 
-use std::sync::OnceLock;
+use burn::backend::backend_extension;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, Dispatch};
+use burn::config::Config;
+use burn::tensor::Tensor;
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 
-use super::few_bit::FewBitFn;
+use super::codes;
+use super::function::ActFn;
+use crate::error::{Error, Result};
+use crate::on_flex;
 
-/// Cells per side of the minimum.
-pub const CELLS: usize = 256;
+/// The two halves of an inverted activation on one backend.
+pub trait InvertedKernel: Backend {
+    /// `y = f(x)` and, when `func` needs one, the packed branch bits (`x < x*`, 8 a byte).
+    fn inverted_forward(
+        x: FloatTensor<Self>,
+        func: ActFn,
+    ) -> (FloatTensor<Self>, Option<IntTensor<Self>>);
 
-/// The pointwise functions that can be inverted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Invertible {
-    /// `x Φ(x)` (erf form). One branch bit.
-    Gelu,
-    /// `x σ(x)`. One branch bit.
-    Silu,
-    /// `σ(x)`: `f' = y (1 - y)`.
-    Sigmoid,
-    /// `tanh(x)`: `f' = 1 - y²`.
-    Tanh,
-    /// `ln(1 + e^x)`: `f' = 1 - e^{-y}`.
-    Softplus,
+    /// `dx = dy · f'(f⁻¹(y))`.
+    fn inverted_backward(
+        y: FloatTensor<Self>,
+        bits: Option<IntTensor<Self>>,
+        dy: FloatTensor<Self>,
+        func: ActFn,
+    ) -> FloatTensor<Self>;
 }
 
-impl Invertible {
-    /// Every function, in a fixed order (its index is its code in the op).
-    pub const ALL: [Invertible; 5] = [
-        Invertible::Gelu,
-        Invertible::Silu,
-        Invertible::Sigmoid,
-        Invertible::Tanh,
-        Invertible::Softplus,
-    ];
-
-    /// Whether the function needs a branch bit per element.
-    pub fn needs_bit(self) -> bool {
-        matches!(self, Invertible::Gelu | Invertible::Silu)
-    }
-
-    /// The same function as a [`FewBitFn`], which holds the math of both families.
-    fn math(self) -> FewBitFn {
-        match self {
-            Invertible::Gelu => FewBitFn::Gelu,
-            Invertible::Silu => FewBitFn::Silu,
-            Invertible::Sigmoid => FewBitFn::Sigmoid,
-            Invertible::Tanh => FewBitFn::Tanh,
-            Invertible::Softplus => FewBitFn::Softplus,
-        }
-    }
-
-    /// `f(x)` in f64.
-    pub fn f(self, x: f64) -> f64 {
-        self.math().f(x)
-    }
-
-    /// `f'(x)` in f64.
-    pub fn df(self, x: f64) -> f64 {
-        self.math().df(x)
-    }
-
-    /// `f(x)` in f32, as the forward pass computes it.
-    pub fn f32(self, x: f32) -> f32 {
-        self.f(x as f64) as f32
-    }
-
-    /// The derivative recovered from the output `y` and, for GELU and SiLU, the branch bit
-    /// (`true` when `x` is left of the minimum).
-    #[inline]
-    pub fn derivative_from_output(self, y: f32, left: bool) -> f32 {
-        match self {
-            Invertible::Gelu | Invertible::Silu => table(self).eval(y, left),
-            Invertible::Sigmoid => y * (1.0 - y),
-            Invertible::Tanh => 1.0 - y * y,
-            Invertible::Softplus => -(-y).exp_m1(),
-        }
-    }
-
-    /// The minimiser `x*` (GELU, SiLU), where the branch bit switches.
-    pub fn argmin(self) -> Option<f64> {
-        self.needs_bit().then(|| table(self).x_min)
-    }
+/// The inverted activation as a burn backend extension (Flex for inference, `Autodiff` for
+/// training). `func` is the index of an [`ActFn`] in [`ActFn::ALL`].
+#[backend_extension(Flex, Autodiff)]
+pub trait InvertedActivationBackend: Backend {
+    /// `f(x)`, keeping only `f(x)` and the branch bits for backward.
+    fn inverted_activation(x: FloatTensor<Self>, func: u32) -> FloatTensor<Self>;
 }
 
-/// The fitted `g(y) = f'(f⁻¹(y))` on both sides of the minimum.
 #[derive(Debug)]
-pub struct BranchTable {
-    x_min: f64,
-    y_min: f32,
-    /// Right side: cells over `s ∈ [0, s_right]`; beyond, `g = 1`.
-    s_right: f32,
-    right: Vec<[f32; 4]>,
-    /// Left side: cells over `s ∈ [0, s_left]` (`s_left² = -y_min`, `y → 0⁻`).
-    s_left: f32,
-    left: Vec<[f32; 4]>,
+struct InvertedBackward {
+    func: ActFn,
 }
 
-/// Bisection for `f(x) = y` on `[lo, hi]` where `f` is monotone (`rising` says which way).
-fn solve(f: impl Fn(f64) -> f64, y: f64, mut lo: f64, mut hi: f64, rising: bool) -> f64 {
-    for _ in 0..200 {
-        let mid = 0.5 * (lo + hi);
-        if (f(mid) < y) == rising {
-            lo = mid;
+impl<B: Backend + InvertedKernel> Backward<B, 1> for InvertedBackward {
+    /// The output (shared with the next layer) and the packed branch bits.
+    type State = (FloatTensor<B>, Option<IntTensor<B>>);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (y, bits) = ops.state;
+        unary::<B, _>(ops.parents, ops.node, grads, |dy| {
+            B::inverted_backward(y, bits, dy, self.func)
+        });
+    }
+}
+
+impl<B: Backend + InvertedKernel, C: CheckpointStrategy> InvertedActivationBackend
+    for Autodiff<B, C>
+{
+    fn inverted_activation(x: FloatTensor<Self>, func: u32) -> FloatTensor<Self> {
+        let func = ActFn::ALL[func as usize].0;
+        let xp = x.primitive().clone();
+        match (InvertedBackward { func })
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, bits) = B::inverted_forward(xp, func);
+                prep.finish((y.clone(), bits), y)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::inverted_forward(xp, func).0),
+        }
+    }
+}
+
+/// `f(x)` element-wise, keeping for backward only the output and (GELU, SiLU) one bit per
+/// element.
+///
+/// # Memory
+///
+/// Kept for backward: the output (`4 n` bytes, shared with whatever layer consumes it) and
+/// `n / 8` bytes of branch bits for GELU and SiLU; an exact activation keeps its input
+/// (`4 n` bytes) besides. Saved: `4 n (1 - 1/32)` bytes when the next layer keeps the output.
+///
+/// On backends other than Flex the exact burn activation is used (no saving).
+///
+/// # Panics
+///
+/// When `func` is not [`ActFn::is_invertible`] ([`InvertedConfig::init`] checks it).
+pub fn inverted_activation<const D: usize>(x: Tensor<D>, func: ActFn) -> Tensor<D> {
+    assert!(
+        func.is_invertible(),
+        "{func:?} is not invertible; expected one of {:?}",
+        ActFn::INVERTIBLE
+    );
+    if !on_flex(&x.device()) {
+        return func.exact(x);
+    }
+    let code = func.code();
+    Tensor::from_dispatch(
+        <Dispatch as InvertedActivationBackend>::inverted_activation(x.into_dispatch(), code),
+    )
+}
+
+/// Configuration of an [`Inverted`] activation: which function.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use memtrain::activation::{ActFn, InvertedConfig};
+/// let device = Device::flex().autodiff();
+/// let gelu = InvertedConfig::new(ActFn::Gelu).init().unwrap();
+/// let x = Tensor::<2>::from_floats([[-1.0, 0.5], [2.0, -3.0]], &device).require_grad();
+/// let dx = x.grad(&gelu.forward(x.clone()).sum().backward()).unwrap();
+///
+/// let x2 = x.clone().detach().require_grad();
+/// let exact = burn::tensor::activation::gelu(x2.clone());
+/// let dx_exact = x2.grad(&exact.sum().backward()).unwrap();
+/// assert!(dx.all_close(dx_exact, Some(1e-4), Some(1e-4)));
+/// assert!(InvertedConfig::new(ActFn::Relu).init().is_err()); // not invertible
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct InvertedConfig {
+    /// The function: one of [`ActFn::INVERTIBLE`].
+    pub func: ActFn,
+}
+
+impl InvertedConfig {
+    /// Bytes an [`Inverted`] of this configuration keeps for backward besides its output, for
+    /// an input of `n` elements: `ceil(n / 8) + 1` bytes of branch bits for GELU and SiLU,
+    /// nothing for the monotone functions.
+    pub fn saved_bytes(&self, n: usize) -> usize {
+        if self.func.needs_bit() {
+            codes::packed_len(n, 1)
         } else {
-            hi = mid;
-        }
-    }
-    0.5 * (lo + hi)
-}
-
-/// Cubic through four points `(t_i, g_i)`, as monomial coefficients in `t` (Newton's divided
-/// differences, expanded).
-fn cubic_through(t: [f64; 4], g: [f64; 4]) -> [f32; 4] {
-    let mut d = g;
-    for j in 1..4 {
-        for i in (j..4).rev() {
-            d[i] = (d[i] - d[i - 1]) / (t[i] - t[i - j]);
-        }
-    }
-    // p(t) = d0 + d1 (t - t0) + d2 (t - t0)(t - t1) + d3 (t - t0)(t - t1)(t - t2), expanded
-    // by Horner into coefficients, highest degree first.
-    let mut poly = vec![d[3]];
-    for k in (0..3).rev() {
-        let mut next = vec![0.0; poly.len() + 1];
-        for (i, &p) in poly.iter().enumerate() {
-            next[i] += p;
-            next[i + 1] -= p * t[k];
-        }
-        *next.last_mut().expect("non-empty") += d[k];
-        poly = next;
-    }
-    [
-        poly[0] as f32,
-        poly[1] as f32,
-        poly[2] as f32,
-        poly[3] as f32,
-    ]
-}
-
-impl BranchTable {
-    fn fit(func: Invertible) -> Self {
-        let f = |x: f64| func.f(x);
-        let df = |x: f64| func.df(x);
-        let x_min = solve(df, 0.0, -5.0, 0.0, true);
-        let y_min = f(x_min);
-        let y_right_end = match func {
-            Invertible::Gelu => 6.0,
-            _ => 20.0,
-        };
-        let side = |s_end: f64, right: bool| -> Vec<[f32; 4]> {
-            let h = s_end / CELLS as f64;
-            (0..CELLS)
-                .map(|c| {
-                    let t: [f64; 4] = std::array::from_fn(|i| {
-                        0.5 - 0.5 * ((2 * i + 1) as f64 * std::f64::consts::PI / 8.0).cos()
-                    });
-                    let g = t.map(|ti| {
-                        let s = (c as f64 + ti) * h;
-                        let y = y_min + s * s;
-                        let x = if right {
-                            solve(f, y, x_min, y.max(0.0) + 10.0, true)
-                        } else {
-                            solve(f, y, -60.0, x_min, false)
-                        };
-                        df(x)
-                    });
-                    cubic_through(t, g)
-                })
-                .collect()
-        };
-        let s_right = (y_right_end - y_min).sqrt();
-        let s_left = (-y_min).sqrt();
-        BranchTable {
-            x_min,
-            y_min: y_min as f32,
-            s_right: s_right as f32,
-            right: side(s_right, true),
-            s_left: s_left as f32,
-            left: side(s_left, false),
+            0
         }
     }
 
-    #[inline]
-    fn eval(&self, y: f32, left: bool) -> f32 {
-        let s = (y - self.y_min).max(0.0).sqrt();
-        let (cells, s_end) = if left {
-            (&self.left, self.s_left)
-        } else {
-            (&self.right, self.s_right)
-        };
-        if !left && s >= s_end {
-            return 1.0;
+    /// Builds the activation (stateless, like burn's activations: no device).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `func` when it is not [`ActFn::is_invertible`].
+    pub fn init(&self) -> Result<Inverted> {
+        if !self.func.is_invertible() {
+            let names: Vec<&str> = ActFn::INVERTIBLE.iter().map(|f| f.name()).collect();
+            return Err(Error::config(
+                "func",
+                self.func.name(),
+                format!("an invertible function: {}", names.join(", ")),
+            ));
         }
-        let u = (s / s_end).min(1.0) * CELLS as f32;
-        let i = (u as usize).min(CELLS - 1);
-        let t = u - i as f32;
-        let [a, b, c, d] = cells[i];
-        ((a * t + b) * t + c) * t + d
+        Ok(Inverted { func: self.func })
     }
 }
 
-fn table(func: Invertible) -> &'static BranchTable {
-    static GELU: OnceLock<BranchTable> = OnceLock::new();
-    static SILU: OnceLock<BranchTable> = OnceLock::new();
-    match func {
-        Invertible::Gelu => GELU.get_or_init(|| BranchTable::fit(Invertible::Gelu)),
-        Invertible::Silu => SILU.get_or_init(|| BranchTable::fit(Invertible::Silu)),
-        other => unreachable!("{other:?} has an exact inverse and no table"),
-    }
+/// An activation that keeps its output and (GELU, SiLU) one branch bit per element for
+/// backward, and recovers the derivative from them ([`inverted_activation`]).
+///
+/// Not a burn `Module` (it has no parameters): keep it in a module field marked
+/// `#[module(skip)]`.
+///
+/// # Memory
+///
+/// Kept for backward besides the output (which the next layer keeps anyway):
+/// [`Inverted::saved_bytes`] `= ceil(n / 8) + 1` bytes of branch bits for `n` elements of GELU
+/// or SiLU, nothing for the monotone functions; an exact activation keeps its `4 n`-byte
+/// input. Measured with the counting allocator in `tests/memory.rs`
+/// (`should_match_the_activation_estimate_inverted_gelu`: the GPT's activation bytes within
+/// the formula's slack).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Inverted {
+    func: ActFn,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn should_find_the_published_minima() {
-        // Golden: GELU x* = -0.75179, f(x*) = -0.169971; SiLU x* = -1.27846, f(x*) = -0.278465.
-        let g = Invertible::Gelu.argmin().unwrap();
-        assert!((g + 0.751_79).abs() < 1e-5 && (Invertible::Gelu.f(g) + 0.169_971).abs() < 1e-6);
-        let s = Invertible::Silu.argmin().unwrap();
-        assert!((s + 1.278_46).abs() < 1e-5 && (Invertible::Silu.f(s) + 0.278_465).abs() < 1e-6);
+impl Inverted {
+    /// The function.
+    pub fn func(&self) -> ActFn {
+        self.func
     }
 
-    #[test]
-    fn should_interpolate_a_cubic_exactly() {
-        let p = |t: f64| 0.5 - 2.0 * t + 3.0 * t * t - 0.25 * t * t * t;
-        let t = [0.1, 0.3, 0.7, 0.9];
-        let c = cubic_through(t, t.map(p));
-        for (got, want) in c.iter().zip([-0.25f32, 3.0, -2.0, 0.5]) {
-            assert!((got - want).abs() < 1e-5, "{c:?}");
-        }
+    /// Bytes kept for backward besides the (shared) output, for an input of `n` elements
+    /// (see [`InvertedConfig::saved_bytes`]).
+    pub fn saved_bytes(&self, n: usize) -> usize {
+        InvertedConfig::new(self.func).saved_bytes(n)
+    }
+
+    /// Applies the function element-wise, any shape.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        inverted_activation(x, self.func)
     }
 }

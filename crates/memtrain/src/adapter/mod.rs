@@ -17,10 +17,12 @@
 //! `block.I.attn.proj`, `block.I.mlp.fc`, `block.I.mlp.proj`) with [`Targets`], through
 //! [`crate::model::Gpt::with_adapters`] or the policy `adapt=lora:R` / `adapt=lotr:R`.
 
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// Which linears get an adapter, by layer name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,30 +225,108 @@ pub struct Lora {
     scale: f64,
 }
 
-impl Lora {
+/// Configuration of a [`Lora`] pair for a layer `[d_input, d_output]`: rank and scale
+/// `alpha / rank` (`alpha` defaults to the rank: scale 1).
+///
+/// ```
+/// use burn::tensor::Device;
+/// use memtrain::adapter::LoraConfig;
+/// let lora = LoraConfig::new(12, 20, 4).with_alpha(Some(8.0)).init(&Device::flex()).unwrap();
+/// assert_eq!(lora.delta().dims(), [12, 20]); // B starts at zero: ΔW = 0
+/// assert!(LoraConfig::new(12, 20, 13).init(&Device::flex()).is_err()); // rank > min side
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct LoraConfig {
+    /// Input width of the adapted layer.
+    pub d_input: usize,
+    /// Output width of the adapted layer.
+    pub d_output: usize,
+    /// Rank, in `1..=min(d_input, d_output)`.
+    pub rank: usize,
+    /// Scale numerator (scale `alpha / rank`); `None`: the rank.
+    pub alpha: Option<f64>,
+}
+
+impl LoraConfig {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha.unwrap_or(self.rank as f64) / self.rank as f64
+    }
+
+    fn check(&self) -> Result<()> {
+        check_rank_and_scale("LoRA", self.rank, self.d_input, self.d_output, self.scale())
+    }
+
     /// Burn's LoRA init: `A` N(0, (1/r)²), `B` zero.
-    pub fn new(d_in: usize, d_out: usize, rank: usize, scale: f64, device: &Device) -> Self {
-        let std = 1.0 / rank as f64;
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `rank` (0 or above `min(d_input, d_output)`) or `alpha` (a
+    /// scale that is not positive and finite).
+    pub fn init(&self, device: &Device) -> Result<Lora> {
+        self.check()?;
+        let std = 1.0 / self.rank as f64;
+        Ok(Lora {
             a: Param::from_tensor(Tensor::random(
-                [d_in, rank],
+                [self.d_input, self.rank],
                 Distribution::Normal(0.0, std),
                 device,
             )),
-            b: Param::from_tensor(Tensor::zeros([rank, d_out], device)),
-            scale,
-        }
+            b: Param::from_tensor(Tensor::zeros([self.rank, self.d_output], device)),
+            scale: self.scale(),
+        })
     }
 
-    /// From given factors.
-    pub fn from_factors(a: Tensor<2>, b: Tensor<2>, scale: f64) -> Self {
-        Self {
+    /// From given factors `A [d_input, rank]`, `B [rank, d_output]`.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoraConfig::init`], and [`Error::Config`] naming `a`/`b` when their shapes
+    /// differ from the configuration's.
+    pub fn init_from(&self, a: Tensor<2>, b: Tensor<2>) -> Result<Lora> {
+        self.check()?;
+        let want = ([self.d_input, self.rank], [self.rank, self.d_output]);
+        if (a.dims(), b.dims()) != want {
+            return Err(Error::config(
+                "a/b",
+                format!("{:?} and {:?}", a.dims(), b.dims()),
+                format!("{:?} and {:?}", want.0, want.1),
+            ));
+        }
+        Ok(Lora {
             a: Param::from_tensor(a),
             b: Param::from_tensor(b),
-            scale,
-        }
+            scale: self.scale(),
+        })
     }
+}
 
+/// The rank and scale checks every adapter shares.
+fn check_rank_and_scale(
+    what: &str,
+    rank: usize,
+    d_in: usize,
+    d_out: usize,
+    scale: f64,
+) -> Result<()> {
+    if rank == 0 || rank > d_in.min(d_out) {
+        return Err(Error::config(
+            "rank",
+            format!("{rank} for a {what} adapter of [{d_in}, {d_out}]"),
+            format!("1..={}", d_in.min(d_out)),
+        ));
+    }
+    if !(scale.is_finite() && scale > 0.0) {
+        return Err(Error::config(
+            "alpha",
+            format!("scale {scale}"),
+            "a positive finite alpha",
+        ));
+    }
+    Ok(())
+}
+
+impl Lora {
     /// `scale · A B`, `[d_in, d_out]`.
     pub fn delta(&self) -> Tensor<2> {
         self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
@@ -269,30 +349,78 @@ pub struct LotrFactors {
     pub right: Param<Tensor<2>>,
 }
 
-impl LotrFactors {
-    /// Random factors, N(0, 1/d) entries.
-    pub fn random(d_in: usize, d_out: usize, rank: usize, device: &Device) -> Self {
-        let n = |d: usize| Distribution::Normal(0.0, 1.0 / (d as f64).sqrt());
-        Self {
-            left: Param::from_tensor(Tensor::random([d_in, rank], n(d_in), device)),
-            right: Param::from_tensor(Tensor::random([d_out, rank], n(d_out), device)),
-        }
+/// Configuration of one group's [`LotrFactors`]: layers `[d_input, d_output]`, rank `rank`.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use memtrain::adapter::LotrFactorsConfig;
+/// let f = LotrFactorsConfig::new(12, 20, 4).init(&Device::flex()).unwrap();
+/// assert_eq!((f.left.dims(), f.right.dims()), ([12, 4], [20, 4]));
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct LotrFactorsConfig {
+    /// Input width of the group's layers.
+    pub d_input: usize,
+    /// Output width of the group's layers.
+    pub d_output: usize,
+    /// Rank, in `1..=min(d_input, d_output)`.
+    pub rank: usize,
+}
+
+impl LotrFactorsConfig {
+    fn check(&self) -> Result<()> {
+        check_rank_and_scale("LoTR", self.rank, self.d_input, self.d_output, 1.0)
     }
 
-    /// The leading `rank` singular vectors of the stacked weights: `L` of
+    /// Random factors, N(0, 1/d) entries.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `rank` (0 or above `min(d_input, d_output)`).
+    pub fn init(&self, device: &Device) -> Result<LotrFactors> {
+        self.check()?;
+        let n = |d: usize| Distribution::Normal(0.0, 1.0 / (d as f64).sqrt());
+        Ok(LotrFactors {
+            left: Param::from_tensor(Tensor::random(
+                [self.d_input, self.rank],
+                n(self.d_input),
+                device,
+            )),
+            right: Param::from_tensor(Tensor::random(
+                [self.d_output, self.rank],
+                n(self.d_output),
+                device,
+            )),
+        })
+    }
+
+    /// The leading `rank` singular vectors of the group's stacked weights: `L` of
     /// `[W_1 .. W_n]` (`[d_in, n d_out]`), `R` of `[W_1ᵀ .. W_nᵀ]` (`[d_out, n d_in]`).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for no weights or an SVD that fails (NaN weights).
-    pub fn svd(weights: &[Tensor<2>], rank: usize) -> Result<Self> {
+    /// As [`LotrFactorsConfig::init`], and [`Error::Config`] for no weights, a weight that
+    /// is not `[d_input, d_output]`, or an SVD that fails (NaN weights).
+    pub fn init_from(&self, weights: &[Tensor<2>]) -> Result<LotrFactors> {
+        self.check()?;
         if weights.is_empty() {
-            return Err(Error::config("LoTR SVD init", "no weights", "at least one"));
+            return Err(Error::config("weights", "none", "at least one weight"));
         }
+        if let Some(w) = weights
+            .iter()
+            .find(|w| w.dims() != [self.d_input, self.d_output])
+        {
+            return Err(Error::config(
+                "weights",
+                format!("{:?}", w.dims()),
+                format!("[{}, {}]", self.d_input, self.d_output),
+            ));
+        }
+        let rank = self.rank;
         let lead = |m: Tensor<2>| -> Result<Tensor<2>> {
             let rows = m.dims()[0];
-            let (u, _, _) = crate::tt::svd(m)?;
-            Ok(crate::tt::compact(u.slice([0..rows, 0..rank])))
+            let (u, _, _) = memtrain_tt::linalg::svd(m)?;
+            Ok(memtrain_tt::linalg::compact(u.slice([0..rows, 0..rank])))
         };
         let left = lead(Tensor::cat(
             weights.iter().map(|w| w.clone().detach()).collect(),
@@ -305,7 +433,7 @@ impl LotrFactors {
                 .collect(),
             1,
         ))?;
-        Ok(Self {
+        Ok(LotrFactors {
             left: Param::from_tensor(left),
             right: Param::from_tensor(right),
         })
@@ -321,15 +449,45 @@ pub struct LotrCore {
     scale: f64,
 }
 
-impl LotrCore {
-    /// A zero core.
-    pub fn zeros(rank: usize, scale: f64, device: &Device) -> Self {
-        Self {
-            core: Param::from_tensor(Tensor::zeros([rank, rank], device)),
-            scale,
-        }
+/// Configuration of one layer's [`LotrCore`]: rank and scale `alpha / rank` (`alpha`
+/// defaults to the rank).
+///
+/// ```
+/// use burn::tensor::Device;
+/// use memtrain::adapter::LotrCoreConfig;
+/// let core = LotrCoreConfig::new(4).init(&Device::flex()).unwrap();
+/// assert_eq!(core.core.dims(), [4, 4]);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct LotrCoreConfig {
+    /// Rank, at least 1.
+    pub rank: usize,
+    /// Scale numerator (scale `alpha / rank`); `None`: the rank.
+    pub alpha: Option<f64>,
+}
+
+impl LotrCoreConfig {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha.unwrap_or(self.rank as f64) / self.rank as f64
     }
 
+    /// A zero core.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `rank` (0) or `alpha` (a scale that is not positive and
+    /// finite).
+    pub fn init(&self, device: &Device) -> Result<LotrCore> {
+        check_rank_and_scale("LoTR", self.rank, self.rank, self.rank, self.scale())?;
+        Ok(LotrCore {
+            core: Param::from_tensor(Tensor::zeros([self.rank, self.rank], device)),
+            scale: self.scale(),
+        })
+    }
+}
+
+impl LotrCore {
     /// `scale · L M Rᵀ`, `[d_in, d_out]`.
     pub fn delta(&self, f: &LotrFactors) -> Tensor<2> {
         f.left
@@ -373,5 +531,51 @@ impl LayerAdapter {
             LayerAdapter::Lora(l) => l.delta(),
             LayerAdapter::Lotr(c) => c.delta(group.expect("a LoTR layer has its group")),
         }
+    }
+}
+
+/// Adapters for fine-tuning with a frozen base, on every block linear: the `adapt=` key of a
+/// policy SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdaptPolicy {
+    /// Train every parameter.
+    #[default]
+    None,
+    /// LoRA of rank `rank`, scale `alpha / rank`.
+    Lora {
+        /// Rank.
+        rank: u32,
+        /// `alpha` in basis points.
+        alpha_bp: u32,
+    },
+    /// LoTR of rank `rank`, scale `alpha / rank`, random shared factors.
+    Lotr {
+        /// Rank.
+        rank: u32,
+        /// `alpha` in basis points.
+        alpha_bp: u32,
+    },
+}
+
+impl AdaptPolicy {
+    /// The adapter configuration, if any.
+    pub fn config(&self) -> Option<crate::adapter::AdapterConfig> {
+        let kind = match *self {
+            AdaptPolicy::None => return None,
+            AdaptPolicy::Lora { rank, alpha_bp } => AdapterKind::Lora {
+                rank: rank as usize,
+                alpha: f64::from(alpha_bp) / 1e4,
+            },
+            AdaptPolicy::Lotr { rank, alpha_bp } => AdapterKind::Lotr {
+                rank: rank as usize,
+                alpha: f64::from(alpha_bp) / 1e4,
+                init: LotrInit::Random,
+            },
+        };
+        Some(AdapterConfig {
+            kind,
+            targets: Targets::AllLinear,
+        })
     }
 }

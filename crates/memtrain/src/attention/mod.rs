@@ -56,6 +56,10 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 pub use generic::CHUNK;
 
+use serde::{Deserialize, Serialize};
+
+use crate::memory::SavedTensor;
+
 /// How attention is computed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttentionParams {
@@ -524,4 +528,69 @@ pub fn reference_attention(
 pub fn causal_bias(tq: usize, tk: usize, device: &Device) -> Tensor<2> {
     Tensor::<1>::from_floats(generic::causal_rows(0, tq, tq, tk).as_slice(), device)
         .reshape([tq, tk])
+}
+
+/// How causal self-attention is computed: the `attn=` key of a policy SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttnPolicy {
+    /// [`reference_attention`]: matmul, scale, causal mask, softmax, matmul, as burn-nn's
+    /// `MultiHeadAttention` computes it; keeps three `[batch, heads, seq, seq]` tensors.
+    #[default]
+    Exact,
+    /// [`fused_attention`]: tiled, keeps one log-sum-exp per query row instead.
+    Memeff,
+}
+
+impl AttnPolicy {
+    /// Causal attention: `q, k, v: [batch, seq, heads, d_head]` to `[batch, seq, heads, d_head]`.
+    pub fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        let params = AttentionParams::causal();
+        match self {
+            AttnPolicy::Exact => reference_attention(q, k, v, None, params),
+            AttnPolicy::Memeff => fused_attention(q, k, v, None, params),
+        }
+    }
+
+    /// Causal self-attention on a fused projection `qkv: [batch, seq, 3 heads, d_head]` (`q`,
+    /// `k`, `v` in that order) to `[batch, seq, heads, d_head]`. Under `Memeff` the backward
+    /// writes the projection's gradient in one buffer ([`fused_attention_qkv`]).
+    pub fn forward_qkv(&self, qkv: Tensor<4>, heads: usize) -> Tensor<4> {
+        let [b, t, _, dh] = qkv.dims();
+        match self {
+            AttnPolicy::Exact => {
+                let part = |i: usize| {
+                    qkv.clone()
+                        .slice([0..b, 0..t, i * heads..(i + 1) * heads, 0..dh])
+                };
+                self.forward(part(0), part(1), part(2))
+            }
+            AttnPolicy::Memeff => fused_attention_qkv(qkv, heads, AttentionParams::causal()),
+        }
+    }
+
+    /// What the attention core keeps for backward, `b` batch, `h` heads, `t` seq, besides
+    /// the projection it reads (kept by its own op) and its output (kept by the next linear).
+    ///
+    /// burn's softmax keeps its input minus the row max (exp's input), the exp, the row sums
+    /// and the probabilities (the `P V` matmul's input); the fused op one log-sum-exp a row.
+    pub fn saved(&self, b: usize, h: usize, t: usize) -> Vec<SavedTensor> {
+        match self {
+            AttnPolicy::Exact => vec![
+                SavedTensor::f32("softmax: scores minus row max (exp input)", &[b, h, t, t]),
+                SavedTensor::f32("softmax: exp of the scores", &[b, h, t, t]),
+                SavedTensor::f32("softmax: row sums", &[b, h, t, 1]),
+                SavedTensor::f32("attention: probabilities (PV matmul input)", &[b, h, t, t]),
+            ],
+            AttnPolicy::Memeff => vec![SavedTensor::f32(
+                "fused attention: log-sum-exp per row",
+                &[b, h, t],
+            )],
+        }
+    }
+
+    /// Whether the core keeps its output for backward (which the next linear keeps anyway).
+    pub fn keeps_output(&self) -> bool {
+        *self == AttnPolicy::Memeff
+    }
 }

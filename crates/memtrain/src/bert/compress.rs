@@ -22,15 +22,17 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::config::BertConfig;
-use super::model::{Bert, CONFIG_FILE, mismatch, require_file};
+use super::files::{CONFIG_FILE, mismatch, require_file};
+use super::model::Bert;
 use crate::decompose::{
     CpParams, CpQuantParams, RankMethod, SvdParams, Tucker2Params, cp_admm_quantized_from,
     cp_als_shaped, cp_modes, rank_for_ratio, svd_lowrank, tucker2,
 };
 use crate::error::{Error, Result};
-use crate::linear::{FactoredKind, FactoredLinear, TtLinear, TtLinearConfig};
-use crate::model::layers::LinearLayer;
-use crate::tt::{Truncation, TtMatrix, matrix_modes};
+use crate::linear::{
+    FactoredKind, FactoredLinearConfig, LinearLayer, Linears, TtLinear, TtLinearConfig,
+};
+use memtrain_tt::{Truncation, TtMatrix, matrix_modes};
 
 /// The manifest [`save_compressed`] writes.
 pub const MANIFEST_FILE: &str = "compressed.json";
@@ -262,7 +264,10 @@ pub fn compress_linear(
         CompressMethod::Svd => {
             let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
             let low = svd_lowrank(w.clone(), SvdParams::rank(r))?;
-            LinearLayer::Factored(FactoredLinear::chain(vec![low.a, low.b], bias)?)
+            LinearLayer::Factored(
+                FactoredLinearConfig::new(FactoredKind::Chain)
+                    .init_from(vec![low.a, low.b], bias)?,
+            )
         }
         CompressMethod::Tucker2 => {
             let r = rank_for_ratio(&[d_in, d_out, 1, 1], params.ratio, RankMethod::Tucker2)?;
@@ -271,7 +276,9 @@ pub fn compress_linear(
                 Tucker2Params::new(r, r).with_iters(params.tucker_iters),
             )?;
             let chain = vec![t.u1, t.core.reshape([r, r]), t.u2.transpose()];
-            LinearLayer::Factored(FactoredLinear::chain(chain, bias)?)
+            LinearLayer::Factored(
+                FactoredLinearConfig::new(FactoredKind::Chain).init_from(chain, bias)?,
+            )
         }
         CompressMethod::Cp | CompressMethod::CpQuant { .. } | CompressMethod::CpPtq { .. } => {
             let modes = cp_modes(d_out, d_in, 2)?;
@@ -306,7 +313,10 @@ pub fn compress_linear(
                 }
                 _ => init,
             };
-            LinearLayer::Factored(FactoredLinear::cp(&cp, bias)?)
+            LinearLayer::Factored(FactoredLinearConfig::new(FactoredKind::Cp).init_from(
+                cp.factors.iter().map(|f| f.clone().detach()).collect(),
+                bias,
+            )?)
         }
         CompressMethod::Ttm => {
             let r = ttm_rank_for_ratio(d_in, d_out, params.ratio)?;
@@ -351,7 +361,7 @@ pub fn compress_bert(
     mut progress: impl FnMut(&LayerReport),
 ) -> Result<(Bert, Vec<LayerReport>)> {
     let mut reports = Vec::new();
-    let model = model.try_map_linears(|name, layer, _| {
+    let model = model.try_map_linears(|name, layer| {
         let (new, report) = compress_linear(name, &layer, params)?;
         progress(&report);
         reports.push(report);
@@ -528,9 +538,12 @@ fn skeleton(
                 .iter()
                 .map(two)
                 .collect::<Result<Vec<_>>>()?;
-            Ok(LinearLayer::Factored(FactoredLinear::zeros(
-                kind, &shapes, spec.bias, device,
-            )?))
+            Ok(LinearLayer::Factored(
+                FactoredLinearConfig::new(kind)
+                    .with_factor_shapes(shapes)
+                    .with_bias(spec.bias)
+                    .init(device)?,
+            ))
         }
         ("ttm", None) => {
             let cores = spec
@@ -618,7 +631,7 @@ pub fn load_compressed(
     }
     let manifest_err = |reason: String| data(&manifest_path, reason);
     let mut specs = manifest.layers.iter();
-    let mut model = model.try_map_linears(|_, layer, _| {
+    let mut model = model.try_map_linears(|_, layer| {
         let spec = specs.next().expect("as many specs as linears");
         if spec.kind == "dense" {
             return Ok(layer);

@@ -2,10 +2,9 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
 use serde::Deserialize;
 
-use super::model::Bert;
+use super::files::require_file;
 use crate::error::{Error, Result};
 
 /// The feed-forward nonlinearity, as `config.json`'s `hidden_act` names it.
@@ -37,7 +36,7 @@ impl BertActivation {
 /// The geometry of a BERT encoder (`BertModel` in Hugging Face transformers).
 ///
 /// Build one in code with [`BertConfig::new`] (tests, tiny models) or read a checkpoint's with
-/// [`BertConfig::from_file`]; [`BertConfig::init`] makes a randomly initialised [`Bert`].
+/// [`BertConfig::from_file`]; [`BertConfig::init`] makes a randomly initialised [`Bert`](super::Bert).
 #[derive(Debug, Clone, PartialEq)]
 pub struct BertConfig {
     /// Tokens in the vocabulary (`vocab_size`; 30522 for uncased BERT).
@@ -120,7 +119,7 @@ impl BertConfig {
     /// [`BertConfig::validate`]); [`Error::Io`] when an existing file cannot be read.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        super::model::require_file(path)?;
+        require_file(path)?;
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let data = |reason: String| Error::Data {
             path: path.to_path_buf(),
@@ -205,15 +204,5 @@ impl BertConfig {
             ));
         }
         Ok(())
-    }
-
-    /// A randomly initialised encoder of this geometry (burn's default initialisers).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] when [`BertConfig::validate`] fails.
-    pub fn init(&self, device: &Device) -> Result<Bert> {
-        self.validate()?;
-        Ok(Bert::new(self, device))
     }
 }

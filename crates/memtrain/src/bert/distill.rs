@@ -23,7 +23,7 @@ use super::compress::{CompressParams, LayerReport, compress_bert};
 use super::model::Bert;
 use super::tokenizer::BertTokenizer;
 use crate::error::{Error, Result};
-use crate::model::layers::LinearLayer;
+use crate::linear::{LinearLayer, Linears};
 
 /// Settings of [`compress_bert_iterative`].
 #[derive(Debug, Clone, Copy, PartialEq)]

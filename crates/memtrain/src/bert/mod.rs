@@ -20,8 +20,8 @@
 //! # }
 //! ```
 //!
-//! Every linear layer is a [`LinearLayer`](crate::model::layers::LinearLayer) reachable by its
-//! Hugging Face name through [`Bert::linears`] and [`Bert::try_map_linears`], so compressed
+//! Every linear layer is a [`LinearLayer`](crate::linear::LinearLayer) reachable by its
+//! Hugging Face name through [`Linears`](crate::linear::Linears), so compressed
 //! layers can replace the dense ones: [`compress_bert`] does that by a target parameter
 //! ratio (SVD, Tucker-2, CP, quantized CP, TT-matrix), [`compress_bert_iterative`] in stages
 //! with distillation in between, and [`save_compressed`] / [`load_compressed`] store the
@@ -30,6 +30,7 @@
 mod compress;
 mod config;
 mod distill;
+mod files;
 mod model;
 mod tokenizer;
 

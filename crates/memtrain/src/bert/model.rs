@@ -9,13 +9,10 @@ use burn::tensor::activation::{gelu, gelu_approximate, relu, softmax};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::{BertActivation, BertConfig};
+use super::files::{CONFIG_FILE, WEIGHTS_FILE, mismatch, require_file};
 use super::tokenizer::BertTokenizer;
 use crate::error::{Error, Result};
-use crate::model::layers::LinearLayer;
-
-/// File names inside a sentence-transformers model directory.
-pub(crate) const CONFIG_FILE: &str = "config.json";
-pub(crate) const WEIGHTS_FILE: &str = "model.safetensors";
+use crate::linear::{LinearLayer, Linears};
 
 /// The value added to the attention scores of padding keys: `exp` of it is exactly 0 in f32,
 /// and unlike `-inf` it cannot turn a row into NaN.
@@ -52,19 +49,6 @@ const KEY_MAP: [(&str, &str); 7] = [
         "layers.$1.ffn_norm.",
     ),
 ];
-
-/// [`Error::Data`] naming `path` when it is not a file: clearer than the I/O error of the
-/// read that would follow.
-pub(crate) fn require_file(path: &Path) -> Result<()> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(Error::Data {
-            path: path.to_path_buf(),
-            reason: "missing (not a Hugging Face BERT model directory?)".into(),
-        })
-    }
-}
 
 /// Word, position and token-type embeddings, summed and normalised.
 #[derive(Module, Debug)]
@@ -110,7 +94,7 @@ impl BertEmbeddings {
 /// One post-LayerNorm encoder layer: self-attention, add & norm, feed-forward, add & norm.
 ///
 /// Every linear is a [`LinearLayer`] (dense when loaded), so a compressed layer can replace it
-/// through [`Bert::try_map_linears`].
+/// through [`Linears::try_map_linears`].
 #[derive(Module, Debug)]
 pub struct BertLayer {
     /// `attention.self.query`, `[d_model, d_model]`.
@@ -354,68 +338,67 @@ impl Bert {
         }
         Ok(out)
     }
+}
 
-    /// Every linear layer with its Hugging Face name
-    /// (`encoder.layer.3.intermediate.dense`), in file order per layer.
-    pub fn linears(&self) -> Vec<(String, &LinearLayer)> {
+impl BertConfig {
+    /// A randomly initialised encoder of this geometry (burn's default initialisers).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when [`BertConfig::validate`] fails.
+    pub fn init(&self, device: &Device) -> Result<Bert> {
+        self.validate()?;
+        Ok(Bert::new(self, device))
+    }
+}
+
+/// The names of a layer's six linears under `encoder.layer.I.`, in file order.
+const LINEAR_NAMES: [&str; 6] = [
+    "attention.self.query",
+    "attention.self.key",
+    "attention.self.value",
+    "attention.output.dense",
+    "intermediate.dense",
+    "output.dense",
+];
+
+impl Linears for Bert {
+    /// Every linear layer with its Hugging Face name (`encoder.layer.3.intermediate.dense`),
+    /// in file order per layer: the hook where compressed (TT-matrix, factorised) layers
+    /// replace the dense ones.
+    fn linears(&self) -> Vec<(String, &LinearLayer)> {
         let mut out = Vec::with_capacity(6 * self.layers.len());
         for (i, l) in self.layers.iter().enumerate() {
-            for (suffix, layer) in [
-                ("attention.self.query", &l.query),
-                ("attention.self.key", &l.key),
-                ("attention.self.value", &l.value),
-                ("attention.output.dense", &l.attn_out),
-                ("intermediate.dense", &l.ffn_in),
-                ("output.dense", &l.ffn_out),
-            ] {
+            let layers = [
+                &l.query,
+                &l.key,
+                &l.value,
+                &l.attn_out,
+                &l.ffn_in,
+                &l.ffn_out,
+            ];
+            for (suffix, layer) in LINEAR_NAMES.iter().zip(layers) {
                 out.push((format!("encoder.layer.{i}.{suffix}"), layer));
             }
         }
         out
     }
 
-    /// Replaces every linear layer by `f(name, layer, is_ffn)`, names as in
-    /// [`Bert::linears`]; `is_ffn` is true for `intermediate.dense` and `output.dense`. The
-    /// hook where compressed (TT-matrix, factorised) layers replace the dense ones.
-    ///
-    /// # Errors
-    ///
-    /// The first error `f` returns.
-    pub fn try_map_linears(
-        mut self,
-        mut f: impl FnMut(&str, LinearLayer, bool) -> Result<LinearLayer>,
-    ) -> Result<Self> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (i, mut l) in std::mem::take(&mut self.layers).into_iter().enumerate() {
-            let p = format!("encoder.layer.{i}");
-            l.query = f(&format!("{p}.attention.self.query"), l.query, false)?;
-            l.key = f(&format!("{p}.attention.self.key"), l.key, false)?;
-            l.value = f(&format!("{p}.attention.self.value"), l.value, false)?;
-            l.attn_out = f(&format!("{p}.attention.output.dense"), l.attn_out, false)?;
-            l.ffn_in = f(&format!("{p}.intermediate.dense"), l.ffn_in, true)?;
-            l.ffn_out = f(&format!("{p}.output.dense"), l.ffn_out, true)?;
-            layers.push(l);
+    fn linears_mut(&mut self) -> Vec<(String, &mut LinearLayer)> {
+        let mut out = Vec::with_capacity(6 * self.layers.len());
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            let layers = [
+                &mut l.query,
+                &mut l.key,
+                &mut l.value,
+                &mut l.attn_out,
+                &mut l.ffn_in,
+                &mut l.ffn_out,
+            ];
+            for (suffix, layer) in LINEAR_NAMES.iter().zip(layers) {
+                out.push((format!("encoder.layer.{i}.{suffix}"), layer));
+            }
         }
-        self.layers = layers;
-        Ok(self)
+        out
     }
-}
-
-/// What went wrong when a store was applied to a model (missing tensors or load errors, the
-/// first one named), or `None` when every tensor loaded.
-pub(super) fn mismatch(applied: &burn::store::ApplyResult) -> Option<String> {
-    if applied.errors.is_empty() && applied.missing.is_empty() {
-        return None;
-    }
-    let first = applied
-        .errors
-        .first()
-        .map(|e| e.to_string())
-        .or(applied.missing.first().map(|m| m.0.clone()))
-        .unwrap_or_default();
-    Some(format!(
-        "{} missing, {} errors (first: {first})",
-        applied.missing.len(),
-        applied.errors.len()
-    ))
 }

@@ -79,7 +79,7 @@ impl BertTokenizer {
     pub fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let path = dir.join(TOKENIZER_FILE);
-        super::model::require_file(&path)?;
+        super::files::require_file(&path)?;
         let mut inner = Tokenizer::from_file(&path).map_err(|e| Error::Data {
             path: path.clone(),
             reason: format!("not a Hugging Face tokenizer: {e}"),

@@ -4,10 +4,11 @@ use burn::tensor::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::host::{self, ridge_cholesky};
-use super::{frobenius, leading_left, quantize_to_grid};
+use super::quantize_to_grid;
 use crate::error::{Error, Result};
-use crate::tt::{compact, factorize};
+use memtrain_tt::factorize;
+use memtrain_tt::linalg::host::{self, ridge_cholesky};
+use memtrain_tt::linalg::{compact, frobenius, leading_left};
 
 /// How [`cp_als`] starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

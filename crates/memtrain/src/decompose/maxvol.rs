@@ -2,9 +2,9 @@
 
 use burn::tensor::Tensor;
 
-use super::host;
-use super::leading_left;
 use crate::error::{Error, Result};
+use memtrain_tt::linalg::host;
+use memtrain_tt::linalg::leading_left;
 
 /// Settings of [`maxvol`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -177,5 +177,5 @@ fn top_right_basis(m: Tensor<2>, k: usize) -> Result<Tensor<2>> {
             format!("1..={} for a [{s}, {w}] matrix", s.min(w)),
         ));
     }
-    leading_left(m.detach().transpose(), k)
+    Ok(leading_left(m.detach().transpose(), k)?)
 }

@@ -3,7 +3,7 @@
 //!
 //! Every function takes burn tensors (any device, f32 or f64) and returns its factors on the
 //! same device in the same dtype; the SVDs run on burn's host SVD off the autodiff graph (as
-//! in [`crate::tt`]) and the small `R x R` solves in f64 on the host.
+//! in [`crate::tt::linalg`]) and the small `R x R` solves in f64 on the host.
 //!
 //! | function | factors of a `[d_out, d_in]` weight (or a tensor) | parameters |
 //! |---|---|---|
@@ -30,7 +30,6 @@
 //! ```
 
 mod cp;
-mod host;
 mod maxvol;
 mod quant;
 mod rank;
@@ -46,28 +45,3 @@ pub use quant::{
 pub use rank::{RankMethod, rank_for_energy, rank_for_ratio};
 pub use svd::{LowRank, SvdParams, svd_lowrank};
 pub use tucker::{Tucker2, Tucker2Params, tucker2};
-
-use burn::tensor::Tensor;
-
-use crate::error::Result;
-use crate::tt::{compact, svd};
-
-/// The `r` leading left singular vectors `[n, r]` of `m` `[n, p]`. A wide matrix goes
-/// through its Gram matrix `m mᵀ` `[n, n]` (same left singular vectors, squared singular
-/// values): burn's host SVD costs `O(n p min(n, p))` scalar flops, the Gram matrix one
-/// device matmul.
-pub(crate) fn leading_left(m: Tensor<2>, r: usize) -> Result<Tensor<2>> {
-    let [n, p] = m.dims();
-    let u = if p > n {
-        let gram = m.clone().matmul(m.transpose());
-        svd(gram)?.0
-    } else {
-        svd(m)?.0
-    };
-    Ok(compact(u.slice([0..n, 0..r])))
-}
-
-/// `‖t‖_F`.
-pub(crate) fn frobenius<const D: usize>(t: Tensor<D>) -> f64 {
-    t.powi_scalar(2).sum().into_scalar::<f64>().sqrt()
-}

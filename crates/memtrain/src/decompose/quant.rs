@@ -5,8 +5,8 @@ use burn::tensor::{Shape, Tensor};
 use super::cp::{
     Cp, CpParams, QuantGrid, check_cp_input, cp_als_shaped, gram, hadamard_grams, mttkrp, unfold,
 };
-use super::host::{self, ridge_cholesky};
 use crate::error::{Error, Result};
+use memtrain_tt::linalg::host::{self, ridge_cholesky};
 
 /// The smallest clipping ratio the step search tries.
 const CLIP_MIN: f64 = 0.3;

@@ -4,7 +4,7 @@ use burn::tensor::Tensor;
 
 use super::rank_for_energy;
 use crate::error::{Error, Result};
-use crate::tt::{compact, svd};
+use memtrain_tt::linalg::{compact, svd};
 
 /// How [`svd_lowrank`] chooses the rank: at most `rank`, and the smallest rank keeping at
 /// least `energy` of `‖W‖_F²`. Both set: the smaller of the two ranks. Neither: full rank

@@ -2,9 +2,8 @@
 
 use burn::tensor::Tensor;
 
-use super::leading_left;
 use crate::error::{Error, Result};
-use crate::tt::compact;
+use memtrain_tt::linalg::{compact, leading_left};
 
 /// Settings of [`tucker2`]: the ranks of modes 0 and 1, and the HOOI sweeps after the HOSVD
 /// initialisation (0 returns the truncated HOSVD).

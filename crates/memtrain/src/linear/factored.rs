@@ -9,14 +9,17 @@
 //!
 //! Both are plain burn ops, so autodiff fine-tunes the factors.
 
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::decompose::Cp;
 use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
 
 /// How a [`FactoredLinear`]'s factors make its weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FactoredKind {
     /// `W [d_input, d_output] = F₁ F₂ … F_k`, factor `j` `[r_{j-1}, r_j]`.
     Chain,
@@ -34,19 +37,7 @@ pub enum FactoredKind {
 /// Autodiff keeps each intermediate product for backward: `[n, r]` per chain link, and for
 /// CP `[n, i₁, R]`, `[n, R]` and `[n, o₁, R]` for `n` rows.
 ///
-/// ```
-/// use burn::tensor::{Device, Distribution, Tensor};
-/// use memtrain::linear::FactoredLinear;
-///
-/// let device = Device::flex();
-/// let a = Tensor::<2>::random([8, 3], Distribution::Normal(0.0, 1.0), &device);
-/// let b = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
-/// let layer = FactoredLinear::chain(vec![a, b], None).unwrap();
-/// assert_eq!((layer.dims(), layer.param_count()), ([8, 5], 3 * (8 + 5)));
-/// let x = Tensor::<2>::random([4, 8], Distribution::Normal(0.0, 1.0), &device);
-/// let dense = x.clone().matmul(layer.dense_weight());
-/// assert!((layer.forward(x) - dense).abs().max().into_scalar::<f32>() < 1e-4);
-/// ```
+/// Built by [`FactoredLinearConfig`].
 #[derive(Module, Debug)]
 pub struct FactoredLinear {
     /// The factors, as [`FactoredKind`] says.
@@ -57,82 +48,100 @@ pub struct FactoredLinear {
     kind: FactoredKind,
 }
 
-impl FactoredLinear {
-    /// `x F₁ … F_k (+ b)`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] for no factor, inner widths that do not chain, or a bias whose
-    /// length is not the last factor's width.
-    pub fn chain(factors: Vec<Tensor<2>>, bias: Option<Tensor<1>>) -> Result<Self> {
-        let dims: Vec<[usize; 2]> = factors.iter().map(Tensor::dims).collect();
-        if dims.is_empty() || dims.windows(2).any(|w| w[0][1] != w[1][0]) {
-            return Err(Error::config(
-                "factor chain",
-                format!("{dims:?}"),
-                "at least one factor, each [a, b] followed by one [b, c]",
-            ));
-        }
-        Self::build(factors, bias, FactoredKind::Chain)
-    }
+/// Configuration of a [`FactoredLinear`]: what its factors make.
+///
+/// [`FactoredLinearConfig::init_from`] builds the layer from factors a decomposition returned;
+/// [`FactoredLinearConfig::init`] builds zero factors of given shapes, the skeleton a saved
+/// layer loads into.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use memtrain::linear::{FactoredKind, FactoredLinearConfig};
+///
+/// let device = Device::flex();
+/// let a = Tensor::<2>::random([8, 3], Distribution::Normal(0.0, 1.0), &device);
+/// let b = Tensor::<2>::random([3, 5], Distribution::Normal(0.0, 1.0), &device);
+/// let layer = FactoredLinearConfig::new(FactoredKind::Chain).init_from(vec![a, b], None).unwrap();
+/// assert_eq!((layer.dims(), layer.param_count()), ([8, 5], 3 * (8 + 5)));
+/// let x = Tensor::<2>::random([4, 8], Distribution::Normal(0.0, 1.0), &device);
+/// let dense = x.clone().matmul(layer.dense_weight());
+/// assert!((layer.forward(x) - dense).abs().max().into_scalar::<f32>() < 1e-4);
+/// ```
+#[derive(Config, Debug, PartialEq)]
+pub struct FactoredLinearConfig {
+    /// What the factors make.
+    pub kind: FactoredKind,
+    /// The factors' shapes, for [`FactoredLinearConfig::init`].
+    #[config(default = "Vec::new()")]
+    pub factor_shapes: Vec<[usize; 2]>,
+    /// Whether [`FactoredLinearConfig::init`] gives the layer a (zero) bias.
+    #[config(default = true)]
+    pub bias: bool,
+}
 
-    /// The layer of a CP decomposition of `Wᵀ` read as `[o₁, o₂, i₁, i₂]` (as
+impl FactoredLinearConfig {
+    /// The layer of `factors` (and `bias`), as [`FactoredKind`] reads them: `x F₁ … F_k (+ b)`
+    /// for a chain; for CP, the factors of `Wᵀ` read as `[o₁, o₂, i₁, i₂]` (as
     /// [`crate::decompose::cp_als_shaped`] with [`crate::decompose::cp_modes`]`(d_output,
-    /// d_input, 2)` returns it); a quantized [`Cp`] contributes its grid values.
+    /// d_input, 2)` returns them; a quantized [`Cp`] contributes its grid values).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the decomposition does not have four factors of one rank, or
-    /// the bias is not `o₁ o₂` long.
-    pub fn cp(cp: &Cp, bias: Option<Tensor<1>>) -> Result<Self> {
-        let r = cp.rank();
-        if cp.factors.len() != 4 || cp.factors.iter().any(|f| f.dims()[1] != r) {
-            return Err(Error::config(
-                "CP factors",
-                format!(
-                    "{:?}",
-                    cp.factors.iter().map(Tensor::dims).collect::<Vec<_>>()
-                ),
-                "four factors [o1, R], [o2, R], [i1, R], [i2, R]",
-            ));
+    /// [`Error::Config`] naming `factors` for no factor, a chain whose inner widths do not
+    /// chain, or CP factors that are not four of one rank; naming `bias` when its length is
+    /// not the layer's output width.
+    pub fn init_from(
+        &self,
+        factors: Vec<Tensor<2>>,
+        bias: Option<Tensor<1>>,
+    ) -> Result<FactoredLinear> {
+        let dims: Vec<[usize; 2]> = factors.iter().map(Tensor::dims).collect();
+        match self.kind {
+            FactoredKind::Chain => {
+                if dims.is_empty() || dims.windows(2).any(|w| w[0][1] != w[1][0]) {
+                    return Err(Error::config(
+                        "factors",
+                        format!("{dims:?}"),
+                        "a chain: at least one factor, each [a, b] followed by one [b, c]",
+                    ));
+                }
+            }
+            FactoredKind::Cp => {
+                if dims.len() != 4 || dims.iter().any(|d| d[1] != dims[0][1]) {
+                    return Err(Error::config(
+                        "factors",
+                        format!("{dims:?}"),
+                        "four CP factors [o1, R], [o2, R], [i1, R], [i2, R]",
+                    ));
+                }
+            }
         }
-        Self::build(
-            cp.factors.iter().map(|f| f.clone().detach()).collect(),
-            bias,
-            FactoredKind::Cp,
-        )
+        FactoredLinear::build(factors, bias, self.kind)
     }
 
-    /// Zero factors of the given shapes: the skeleton a saved layer loads into.
+    /// Zero factors of [`FactoredLinearConfig::factor_shapes`] and, with
+    /// [`FactoredLinearConfig::bias`], a zero bias, on `device`.
     ///
     /// # Errors
     ///
-    /// As [`FactoredLinear::chain`] and [`FactoredLinear::cp`].
-    pub fn zeros(
-        kind: FactoredKind,
-        shapes: &[[usize; 2]],
-        bias: bool,
-        device: &Device,
-    ) -> Result<Self> {
-        let factors: Vec<Tensor<2>> = shapes.iter().map(|&s| Tensor::zeros(s, device)).collect();
-        let layer = match kind {
-            FactoredKind::Chain => Self::chain(factors, None)?,
-            FactoredKind::Cp => Self::cp(
-                &Cp {
-                    factors,
-                    grid: None,
-                },
-                None,
-            )?,
-        };
+    /// As [`FactoredLinearConfig::init_from`].
+    pub fn init(&self, device: &Device) -> Result<FactoredLinear> {
+        let factors: Vec<Tensor<2>> = self
+            .factor_shapes
+            .iter()
+            .map(|&s| Tensor::zeros(s, device))
+            .collect();
+        let layer = self.init_from(factors, None)?;
         let d_out = layer.dims()[1];
-        Self::build(
+        FactoredLinear::build(
             layer.factors.iter().map(|p| p.val()).collect(),
-            bias.then(|| Tensor::zeros([d_out], device)),
-            kind,
+            self.bias.then(|| Tensor::zeros([d_out], device)),
+            self.kind,
         )
     }
+}
 
+impl FactoredLinear {
     fn build(factors: Vec<Tensor<2>>, bias: Option<Tensor<1>>, kind: FactoredKind) -> Result<Self> {
         let layer = FactoredLinear {
             factors: factors

@@ -14,9 +14,10 @@
 use burn::backend::backend_extension;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata};
+use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
-use burn::tensor::{Device, Distribution, Shape, Tensor, TensorData};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -250,7 +251,20 @@ impl<B: Backend, C: CheckpointStrategy> SketchedLinearBackend for Autodiff<B, C>
 }
 
 /// Configuration of a [`SketchedLinear`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use memtrain::linear::{SketchKind, SketchedLinearConfig};
+/// let device = Device::flex().autodiff();
+/// let layer = SketchedLinearConfig::new(8, 4, 0.5)
+///     .with_kind(SketchKind::Rows)
+///     .init(&device)
+///     .unwrap();
+/// let x = Tensor::<2>::random([6, 8], Distribution::Default, &device);
+/// assert_eq!(layer.forward(x).dims(), [6, 4]);
+/// assert!(SketchedLinearConfig::new(8, 4, 1.5).init(&device).is_err());
+/// ```
+#[derive(Config, Debug, PartialEq)]
 pub struct SketchedLinearConfig {
     /// Input width.
     pub d_input: usize,
@@ -259,55 +273,43 @@ pub struct SketchedLinearConfig {
     /// Sketch rows per input row, in `(0, 1]`.
     pub ratio: f64,
     /// How the sketch is drawn.
+    #[config(default = "SketchKind::Gaussian")]
     pub kind: SketchKind,
+    /// Mixed into every call's sketch seed, so that layers draw different sketches.
+    #[config(default = 0)]
+    pub salt: u64,
+    /// How [`SketchedLinearConfig::init`] draws the weight (the bias starts at zero).
+    #[config(default = "Initializer::Normal { mean: 0.0, std: 0.02 }")]
+    pub initializer: Initializer,
 }
 
 impl SketchedLinearConfig {
-    /// A Gaussian sketch at `ratio`.
-    pub fn new(d_input: usize, d_output: usize, ratio: f64) -> Self {
-        SketchedLinearConfig {
-            d_input,
-            d_output,
-            ratio,
-            kind: SketchKind::Gaussian,
-        }
-    }
-
-    /// Sets the sketch kind.
-    pub fn with_kind(mut self, kind: SketchKind) -> Self {
-        self.kind = kind;
-        self
-    }
-
     fn check(&self) -> Result<()> {
         if !(self.ratio > 0.0 && self.ratio <= 1.0) {
-            return Err(Error::config(
-                "sketch ratio",
-                self.ratio,
-                "a number in (0, 1]",
-            ));
+            return Err(Error::config("ratio", self.ratio, "a number in (0, 1]"));
+        }
+        for (name, v) in [("d_input", self.d_input), ("d_output", self.d_output)] {
+            if v == 0 {
+                return Err(Error::config(name, 0, "a positive width"));
+            }
         }
         Ok(())
     }
 
-    /// A layer with weights drawn N(0, `std`²) and a zero bias.
+    /// A layer with the weight drawn by `initializer` and a zero bias.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the ratio is outside `(0, 1]`.
-    pub fn init_normal(&self, std: f64, salt: u64, device: &Device) -> Result<SketchedLinear> {
+    /// [`Error::Config`] naming `ratio` outside `(0, 1]` or a zero width.
+    pub fn init(&self, device: &Device) -> Result<SketchedLinear> {
         self.check()?;
-        let w = Tensor::<2>::random(
-            [self.d_input, self.d_output],
-            Distribution::Normal(0.0, std),
-            device,
-        );
-        Ok(SketchedLinear {
-            weight: Param::from_tensor(w),
-            bias: Param::from_tensor(Tensor::zeros([self.d_output], device)),
-            ratio: self.ratio,
-            kind: self.kind,
-            salt,
+        let linear = LinearConfig::new(self.d_input, self.d_output)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        let bias = Param::from_tensor(Tensor::zeros([self.d_output], device));
+        self.init_from(Linear {
+            weight: linear.weight,
+            bias: Some(bias),
         })
     }
 
@@ -315,8 +317,9 @@ impl SketchedLinearConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when the ratio is outside `(0, 1]` or the widths differ.
-    pub fn init_from(&self, linear: Linear, salt: u64) -> Result<SketchedLinear> {
+    /// As [`SketchedLinearConfig::init`], and [`Error::Config`] naming `d_input`/`d_output`
+    /// when the layer's widths differ.
+    pub fn init_from(&self, linear: Linear) -> Result<SketchedLinear> {
         self.check()?;
         // `lazy_shape` keeps a lazily initialised weight lazy, so a model built with sketched
         // layers draws its weights in the same order, from the same seed, as an exact one.
@@ -324,9 +327,9 @@ impl SketchedLinearConfig {
         let (d_in, d_out) = (shape[0], shape[1]);
         if [d_in, d_out] != [self.d_input, self.d_output] {
             return Err(Error::config(
-                "linear layer shape",
-                format!("[{d_in}, {d_out}]"),
+                "d_input/d_output",
                 format!("[{}, {}]", self.d_input, self.d_output),
+                format!("the layer's [{d_in}, {d_out}]"),
             ));
         }
         let bias = match linear.bias {
@@ -338,7 +341,7 @@ impl SketchedLinearConfig {
             bias,
             ratio: self.ratio,
             kind: self.kind,
-            salt,
+            salt: self.salt,
         })
     }
 }

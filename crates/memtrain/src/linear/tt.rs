@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use burn::backend::backend_extension;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata};
+use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::{Device, Distribution, Shape, Slice, Tensor};
@@ -30,7 +31,8 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use crate::error::{Error, Result};
 use crate::on_flex;
-use crate::tt::{self, Truncation, TtMatrix};
+use memtrain_tt::{self as tt, Truncation, TtMatrix};
+use serde::{Deserialize, Serialize};
 
 /// Modes and ranks of a TT-matrix layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,7 +96,7 @@ fn flat<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, usize, usize) {
 fn forward<B: Backend>(x: FloatTensor<B>, cores: FloatTensor<B>, l: &Layout) -> FloatTensor<B> {
     let mut shape = x.shape();
     let (x2, _, _) = flat::<B>(x);
-    let y = tt::left_mul::<B>(x2, &l.split::<B>(cores), &l.rows, &l.cols, &l.ranks);
+    let y = tt::ops::left_mul::<B>(x2, &l.split::<B>(cores), &l.rows, &l.cols, &l.ranks);
     let last = shape.num_dims() - 1;
     shape[last] = l.cols.iter().product();
     B::float_reshape(y, shape)
@@ -132,9 +134,9 @@ impl<B: Backend> Backward<B, 2> for TtBackward {
         let cores = l.split::<B>(flat_cores);
         if let Some(node) = node_cores {
             let dw = B::float_matmul(B::float_transpose(x2), dy2.clone());
-            let dw = tt::to_interleaved::<B>(dw, &l.rows, &l.cols);
+            let dw = tt::ops::to_interleaved::<B>(dw, &l.rows, &l.cols);
             let parts: Vec<FloatTensor<B>> =
-                tt::core_grads::<B>(dw, &cores, &l.rows, &l.cols, &l.ranks)
+                tt::ops::core_grads::<B>(dw, &cores, &l.rows, &l.cols, &l.ranks)
                     .into_iter()
                     .enumerate()
                     .map(|(k, g)| B::float_reshape(g, Shape::from(vec![l.core_len(k)])))
@@ -142,7 +144,7 @@ impl<B: Backend> Backward<B, 2> for TtBackward {
             grads.register::<B>(node.id, B::float_cat(parts, 0));
         }
         if let Some(node) = node_x {
-            let w = tt::dense_of_cores::<B>(&cores, &l.rows, &l.cols, &l.ranks);
+            let w = tt::ops::dense_of_cores::<B>(&cores, &l.rows, &l.cols, &l.ranks);
             let dx = B::float_matmul(dy2, B::float_transpose(w));
             let mut shape = y_shape;
             let last = shape.num_dims() - 1;
@@ -176,7 +178,17 @@ impl<B: Backend, C: CheckpointStrategy> TtLinearBackend for Autodiff<B, C> {
 /// Configuration of a [`TtLinear`]: widths, the rank of every inner bond (capped by the
 /// unfolding sizes), and the modes (by default `d_input` and `d_output` each split into
 /// `cores` balanced factors by [`tt::matrix_modes`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// ```
+/// use burn::tensor::Device;
+/// use memtrain::linear::TtLinearConfig;
+/// let device = Device::flex();
+/// let layer = TtLinearConfig::new(64, 96, 4).with_std(Some(0.02)).init(&device).unwrap();
+/// assert_eq!(layer.modes(), (vec![4, 4, 4], vec![4, 4, 6]));
+/// let e = TtLinearConfig::new(64, 96, 0).init(&device).unwrap_err().to_string();
+/// assert!(e.contains("rank"), "{e}");
+/// ```
+#[derive(Config, Debug, PartialEq)]
 pub struct TtLinearConfig {
     /// Input width `Π m_k`.
     pub d_input: usize,
@@ -184,49 +196,24 @@ pub struct TtLinearConfig {
     pub d_output: usize,
     /// Rank of every inner bond, at least 1.
     pub rank: usize,
-    /// Number of cores `d` when the modes are chosen automatically (default 3).
+    /// Number of cores `d` when the modes are chosen automatically.
+    #[config(default = 3)]
     pub cores: usize,
     /// Explicit `(row modes, column modes)`, overriding `cores`.
     pub modes: Option<(Vec<usize>, Vec<usize>)>,
-    /// Whether the layer has a bias (default true).
+    /// Whether the layer has a bias.
+    #[config(default = true)]
     pub bias: bool,
+    /// `None`: random cores whose dense product has the variance of burn's default `Linear`
+    /// init, and burn's uniform bias. `Some(std)`: a dense product of entries N(0, std²) in
+    /// variance, and a zero bias (a drop-in for a dense layer drawn N(0, std²)).
+    pub std: Option<f64>,
 }
 
 impl TtLinearConfig {
-    /// `d_input -> d_output` with every inner rank `rank` and 3 cores.
-    pub fn new(d_input: usize, d_output: usize, rank: usize) -> Self {
-        Self {
-            d_input,
-            d_output,
-            rank,
-            cores: 3,
-            modes: None,
-            bias: true,
-        }
-    }
-
-    /// Choose the modes automatically for `d` cores.
-    pub fn with_cores(mut self, d: usize) -> Self {
-        self.cores = d;
-        self.modes = None;
-        self
-    }
-
-    /// Explicit row (input) and column (output) modes.
-    pub fn with_modes(mut self, rows: Vec<usize>, cols: Vec<usize>) -> Self {
-        self.modes = Some((rows, cols));
-        self
-    }
-
-    /// With or without a bias.
-    pub fn with_bias(mut self, bias: bool) -> Self {
-        self.bias = bias;
-        self
-    }
-
     fn layout(&self) -> Result<Layout> {
         if self.rank == 0 {
-            return Err(Error::config("TT rank", 0, "a rank of at least 1"));
+            return Err(Error::config("rank", 0, "a TT rank of at least 1"));
         }
         let (rows, cols) = match &self.modes {
             Some((r, c)) => (r.clone(), c.clone()),
@@ -237,7 +224,7 @@ impl TtLinearConfig {
             || cols.iter().product::<usize>() != self.d_output
         {
             return Err(Error::config(
-                "TT-matrix modes",
+                "modes",
                 format!("rows {rows:?}, cols {cols:?}"),
                 format!(
                     "as many row as column modes, with products {} and {}",
@@ -258,34 +245,32 @@ impl TtLinearConfig {
         Ok(self.layout()?.param_count() + if self.bias { self.d_output } else { 0 })
     }
 
-    /// Random cores whose dense product has the variance of burn's default `Linear` init
-    /// (Kaiming uniform with gain `1/√3`: `1 / (3 d_input)`), and a bias uniform in
-    /// `±1/√d_input` as burn's.
+    /// Random cores as `std` says (see [`TtLinearConfig::std`]).
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for rank 0 or widths that cannot be split into the modes.
+    /// [`Error::Config`] naming `rank` (0), `modes` (widths that cannot be split into them)
+    /// or `std` (not positive and finite).
     pub fn init(&self, device: &Device) -> Result<TtLinear> {
-        let mut layer = self.init_normal((1.0 / (3.0 * self.d_input as f64)).sqrt(), device)?;
-        if let Some(b) = layer.bias.as_mut() {
-            let a = 1.0 / (self.d_input as f64).sqrt();
-            *b = Param::from_tensor(Tensor::random(
-                [self.d_output],
-                Distribution::Uniform(-a, a),
-                device,
-            ));
+        let Some(std) = self.std else {
+            let mut layer = self
+                .clone()
+                .with_std(Some((1.0 / (3.0 * self.d_input as f64)).sqrt()))
+                .init(device)?;
+            if let Some(b) = layer.bias.as_mut() {
+                let a = 1.0 / (self.d_input as f64).sqrt();
+                *b = Param::from_tensor(Tensor::random(
+                    [self.d_output],
+                    Distribution::Uniform(-a, a),
+                    device,
+                ));
+            }
+            return Ok(layer);
+        };
+        if !(std.is_finite() && std > 0.0) {
+            return Err(Error::config("std", std, "a positive finite number"));
         }
-        Ok(layer)
-    }
-
-    /// Random cores whose dense product has entries of variance `std²` (each core
-    /// N(0, σ²), `σ^{2d} Π r_k = std²`), and a zero bias: a drop-in for a dense layer drawn
-    /// N(0, std²).
-    ///
-    /// # Errors
-    ///
-    /// As [`TtLinearConfig::init`].
-    pub fn init_normal(&self, std: f64, device: &Device) -> Result<TtLinear> {
+        // Each core N(0, σ²) with σ^{2d} Π r_k = std².
         let l = self.layout()?;
         let m = TtMatrix::random(&l.rows, &l.cols, self.rank, std * std, device)?;
         let flat = Tensor::cat(
@@ -485,6 +470,34 @@ impl TtLinear {
                 y + b.val().reshape(shape)
             }
             None => y,
+        }
+    }
+}
+
+/// How the blocks' weight matrices are stored: the `weights=` key of a policy SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsPolicy {
+    /// Dense `[d_input, d_output]` matrices.
+    #[default]
+    Dense,
+    /// [`TtLinear`] TT-matrices with three cores and every inner rank `rank` for the MLP's
+    /// two linears, or for every linear of the blocks with `all`. A TT layer is never
+    /// sketched (`linear=sketch` applies to the dense ones).
+    Ttm {
+        /// Rank of every inner bond (capped by the unfolding sizes).
+        rank: u32,
+        /// Attention's linears too, not only the MLP's.
+        all: bool,
+    },
+}
+
+impl WeightsPolicy {
+    /// The TT rank of a linear of the MLP (`mlp`) or of attention, if it is a TT-matrix.
+    pub fn tt_rank(&self, mlp: bool) -> Option<usize> {
+        match *self {
+            WeightsPolicy::Ttm { rank, all } if mlp || all => Some(rank as usize),
+            _ => None,
         }
     }
 }

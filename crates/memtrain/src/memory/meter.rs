@@ -1,11 +1,17 @@
-//! The counting global allocator: live and peak heap bytes of the whole process.
+//! The counting global allocator (live and peak heap bytes of the whole process) and
+//! [`Region`], the one way to read a peak.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 static USED: AtomicBool = AtomicBool::new(false);
+/// The open regions, innermost last: each with the peak the enclosing measurement had reached
+/// when it started (see [`Region`]).
+static REGIONS: Mutex<Vec<(u64, usize)>> = Mutex::new(Vec::new());
+static NEXT_REGION: AtomicU64 = AtomicU64::new(0);
 
 /// A global allocator that forwards to [`System`] and counts live and peak bytes.
 ///
@@ -86,19 +92,11 @@ pub fn live_bytes() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
-/// The highest value [`live_bytes`] reached since the start or the last [`reset_peak`].
-pub fn peak_bytes() -> usize {
-    PEAK.load(Ordering::Relaxed)
-}
-
-/// Sets the peak to the current live bytes, so that [`peak_bytes`] measures from now on.
-pub fn reset_peak() {
-    PEAK.store(LIVE.load(Ordering::Relaxed), Ordering::Relaxed);
-}
-
 /// Whether this process installed [`CountingAllocator`] as its global allocator.
 ///
-/// Measurements taken without it read zero; [`crate::train`] refuses to report them.
+/// Without it every reading is zero: [`crate::train::Trainer`] then reports a zero
+/// [`super::MemoryReport`], and `memtrain::run::bench`, whose whole point is the measurement,
+/// refuses to run.
 pub fn is_installed() -> bool {
     // Make sure at least one allocation went through the global allocator.
     let probe = std::hint::black_box(Box::new(0u64));
@@ -106,25 +104,50 @@ pub fn is_installed() -> bool {
     USED.load(Ordering::Relaxed)
 }
 
-/// Live bytes above a starting point and the peak above it, for one measured region.
+fn regions() -> std::sync::MutexGuard<'static, Vec<(u64, usize)>> {
+    REGIONS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// One measured region: live bytes and the peak above its start, correct when regions nest.
+///
+/// The allocator keeps one peak counter for the current (innermost) region. Starting a region
+/// saves the counter's value (the enclosing region's peak so far) and restarts it at the live
+/// bytes; ending one (dropping it) folds its peak back into the enclosing region's. So a
+/// rematerialization step measuring each stage inside the trainer's step region, or a profile
+/// inside a bench, never resets the reading of the region around it: [`Region::peak`] of
+/// every open region is the true peak since its own start.
+///
+/// Regions are meant to nest (end in the reverse order they started), on one thread; the
+/// counters count every thread's allocations, so two threads measuring at once read each
+/// other's bytes anyway. A region dropped out of order still folds its peak into the region
+/// that encloses it.
 ///
 /// ```no_run
 /// # use memtrain::memory::Region;
-/// let region = Region::start();
+/// let step = Region::start();
+/// let stage = Region::start();
 /// let v = vec![0u8; 4096];
-/// let (live, peak) = (region.live(), region.peak());
-/// # drop(v);
+/// assert!(stage.peak() >= 4096);
+/// drop(v);
+/// drop(stage);
+/// assert!(step.peak() >= 4096); // the inner region did not reset the outer one
+/// assert!(step.live() < 4096);
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct Region {
     base: usize,
+    id: u64,
 }
 
 impl Region {
-    /// Resets the peak and remembers the live bytes now.
+    /// Opens a region at the live bytes now.
     pub fn start() -> Self {
-        reset_peak();
-        Region { base: live_bytes() }
+        let mut open = regions();
+        let base = LIVE.load(Ordering::Relaxed);
+        let enclosing = PEAK.swap(base, Ordering::Relaxed);
+        let id = NEXT_REGION.fetch_add(1, Ordering::Relaxed);
+        open.push((id, enclosing));
+        Region { base, id }
     }
 
     /// Live bytes now minus live bytes at [`Region::start`] (negative when memory was freed).
@@ -134,11 +157,34 @@ impl Region {
 
     /// Peak live bytes since [`Region::start`], above the live bytes at the start.
     pub fn peak(&self) -> usize {
-        peak_bytes().saturating_sub(self.base)
+        let open = regions();
+        let counter = PEAK.load(Ordering::Relaxed);
+        // The regions opened inside this one saved the peaks reached before each of them.
+        let inner = match open.iter().position(|&(id, _)| id == self.id) {
+            Some(i) => open[i + 1..].iter().map(|&(_, p)| p).max().unwrap_or(0),
+            None => 0,
+        };
+        counter.max(inner).saturating_sub(self.base)
     }
 
     /// Live bytes at the start.
     pub fn base(&self) -> usize {
         self.base
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        let mut open = regions();
+        if let Some(i) = open.iter().position(|&(id, _)| id == self.id) {
+            let (_, enclosing) = open.remove(i);
+            match open.get_mut(i) {
+                // Dropped out of order: the next inner region now carries the enclosing peak.
+                Some((_, inner_saved)) => *inner_saved = (*inner_saved).max(enclosing),
+                None => {
+                    PEAK.fetch_max(enclosing, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }

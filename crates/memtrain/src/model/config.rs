@@ -1,11 +1,28 @@
 //! GPT geometry and its named presets.
 
+use burn::config::Config;
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
+use super::gpt::Gpt;
 use crate::error::{Error, Result};
+use crate::policy::MemoryPolicy;
 
-/// The geometry of the reference GPT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The geometry of the reference GPT; [`GptConfig::init`] builds the model under a
+/// [`MemoryPolicy`].
+///
+/// ```
+/// use burn::tensor::{Device, Int, Tensor};
+/// use memtrain::model::{GptConfig, Preset};
+/// use memtrain::policy::MemoryPolicy;
+/// let device = Device::flex();
+/// let gpt = Preset::Tiny.config(256).init(&MemoryPolicy::default(), &device).unwrap();
+/// let tokens = Tensor::<2, Int>::zeros([2, 8], &device);
+/// assert_eq!(gpt.forward(tokens).dims(), [2, 8, 256]);
+/// let e = GptConfig::new(256, 2, 64, 5, 64).init(&MemoryPolicy::default(), &device);
+/// assert!(e.unwrap_err().to_string().contains("n_heads"));
+/// ```
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub struct GptConfig {
     /// Tokens in the vocabulary (256 for the byte tokenizer).
     pub vocab_size: usize,
@@ -79,6 +96,26 @@ impl std::str::FromStr for Preset {
 }
 
 impl GptConfig {
+    /// Builds and initialises the model under `policy` on `device` (the device's random
+    /// generator as it is).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the field when the geometry or the policy is invalid.
+    pub fn init(&self, policy: &MemoryPolicy, device: &Device) -> Result<Gpt> {
+        Gpt::build(self, policy, device, None)
+    }
+
+    /// [`GptConfig::init`] with the device's generator seeded by `seed` first, so that the
+    /// same seed gives the same weights (seeding and initialisation under one lock).
+    ///
+    /// # Errors
+    ///
+    /// As [`GptConfig::init`].
+    pub fn init_seeded(&self, policy: &MemoryPolicy, device: &Device, seed: u64) -> Result<Gpt> {
+        Gpt::build(self, policy, device, Some(seed))
+    }
+
     /// Checks the geometry is usable.
     ///
     /// # Errors
@@ -124,9 +161,9 @@ impl GptConfig {
     /// Number of parameters under a policy: [`GptConfig::param_count`] with each TT-matrix
     /// layer's `d_in d_out` weight replaced by its cores
     /// ([`crate::linear::TtLinearConfig::param_count`], bias kept), plus the adapters'
-    /// parameters: the element counts of [`crate::memory::param_shapes`].
-    pub fn param_count_for(&self, policy: &super::MemoryPolicy) -> usize {
-        crate::memory::param_shapes(self, policy)
+    /// parameters: the element counts of [`super::param_shapes`].
+    pub fn param_count_for(&self, policy: &MemoryPolicy) -> usize {
+        super::param_shapes(self, policy)
             .iter()
             .map(|s| s.iter().product::<usize>())
             .sum()

@@ -6,40 +6,61 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::config::GptConfig;
-use super::layers::{Activation, AttentionCore, LinearLayer, Norm};
-use super::policy::{BlockPolicy, MemoryPolicy};
-use crate::adapter::{
-    AdapterConfig, AdapterKind, LayerAdapter, Lora, LotrCore, LotrFactors, LotrInit,
-};
+use crate::activation::ActPolicy;
+use crate::adapter::{LayerAdapter, LotrFactors};
+use crate::attention::AttnPolicy;
 use crate::error::{Error, Result};
+use crate::linear::{LinearLayer, LinearLayerConfig, Linears};
+use crate::norm::Norm;
+use crate::policy::{BlockPolicy, MemoryPolicy};
 
 /// GPT-2's initialisation scale for weights.
 const INIT_STD: f64 = 0.02;
 
+/// The configuration of a block linear `[d_in, d_out]` under a block policy (`mlp`: one of the
+/// MLP's two): what the block builds, and what the accounting asks what it keeps.
+pub(super) fn linear_config(
+    d_in: usize,
+    d_out: usize,
+    policy: &BlockPolicy,
+    mlp: bool,
+) -> LinearLayerConfig {
+    LinearLayerConfig::new(d_in, d_out)
+        .with_linear(policy.linear)
+        .with_weights(policy.weights)
+        .with_mlp(mlp)
+}
+
 /// Causal multi-head self-attention with a fused QKV projection, as in GPT-2.
 #[derive(Module, Debug)]
 pub struct SelfAttention {
-    qkv: LinearLayer,
-    proj: LinearLayer,
-    qkv_adapter: Option<LayerAdapter>,
-    proj_adapter: Option<LayerAdapter>,
+    pub(super) qkv: LinearLayer,
+    pub(super) proj: LinearLayer,
+    pub(super) qkv_adapter: Option<LayerAdapter>,
+    pub(super) proj_adapter: Option<LayerAdapter>,
     #[module(skip)]
-    core: AttentionCore,
+    core: AttnPolicy,
     n_heads: usize,
 }
 
 impl SelfAttention {
-    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Result<Self> {
         let d = config.d_model;
         let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
-        SelfAttention {
-            qkv: LinearLayer::new(d, 3 * d, INIT_STD, policy, false, salt, device),
-            proj: LinearLayer::new(d, d, proj_std, policy, false, salt + 1, device),
+        Ok(SelfAttention {
+            qkv: linear_config(d, 3 * d, &policy, false)
+                .with_std(INIT_STD)
+                .with_salt(salt)
+                .init(device)?,
+            proj: linear_config(d, d, &policy, false)
+                .with_std(proj_std)
+                .with_salt(salt + 1)
+                .init(device)?,
             qkv_adapter: None,
             proj_adapter: None,
-            core: AttentionCore::new(policy.attn),
+            core: policy.attn,
             n_heads: config.n_heads,
-        }
+        })
     }
 
     /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
@@ -67,25 +88,31 @@ impl SelfAttention {
 /// The 4x MLP: `fc` (d to 4d), GELU, `proj` (4d to d).
 #[derive(Module, Debug)]
 pub struct Mlp {
-    fc: LinearLayer,
+    pub(super) fc: LinearLayer,
     #[module(skip)]
-    act: Activation,
-    proj: LinearLayer,
-    fc_adapter: Option<LayerAdapter>,
-    proj_adapter: Option<LayerAdapter>,
+    act: ActPolicy,
+    pub(super) proj: LinearLayer,
+    pub(super) fc_adapter: Option<LayerAdapter>,
+    pub(super) proj_adapter: Option<LayerAdapter>,
 }
 
 impl Mlp {
-    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, salt: u64, device: &Device) -> Result<Self> {
         let d = config.d_model;
         let proj_std = INIT_STD / (2.0 * config.n_layers as f64).sqrt();
-        Mlp {
-            fc: LinearLayer::new(d, 4 * d, INIT_STD, policy, true, salt, device),
-            act: Activation::new(policy.act),
-            proj: LinearLayer::new(4 * d, d, proj_std, policy, true, salt + 1, device),
+        Ok(Mlp {
+            fc: linear_config(d, 4 * d, &policy, true)
+                .with_std(INIT_STD)
+                .with_salt(salt)
+                .init(device)?,
+            act: policy.act,
+            proj: linear_config(4 * d, d, &policy, true)
+                .with_std(proj_std)
+                .with_salt(salt + 1)
+                .init(device)?,
             fc_adapter: None,
             proj_adapter: None,
-        }
+        })
     }
 
     /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
@@ -104,20 +131,20 @@ impl Mlp {
 #[derive(Module, Debug)]
 pub struct Block {
     ln1: Norm,
-    attn: SelfAttention,
+    pub(super) attn: SelfAttention,
     ln2: Norm,
-    mlp: Mlp,
+    pub(super) mlp: Mlp,
 }
 
 impl Block {
-    fn new(config: &GptConfig, policy: BlockPolicy, index: usize, device: &Device) -> Self {
+    fn new(config: &GptConfig, policy: BlockPolicy, index: usize, device: &Device) -> Result<Self> {
         let salt = 4 * index as u64;
-        Block {
-            ln1: Norm::new(config.d_model, policy.norm, device),
-            attn: SelfAttention::new(config, policy, salt, device),
-            ln2: Norm::new(config.d_model, policy.norm, device),
-            mlp: Mlp::new(config, policy, salt + 2, device),
-        }
+        Ok(Block {
+            ln1: policy.norm.init(config.d_model, device)?,
+            attn: SelfAttention::new(config, policy, salt, device)?,
+            ln2: policy.norm.init(config.d_model, device)?,
+            mlp: Mlp::new(config, policy, salt + 2, device)?,
+        })
     }
 
     /// `[batch, seq, d_model]` to `[batch, seq, d_model]`.
@@ -140,7 +167,7 @@ impl Block {
     }
 
     /// The adapter slots `(qkv, attn.proj, mlp.fc, mlp.proj)` with their base layers.
-    fn slots_mut(&mut self) -> [(&mut LinearLayer, &mut Option<LayerAdapter>); 4] {
+    pub(super) fn slots_mut(&mut self) -> [(&mut LinearLayer, &mut Option<LayerAdapter>); 4] {
         [
             (&mut self.attn.qkv, &mut self.attn.qkv_adapter),
             (&mut self.attn.proj, &mut self.attn.proj_adapter),
@@ -161,29 +188,19 @@ impl Block {
 /// # Memory
 ///
 /// Parameters: [`GptConfig::param_count`] × 4 bytes. What a block keeps for backward under
-/// a policy is listed by [`crate::memory::block_saved`].
-///
-/// ```
-/// use memtrain::model::{Gpt, MemoryPolicy, Preset};
-/// use burn::tensor::{Device, Int, Tensor};
-/// let device = Device::flex();
-/// let config = Preset::Tiny.config(256);
-/// let gpt = Gpt::new(&config, &MemoryPolicy::default(), &device).unwrap();
-/// let tokens = Tensor::<2, Int>::zeros([2, 8], &device);
-/// assert_eq!(gpt.forward(tokens).dims(), [2, 8, 256]);
-/// ```
+/// a policy is listed by [`super::block_saved`]. Built by [`GptConfig::init`].
 #[derive(Module, Debug)]
 pub struct Gpt {
-    wte: Embedding,
+    pub(super) wte: Embedding,
     wpe: Embedding,
-    blocks: Vec<Block>,
+    pub(super) blocks: Vec<Block>,
     ln_f: Norm,
     /// LoTR's shared factors per slot (`qkv`, `attn.proj`, `mlp.fc`, `mlp.proj`); empty
     /// without LoTR.
-    lotr: Vec<Option<LotrFactors>>,
+    pub(super) lotr: Vec<Option<LotrFactors>>,
     /// Whether the adapters' updates are folded into the base weights.
     #[module(skip)]
-    merged: bool,
+    pub(super) merged: bool,
 }
 
 /// How a forward applies adapters: the shared LoTR factors, and whether they are merged.
@@ -217,7 +234,7 @@ impl Adapt<'_> {
 }
 
 /// The block linears' names in slot order.
-const SLOTS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"];
+pub(super) const SLOTS: [&str; 4] = ["attn.qkv", "attn.proj", "mlp.fc", "mlp.proj"];
 
 /// Serialises weight initialisation: burn's generator is global to the device.
 static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -233,36 +250,19 @@ impl ModuleMapper for SequentialIds {
 }
 
 impl Gpt {
-    /// Builds and initialises the model on `device`.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Config`] when the geometry or the policy is invalid.
-    pub fn new(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
-        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        Self::init(config, policy, device)
-    }
-
-    /// Like [`Gpt::new`], with the device's random generator seeded by `seed` first, so that
-    /// the same seed gives the same weights. Seeding and initialisation happen under one lock,
-    /// so models built on other threads at the same time cannot draw from the generator in
-    /// between.
-    ///
-    /// # Errors
-    ///
-    /// As [`Gpt::new`].
-    pub fn new_seeded(
+    /// Builds the model under `policy` on `device`, with the device's generator seeded by
+    /// `seed` first when given; seeding and initialisation happen under one lock, so models
+    /// built on other threads at the same time cannot draw from the generator in between.
+    pub(super) fn build(
         config: &GptConfig,
         policy: &MemoryPolicy,
         device: &Device,
-        seed: u64,
+        seed: Option<u64>,
     ) -> Result<Self> {
         let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        device.seed(seed);
-        Self::init(config, policy, device)
-    }
-
-    fn init(config: &GptConfig, policy: &MemoryPolicy, device: &Device) -> Result<Self> {
+        if let Some(seed) = seed {
+            device.seed(seed);
+        }
         config.validate()?;
         policy.validate()?;
         check_tt_layouts(config, policy)?;
@@ -274,13 +274,18 @@ impl Gpt {
                 })
                 .init(device)
         };
+        let (wte, wpe) = (embed(config.vocab_size), embed(config.max_seq));
+        // Exactly `n_layers` blocks of capacity: a `Result` collect would grow the vector by
+        // doubling and hold unused block-sized slots in the parameters' bytes.
+        let mut blocks = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            blocks.push(Block::new(config, policy.block(i), i, device)?);
+        }
         let gpt = Gpt {
-            wte: embed(config.vocab_size),
-            wpe: embed(config.max_seq),
-            blocks: (0..config.n_layers)
-                .map(|i| Block::new(config, policy.block(i), i, device))
-                .collect(),
-            ln_f: Norm::new(config.d_model, policy.block.norm, device),
+            wte,
+            wpe,
+            blocks,
+            ln_f: policy.block.norm.init(config.d_model, device)?,
             lotr: Vec::new(),
             merged: false,
         };
@@ -323,29 +328,7 @@ impl Gpt {
         self
     }
 
-    /// The same model with every block linear passed through `f(name, layer, mlp)`, in block
-    /// order (`qkv`, `proj`, `fc`, `mlp.proj`); names read `block.I.attn.qkv` and so on.
-    ///
-    /// # Errors
-    ///
-    /// The first error `f` returns.
-    pub fn try_map_linears(
-        mut self,
-        mut f: impl FnMut(&str, LinearLayer, bool) -> Result<LinearLayer>,
-    ) -> Result<Self> {
-        let mut blocks = Vec::with_capacity(self.blocks.len());
-        for (i, mut b) in std::mem::take(&mut self.blocks).into_iter().enumerate() {
-            b.attn.qkv = f(&format!("block.{i}.attn.qkv"), b.attn.qkv, false)?;
-            b.attn.proj = f(&format!("block.{i}.attn.proj"), b.attn.proj, false)?;
-            b.mlp.fc = f(&format!("block.{i}.mlp.fc"), b.mlp.fc, true)?;
-            b.mlp.proj = f(&format!("block.{i}.mlp.proj"), b.mlp.proj, true)?;
-            blocks.push(b);
-        }
-        self.blocks = blocks;
-        Ok(self)
-    }
-
-    /// The same model with parameter ids reassigned in the fixed order [`Gpt::new`] uses, so
+    /// The same model with parameter ids reassigned in the fixed order [`GptConfig::init`] uses, so
     /// an optimizer state saved for it loads into a model built from the same config.
     pub fn with_sequential_ids(self) -> Self {
         self.map(&mut SequentialIds(0))
@@ -445,154 +428,6 @@ impl Gpt {
         }
         self.head_loss(x, targets)
     }
-
-    /// The names of the block linears adapters can target, in order:
-    /// `block.I.attn.qkv`, `block.I.attn.proj`, `block.I.mlp.fc`, `block.I.mlp.proj`.
-    pub fn linear_names(&self) -> Vec<String> {
-        (0..self.blocks.len())
-            .flat_map(|i| SLOTS.iter().map(move |s| format!("block.{i}.{s}")))
-            .collect()
-    }
-
-    /// The same model with its base frozen (no gradients, no optimizer state) and adapters
-    /// attached to the linears `config.targets` names: LoRA pairs, or LoTR cores with one
-    /// pair of shared factors per slot. The adapted model computes exactly the base's function
-    /// until it is trained (LoRA's `B` and LoTR's cores start at zero).
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Config`] when the model has adapters already, the targets match no
-    /// linear (or name one that does not exist), or the rank is 0 or above a targeted layer's
-    /// `min(d_in, d_out)`.
-    pub fn with_adapters(self, config: &AdapterConfig) -> Result<Self> {
-        if self.has_adapters() {
-            return Err(Error::config(
-                "adapters",
-                "a model that has adapters already",
-                "a model without adapters (merge and drop them first)",
-            ));
-        }
-        let names = self.linear_names();
-        let picked: Vec<String> = config
-            .targets
-            .select(&names)?
-            .into_iter()
-            .cloned()
-            .collect();
-        let device = self.wte.weight.device();
-        let rank = config.kind.rank();
-        let scale = config.kind.scale();
-        let mut gpt = self.no_grad();
-        let shape = |l: &LinearLayer| l.dims();
-        // Check every targeted layer first, so nothing is half-attached on error.
-        for (i, block) in gpt.blocks.iter_mut().enumerate() {
-            for (slot, (layer, _)) in block.slots_mut().into_iter().enumerate() {
-                let name = format!("block.{i}.{}", SLOTS[slot]);
-                if picked.contains(&name) {
-                    let [d_in, d_out] = shape(layer);
-                    config.check(&name, d_in, d_out)?;
-                }
-            }
-        }
-        if let AdapterKind::Lotr { init, .. } = config.kind {
-            let mut lotr = Vec::with_capacity(SLOTS.len());
-            for (slot, slot_name) in SLOTS.iter().enumerate() {
-                let mut weights = Vec::new();
-                let mut dims = None;
-                for (i, block) in gpt.blocks.iter_mut().enumerate() {
-                    let (layer, _) = block.slots_mut().into_iter().nth(slot).expect("4 slots");
-                    if picked.contains(&format!("block.{i}.{slot_name}")) {
-                        dims = Some(layer.dims());
-                        if init == LotrInit::Svd {
-                            weights.push(layer.dense_weight());
-                        }
-                    }
-                }
-                lotr.push(match (dims, init) {
-                    (None, _) => None,
-                    (Some([d_in, d_out]), LotrInit::Random) => {
-                        Some(LotrFactors::random(d_in, d_out, rank, &device))
-                    }
-                    (Some(_), LotrInit::Svd) => Some(LotrFactors::svd(&weights, rank)?),
-                });
-            }
-            gpt.lotr = lotr;
-        }
-        for (i, block) in gpt.blocks.iter_mut().enumerate() {
-            for (slot, (layer, adapter)) in block.slots_mut().into_iter().enumerate() {
-                if !picked.contains(&format!("block.{i}.{}", SLOTS[slot])) {
-                    continue;
-                }
-                let [d_in, d_out] = layer.dims();
-                *adapter = Some(match config.kind {
-                    AdapterKind::Lora { .. } => {
-                        LayerAdapter::Lora(Lora::new(d_in, d_out, rank, scale, &device))
-                    }
-                    AdapterKind::Lotr { .. } => {
-                        LayerAdapter::Lotr(LotrCore::zeros(rank, scale, &device))
-                    }
-                });
-            }
-        }
-        Ok(gpt.with_sequential_ids())
-    }
-
-    /// Whether any linear has an adapter.
-    pub fn has_adapters(&self) -> bool {
-        self.blocks.iter().any(|b| {
-            b.attn.qkv_adapter.is_some()
-                || b.attn.proj_adapter.is_some()
-                || b.mlp.fc_adapter.is_some()
-                || b.mlp.proj_adapter.is_some()
-        })
-    }
-
-    /// Folds every adapter's `ΔW` into its dense base weight, for inference without the
-    /// adapter's extra products; the adapters stay (skipped in forward) for
-    /// [`Gpt::unmerge_adapters`].
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Config`] when they are merged already, or a base is a TT-matrix.
-    pub fn merge_adapters(self) -> Result<Self> {
-        if self.merged {
-            return Err(Error::config("adapters", "merged", "unmerged adapters"));
-        }
-        let mut gpt = self.fold(1.0)?;
-        gpt.merged = true;
-        Ok(gpt)
-    }
-
-    /// Subtracts the adapters' `ΔW` from the base weights again.
-    ///
-    /// # Errors
-    ///
-    /// [`crate::Error::Config`] when they are not merged.
-    pub fn unmerge_adapters(self) -> Result<Self> {
-        if !self.merged {
-            return Err(Error::config("adapters", "not merged", "merged adapters"));
-        }
-        let mut gpt = self.fold(-1.0)?;
-        gpt.merged = false;
-        Ok(gpt)
-    }
-
-    fn fold(mut self, sign: f64) -> Result<Self> {
-        let lotr = std::mem::take(&mut self.lotr);
-        for block in self.blocks.iter_mut() {
-            for (slot, (layer, adapter)) in block.slots_mut().into_iter().enumerate() {
-                if let Some(a) = adapter.as_ref() {
-                    let delta = a
-                        .delta(lotr.get(slot).and_then(|g| g.as_ref()))
-                        .detach()
-                        .mul_scalar(sign);
-                    layer.add_to_weight(delta)?;
-                }
-            }
-        }
-        self.lotr = lotr;
-        Ok(self)
-    }
 }
 
 /// Every TT-matrix layer the policy asks for can be built (its widths factorise into three
@@ -615,4 +450,29 @@ fn check_tt_layouts(config: &GptConfig, policy: &MemoryPolicy) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl Linears for Gpt {
+    /// The block linears, named `block.I.attn.qkv`, `block.I.attn.proj`, `block.I.mlp.fc`,
+    /// `block.I.mlp.proj`, in block order.
+    fn linears(&self) -> Vec<(String, &LinearLayer)> {
+        let mut out = Vec::with_capacity(4 * self.blocks.len());
+        for (i, b) in self.blocks.iter().enumerate() {
+            let layers = [&b.attn.qkv, &b.attn.proj, &b.mlp.fc, &b.mlp.proj];
+            for (slot, layer) in SLOTS.iter().zip(layers) {
+                out.push((format!("block.{i}.{slot}"), layer));
+            }
+        }
+        out
+    }
+
+    fn linears_mut(&mut self) -> Vec<(String, &mut LinearLayer)> {
+        let mut out = Vec::with_capacity(4 * self.blocks.len());
+        for (i, b) in self.blocks.iter_mut().enumerate() {
+            for (slot, (layer, _)) in SLOTS.iter().zip(b.slots_mut()) {
+                out.push((format!("block.{i}.{slot}"), layer));
+            }
+        }
+        out
+    }
 }

@@ -1,223 +1,85 @@
-//! Output-saving LayerNorm: keeps its output (which the next linear layer keeps anyway) and
-//! one scalar per row, instead of its input.
+//! LayerNorm under the memory policy: burn's, or the output-saving one.
 //!
-//! With `x̂ = (x - mean) · rstd` and `y = x̂ γ + β`, the backward needs only `x̂`, which is
-//! `(y - β) / γ`, and `rstd`:
-//! `dx = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))` with `dx̂ = dy γ`, `dγ = Σ dy x̂`, `dβ = Σ dy`.
-//! Where some `|γ_j| < GAMMA_MIN`, dividing by it would lose precision, so that call keeps
-//! `x̂` instead (exact, no saving; it does not happen in practice).
-//!
-//! The idea is the same as inverted activations (Novikov & Oseledets,
-//! <https://arxiv.org/abs/2407.15545>), applied to normalisation.
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`NormPolicy`] (`norm=...`), the [`Norm`] layer a block holds, what each keeps |
+//! | `output.rs` | [`OutputLayerNorm`]: keeps its output (which the next linear keeps anyway) and one scalar per row, instead of its input; its op runs on every backend's primitive ops, routed as a custom autodiff op on Flex |
 
-use burn::backend::backend_extension;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata};
-use burn::module::{Module, Param};
-use burn::nn::LayerNorm;
-use burn::tensor::{Device, Shape, Tensor};
-use burn_autodiff::Autodiff;
-use burn_autodiff::checkpoint::base::Checkpointer;
-use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn_autodiff::grads::Gradients;
-use burn_autodiff::ops::{Backward, Ops, OpsKind};
+mod output;
 
-use crate::on_flex;
+use burn::module::Module;
+use burn::nn::{LayerNorm, LayerNormConfig};
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-/// Below this `|γ_j|` the op keeps `x̂` rather than recovering it from the output.
-pub const GAMMA_MIN: f32 = 1e-3;
+pub use output::{GAMMA_MIN, OutputLayerNorm, OutputLayerNormBackend, OutputLayerNormConfig};
 
-fn rows<B: Backend>(x: &FloatTensor<B>) -> (usize, usize) {
-    crate::rows_and_width(&x.shape())
+use crate::error::Result;
+use crate::memory::SavedTensor;
+
+/// How LayerNorm keeps what its backward needs: the `norm=` key of a policy SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormPolicy {
+    /// burn's `LayerNorm`: keeps the centred and the normalised input.
+    #[default]
+    Exact,
+    /// [`OutputLayerNorm`]: keeps its output (shared with the next linear) and one scalar per
+    /// row.
+    Output,
 }
 
-/// `(y, x̂, rstd)` for `x` viewed as `[n, d]`; `y` has `x`'s shape, `rstd` is `[n, 1]`.
-fn forward<B: Backend>(
-    x: FloatTensor<B>,
-    gamma: FloatTensor<B>,
-    beta: FloatTensor<B>,
-    eps: f64,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let shape = x.shape();
-    let (n, d) = rows::<B>(&x);
-    let x = B::float_reshape(x, Shape::from(vec![n, d]));
-    let mean = B::float_mean_dim(x.clone(), 1);
-    let xc = B::float_sub(x, mean);
-    let var = B::float_mean_dim(B::float_mul(xc.clone(), xc.clone()), 1);
-    let rstd = B::float_recip(B::float_sqrt(B::float_add_scalar(var, eps.into())));
-    let xhat = B::float_mul(xc, rstd.clone());
-    let g = B::float_reshape(gamma, Shape::from(vec![1, d]));
-    let b = B::float_reshape(beta, Shape::from(vec![1, d]));
-    let y = B::float_add(B::float_mul(xhat.clone(), g), b);
-    (B::float_reshape(y, shape), xhat, rstd)
-}
+impl NormPolicy {
+    /// A LayerNorm of width `d` (γ = 1, β = 0) on `device`.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Config`] for a zero width.
+    pub fn init(&self, d: usize, device: &Device) -> Result<Norm> {
+        Ok(match self {
+            NormPolicy::Exact => Norm::Exact(LayerNormConfig::new(d).init(device)),
+            NormPolicy::Output => Norm::Output(OutputLayerNormConfig::new(d).init(device)?),
+        })
+    }
 
-/// The output-saving LayerNorm op as a burn backend extension.
-#[backend_extension(Flex, Autodiff)]
-pub trait OutputLayerNormBackend: Backend {
-    /// LayerNorm over the last axis, keeping the output and `rstd` for backward.
-    fn output_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        eps: f64,
-    ) -> FloatTensor<Self>;
-}
+    /// What one LayerNorm over `n` rows of width `d` keeps for backward besides its output.
+    ///
+    /// burn's keeps the centred input `[n, d]` (for the square and the division), the
+    /// normalised input `[n, d]` (for the multiply by γ) and two row statistics; the
+    /// output-saving one keeps `rstd` ([`OutputLayerNorm::saved_bytes`]).
+    pub fn saved(&self, n: usize, d: usize) -> Vec<SavedTensor> {
+        match self {
+            NormPolicy::Exact => vec![
+                SavedTensor::f32("layernorm: centred input", &[n, d]),
+                SavedTensor::f32("layernorm: normalised input", &[n, d]),
+                SavedTensor::f32("layernorm: variance + eps", &[n, 1]),
+                SavedTensor::f32("layernorm: its square root", &[n, 1]),
+            ],
+            NormPolicy::Output => vec![SavedTensor::f32("output layernorm: rstd", &[n, 1])],
+        }
+    }
 
-impl OutputLayerNormBackend for Flex {
-    fn output_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        eps: f64,
-    ) -> FloatTensor<Self> {
-        forward::<Self>(x, gamma, beta, eps).0
+    /// Whether the norm keeps its output for backward (which the next linear keeps anyway).
+    pub fn keeps_output(&self) -> bool {
+        *self == NormPolicy::Output
     }
 }
 
-#[derive(Debug)]
-struct OutputLayerNormBackward;
-
-/// What the backward keeps: the output, `rstd [n, 1]`, `γ`, `β`, and `x̂` only when some
-/// `|γ_j| < GAMMA_MIN`.
-type Saved<B> = (
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    FloatTensor<B>,
-    Option<FloatTensor<B>>,
-);
-
-impl<B: Backend> Backward<B, 3> for OutputLayerNormBackward {
-    type State = Saved<B>;
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [node_x, node_gamma, node_beta] = ops.parents;
-        let dy = grads.consume::<B>(&ops.node);
-        let (y, rstd, gamma, beta, kept) = ops.state;
-        let shape = dy.shape();
-        let (n, d) = rows::<B>(&dy);
-        let flat = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![n, d]));
-        let row = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![1, d]));
-        let dy = flat(dy);
-        let xhat = kept
-            .unwrap_or_else(|| B::float_div(B::float_sub(flat(y), row(beta)), row(gamma.clone())));
-        if let Some(node) = node_beta {
-            grads.register::<B>(
-                node.id,
-                B::float_reshape(B::float_sum_dim(dy.clone(), 0), Shape::from(vec![d])),
-            );
-        }
-        if let Some(node) = node_gamma {
-            let dg = B::float_sum_dim(B::float_mul(dy.clone(), xhat.clone()), 0);
-            grads.register::<B>(node.id, B::float_reshape(dg, Shape::from(vec![d])));
-        }
-        if let Some(node) = node_x {
-            let dxhat = B::float_mul(dy, row(gamma));
-            let m1 = B::float_mean_dim(dxhat.clone(), 1);
-            let m2 = B::float_mean_dim(B::float_mul(dxhat.clone(), xhat.clone()), 1);
-            let inner = B::float_sub(B::float_sub(dxhat, m1), B::float_mul(xhat, m2));
-            let dx = B::float_mul(inner, rstd);
-            grads.register::<B>(node.id, B::float_reshape(dx, shape));
-        }
-    }
-}
-
-impl<B: Backend, C: CheckpointStrategy> OutputLayerNormBackend for Autodiff<B, C> {
-    fn output_layer_norm(
-        x: FloatTensor<Self>,
-        gamma: FloatTensor<Self>,
-        beta: FloatTensor<Self>,
-        eps: f64,
-    ) -> FloatTensor<Self> {
-        let (xp, gp, bp) = (
-            x.primitive().clone(),
-            gamma.primitive().clone(),
-            beta.primitive().clone(),
-        );
-        match OutputLayerNormBackward
-            .prepare::<C>([x.node(), gamma.node(), beta.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let small_gamma =
-                    burn::backend::read_sync(B::float_into_data(B::float_abs(gp.clone())))
-                        .map(|data| data.iter::<f32>().any(|g| g < GAMMA_MIN))
-                        .unwrap_or(true);
-                let (y, xhat, rstd) = forward::<B>(xp, gp.clone(), bp.clone(), eps);
-                let kept = small_gamma.then_some(xhat);
-                prep.finish((y.clone(), rstd, gp, bp, kept), y)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward::<B>(xp, gp, bp, eps).0),
-        }
-    }
-}
-
-/// LayerNorm over the last axis (`γ` initialised to 1, `β` to 0) that keeps its output and
-/// one scalar per row for backward.
-///
-/// Same parameters and forward as burn's `LayerNorm` (`x̂ γ + β`, biased variance), and
-/// convertible from it ([`OutputLayerNorm::from_layer_norm`]).
-///
-/// # Memory
-///
-/// Kept for backward: the output (shared with the next layer) and `rstd`, `4 n` bytes for `n`
-/// rows. burn's LayerNorm keeps the centred input and the normalised input, `8 n d` bytes, plus
-/// `8 n` bytes of row statistics.
-///
-/// On backends other than Flex the forward and backward are burn's own ops (no saving).
+/// LayerNorm over the last axis, as the policy says.
 #[derive(Module, Debug)]
-pub struct OutputLayerNorm {
-    /// Scale `[d]`.
-    pub gamma: Param<Tensor<1>>,
-    /// Shift `[d]`.
-    pub beta: Param<Tensor<1>>,
-    epsilon: f64,
+pub enum Norm {
+    /// burn's `LayerNorm`: keeps the centred and the normalised input.
+    Exact(LayerNorm),
+    /// [`OutputLayerNorm`]: keeps its output and one scalar per row.
+    Output(OutputLayerNorm),
 }
 
-impl OutputLayerNorm {
-    /// `γ = 1`, `β = 0`, `ε = 1e-5` (burn's default).
-    pub fn new(d_model: usize, device: &Device) -> Self {
-        OutputLayerNorm {
-            gamma: Param::from_tensor(Tensor::ones([d_model], device)),
-            beta: Param::from_tensor(Tensor::zeros([d_model], device)),
-            epsilon: 1e-5,
-        }
-    }
-
-    /// Takes over the parameters of a burn `LayerNorm` built with epsilon `epsilon` (a bias
-    /// of zeros when it has none).
-    pub fn from_layer_norm(ln: LayerNorm, epsilon: f64) -> Self {
-        let d = ln.gamma.dims()[0];
-        let device = ln.gamma.device();
-        OutputLayerNorm {
-            gamma: ln.gamma,
-            beta: ln
-                .beta
-                .unwrap_or_else(|| Param::from_tensor(Tensor::zeros([d], &device))),
-            epsilon,
-        }
-    }
-
+impl Norm {
     /// `[.., d]` to `[.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let (gamma, beta) = (self.gamma.val(), self.beta.val());
-        if !on_flex(&x.device()) {
-            let [d] = gamma.dims();
-            let mean = x.clone().mean_dim(D - 1);
-            let xc = x - mean;
-            let var = xc.clone().square().mean_dim(D - 1);
-            let mut shape = [1; D];
-            shape[D - 1] = d;
-            return xc.div(var.add_scalar(self.epsilon).sqrt()) * gamma.reshape(shape)
-                + beta.reshape(shape);
+        match self {
+            Norm::Exact(n) => n.forward(x),
+            Norm::Output(n) => n.forward(x),
         }
-        Tensor::from_dispatch(<Dispatch as OutputLayerNormBackend>::output_layer_norm(
-            x.into_dispatch(),
-            gamma.into_dispatch(),
-            beta.into_dispatch(),
-            self.epsilon,
-        ))
     }
 }

@@ -1,6 +1,7 @@
 //! GaLore: Adam in a low-rank projection of each matrix's gradient ("GaLore: Memory-Efficient
 //! LLM Training by Gradient Low-Rank Projection", Zhao et al., <https://arxiv.org/abs/2403.03507>).
 
+use burn::config::Config;
 use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::store::burn_pack::Scalar;
 use burn::tensor::{Device, Tensor};
@@ -10,85 +11,112 @@ use crate::error::{Error, Result};
 /// Configuration of [`Galore`]. Defaults: gap 200, scale 0.25 (the paper's), and burn's AdamW
 /// constants (β 0.9/0.999, ε 1e-5, weight decay 1e-4) so that `optim=galore` and
 /// `optim=adamw` differ only in the projection.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// ```
+/// use memtrain::optim::GaloreConfig;
+/// let optim = GaloreConfig::new(8).with_update_proj_gap(50).init().unwrap();
+/// let e = GaloreConfig::new(8).with_scale(0.0).build().unwrap_err().to_string();
+/// assert!(e.contains("scale"), "{e}");
+/// ```
+#[derive(Config, Debug, Copy, PartialEq)]
 pub struct GaloreConfig {
     /// Rank `r` of the projection, at least 1 and at most `min(m, n)` of every matrix.
     pub rank: usize,
     /// Steps between projector updates (SVD of the current gradient), at least 1.
+    #[config(default = 200)]
     pub update_proj_gap: usize,
     /// Scale `α` of the back-projected update, positive.
+    #[config(default = 0.25)]
     pub scale: f64,
-    /// First-moment decay.
+    /// First-moment decay, in `[0, 1)`.
+    #[config(default = 0.9)]
     pub beta_1: f64,
-    /// Second-moment decay.
+    /// Second-moment decay, in `[0, 1)`.
+    #[config(default = 0.999)]
     pub beta_2: f64,
-    /// Added to the root of the second moment.
+    /// Added to the root of the second moment, positive.
+    #[config(default = 1e-5)]
     pub epsilon: f64,
-    /// Decoupled weight decay (times the learning rate).
+    /// Decoupled weight decay (times the learning rate), at least 0.
+    #[config(default = 1e-4)]
     pub weight_decay: f64,
 }
 
 impl GaloreConfig {
-    /// Rank `rank` with the paper's gap and scale and burn's AdamW constants.
-    pub fn new(rank: usize) -> Self {
-        Self {
-            rank,
-            update_proj_gap: 200,
-            scale: 0.25,
-            beta_1: 0.9,
-            beta_2: 0.999,
-            epsilon: 1e-5,
-            weight_decay: 1e-4,
-        }
-    }
-
-    /// The same with another projector gap.
-    pub fn with_gap(mut self, gap: usize) -> Self {
-        self.update_proj_gap = gap;
-        self
-    }
-
-    /// The same with another scale.
-    pub fn with_scale(mut self, scale: f64) -> Self {
-        self.scale = scale;
-        self
-    }
-
-    /// Checks the values and that `rank` fits matrices whose smaller side is `min_side`.
+    /// Checks every value.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for rank 0 or above `min_side`, gap 0, or a scale that is not a
-    /// positive finite number.
+    /// [`Error::Config`] naming the field: `rank` or `update_proj_gap` 0, `scale` or
+    /// `epsilon` not positive and finite, a `beta` outside `[0, 1)`, a negative
+    /// `weight_decay`.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(Error::config("rank", 0, "a GaLore rank of at least 1"));
+        }
+        if self.update_proj_gap == 0 {
+            return Err(Error::config(
+                "update_proj_gap",
+                0,
+                "a positive number of steps",
+            ));
+        }
+        for (name, v) in [("scale", self.scale), ("epsilon", self.epsilon)] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(name, v, "a positive finite number"));
+            }
+        }
+        for (name, v) in [("beta_1", self.beta_1), ("beta_2", self.beta_2)] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(name, v, "a decay in [0, 1)"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(
+                "weight_decay",
+                self.weight_decay,
+                "a finite number >= 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`GaloreConfig::validate`], and that `rank` fits matrices whose smaller side is
+    /// `min_side`.
+    ///
+    /// # Errors
+    ///
+    /// As [`GaloreConfig::validate`], and [`Error::Config`] naming `rank` when it is above
+    /// `min_side`.
     pub fn check(&self, min_side: usize) -> Result<()> {
-        if self.rank == 0 || self.rank > min_side {
+        self.validate()?;
+        if self.rank > min_side {
             return Err(Error::config(
                 "GaLore rank",
                 self.rank,
                 format!("1..={min_side} (the smaller side of the smallest matrix)"),
             ));
         }
-        if self.update_proj_gap == 0 {
-            return Err(Error::config("GaLore gap", 0, "a positive number of steps"));
-        }
-        if !(self.scale.is_finite() && self.scale > 0.0) {
-            return Err(Error::config(
-                "GaLore scale",
-                self.scale,
-                "a positive finite number",
-            ));
-        }
         Ok(())
     }
 
     /// The bare optimizer (for `ModuleOptimizer::with_group`, or stepping tensors directly).
-    pub fn build(&self) -> Galore {
-        Galore { config: *self }
+    ///
+    /// # Errors
+    ///
+    /// As [`GaloreConfig::validate`].
+    pub fn build(&self) -> Result<Galore> {
+        self.validate()?;
+        Ok(Galore { config: *self })
     }
 
     /// The optimizer, wrapped for a whole module.
-    pub fn init(&self) -> ModuleOptimizer {
-        self.build().into()
+    ///
+    /// # Errors
+    ///
+    /// As [`GaloreConfig::validate`].
+    pub fn init(&self) -> Result<ModuleOptimizer> {
+        Ok(self.build()?.into())
     }
 }
 
@@ -104,7 +132,7 @@ impl GaloreConfig {
 ///
 /// Per matrix `[m, n]`: the projector `r min(m, n)` and two moments `2 r max(m, n)` floats,
 /// instead of AdamW's `2 m n`; other parameters `2 numel`
-/// ([`crate::memory::optimizer_state_bytes`]).
+/// ([`super::OptimPolicy::state_bytes`]).
 ///
 /// # Panics
 ///
@@ -166,9 +194,10 @@ impl Galore {
             r <= m.min(n),
             "GaLore rank {r} exceeds the smaller side of a [{m}, {n}] matrix"
         );
-        let (u, _, vt) = crate::tt::svd(g).unwrap_or_else(|e| panic!("GaLore projector: {e}"));
+        let (u, _, vt) =
+            memtrain_tt::linalg::svd(g).unwrap_or_else(|e| panic!("GaLore projector: {e}"));
         // Compact: the slice alone would keep the whole `[k, k]` factor alive.
-        crate::tt::compact(if m >= n {
+        memtrain_tt::linalg::compact(if m >= n {
             vt.slice([0..r, 0..n])
         } else {
             u.slice([0..m, 0..r])

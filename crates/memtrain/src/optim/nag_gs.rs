@@ -3,6 +3,7 @@
 //! Optimizer", Leplat, Merkulov, Katrutsa, Bershatsky, Tsymboi, Oseledets,
 //! <https://arxiv.org/abs/2209.14937>; reference code skolai/nag-gs).
 
+use burn::config::Config;
 use burn::optim::{LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource};
 use burn::store::burn_pack::Scalar;
 use burn::tensor::{Device, Tensor};
@@ -11,11 +12,20 @@ use crate::error::{Error, Result};
 
 /// Configuration of [`NagGs`]: `μ` and the initial `γ_0`. The step `α` is the learning rate
 /// passed to `step`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+///
+/// ```
+/// use memtrain::optim::NagGsConfig;
+/// let optim = NagGsConfig::new().with_mu(0.5).init().unwrap();
+/// let e = NagGsConfig::new().with_gamma(-1.0).build().unwrap_err().to_string();
+/// assert!(e.contains("gamma"), "{e}");
+/// ```
+#[derive(Config, Debug, Copy, PartialEq)]
 pub struct NagGsConfig {
     /// `μ > 0` (the convexity parameter of the flow; the reference's default 1).
+    #[config(default = 1.0)]
     pub mu: f64,
     /// `γ_0 > 0` (the reference's default 1).
+    #[config(default = 1.0)]
     pub gamma: f64,
 }
 
@@ -26,35 +36,19 @@ impl Default for NagGsConfig {
 }
 
 impl NagGsConfig {
-    /// `μ = 1`, `γ_0 = 1`.
-    pub fn new() -> Self {
-        Self {
-            mu: 1.0,
-            gamma: 1.0,
-        }
-    }
-
-    /// The same with another `μ`.
-    pub fn with_mu(mut self, mu: f64) -> Self {
-        self.mu = mu;
-        self
-    }
-
-    /// The same with another `γ_0`.
-    pub fn with_gamma(mut self, gamma: f64) -> Self {
-        self.gamma = gamma;
-        self
-    }
-
     /// Checks the values.
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] when `μ` or `γ_0` is not a positive finite number.
+    /// [`Error::Config`] naming `mu` or `gamma` when it is not a positive finite number.
     pub fn check(&self) -> Result<()> {
-        for (what, v) in [("NAG-GS mu", self.mu), ("NAG-GS gamma", self.gamma)] {
+        for (what, v) in [("mu", self.mu), ("gamma", self.gamma)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(Error::config(what, v, "a positive finite number"));
+                return Err(Error::config(
+                    format!("NAG-GS {what}"),
+                    v,
+                    "a positive finite number",
+                ));
             }
         }
         Ok(())

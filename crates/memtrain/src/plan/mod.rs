@@ -26,50 +26,14 @@ use serde::Serialize;
 
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
-use crate::model::{
-    ActPolicy, AttnPolicy, BlockPolicy, Gpt, GptConfig, LinearPolicy, MemoryPolicy, NormPolicy,
-    PolicyKey, RematPolicy,
-};
+use crate::model::{GptConfig, model_saved};
+use crate::policy::{BlockPolicy, MemoryPolicy, RematPolicy};
 use crate::remat::{Schedule, StageCost, optimal, simulate};
 
-/// The candidate block variants: every combination of the exact savers (burn's linear or
-/// [`crate::linear::gemm_linear`], which writes each product once), and with `approx` 2-bit
-/// GELU or MLP-only sketched linears (ratio 0.25) on top of the savers.
+/// The candidate block variants: [`BlockPolicy::candidates`] (every combination of the exact
+/// savers, and with `approx` the approximate variants on top of the leanest).
 pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
-    let mut out = Vec::new();
-    for linear in [LinearPolicy::Exact, LinearPolicy::Gemm] {
-        for act in [ActPolicy::Exact, ActPolicy::Inverted] {
-            for norm in [NormPolicy::Exact, NormPolicy::Output] {
-                for attn in [AttnPolicy::Exact, AttnPolicy::Memeff] {
-                    out.push(BlockPolicy {
-                        act,
-                        norm,
-                        attn,
-                        linear,
-                        ..BlockPolicy::default()
-                    });
-                }
-            }
-        }
-    }
-    if approx {
-        let savers = BlockPolicy {
-            act: ActPolicy::Inverted,
-            norm: NormPolicy::Output,
-            attn: AttnPolicy::Memeff,
-            linear: LinearPolicy::Gemm,
-            ..BlockPolicy::default()
-        };
-        out.push(BlockPolicy {
-            act: ActPolicy::FewBit(2),
-            ..savers
-        });
-        out.push(BlockPolicy {
-            linear: <LinearPolicy as PolicyKey>::parse("sketch:0.25:mlp").expect("a valid sketch"),
-            ..savers
-        });
-    }
-    out
+    BlockPolicy::candidates(approx)
 }
 
 /// One candidate's measured costs.
@@ -77,7 +41,7 @@ pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
 pub struct Variant {
     /// The block policy.
     pub policy: String,
-    /// One block's stages, in order ([`Gpt::stage_forward`]: its attention half, then its MLP
+    /// One block's stages, in order ([`crate::model::Gpt::stage_forward`]: its attention half, then its MLP
     /// half).
     pub stages: Vec<StageCost>,
     /// The head (final norm, LM head, loss) under this variant's norm.
@@ -176,7 +140,7 @@ pub fn profile_variants(
             block: *c,
             ..MemoryPolicy::default()
         };
-        let model = Gpt::new_seeded(&one, &policy, device, 0)?;
+        let model = one.init_seeded(&policy, device, 0)?;
         // One untimed pass first, so one-off allocations do not count.
         drop(
             model
@@ -196,9 +160,9 @@ pub fn profile_variants(
         let mut chain = runs[runs.len() - 1].clone();
         for (s, stage) in chain.iter_mut().enumerate() {
             stage.forward =
-                crate::train::median(&runs.iter().map(|r| r[s].forward).collect::<Vec<_>>());
+                crate::stats::median(&runs.iter().map(|r| r[s].forward).collect::<Vec<_>>());
             stage.backward =
-                crate::train::median(&runs.iter().map(|r| r[s].backward).collect::<Vec<_>>());
+                crate::stats::median(&runs.iter().map(|r| r[s].backward).collect::<Vec<_>>());
         }
         let head = chain.pop().expect("the head is the last stage");
         out.push(Variant {
@@ -436,7 +400,7 @@ pub fn make_plan(
     plain.policy = MemoryPolicy::default();
     plain.validate()?;
     let model_config = plain.model_config();
-    let plain_activation = crate::memory::total_bytes(&crate::memory::model_saved(
+    let plain_activation = crate::memory::total_bytes(&model_saved(
         &model_config,
         &plain.policy,
         plain.batch,
@@ -451,13 +415,13 @@ pub fn make_plan(
     one.policy.remat = RematPolicy::Budget(1 << 40);
     let mut trainer = crate::train::Trainer::new(one.clone(), device)?;
     let mut steps = Vec::new();
-    for _ in 0..PROFILE_REPS {
+    // The first step allocates the optimizer state: PROFILE_REPS timed steps after it.
+    for _ in 0..=PROFILE_REPS {
         let b = trainer.next_batch(data);
         steps.push(trainer.try_step(&b)?.seconds);
     }
     drop(trainer);
     steps.remove(0);
-    steps.sort_by(f64::total_cmp);
     let small = batch_for(data, one.seed, 1, one.seq, device);
     let reference = profile_variants(
         &model_config,
@@ -466,7 +430,11 @@ pub fn make_plan(
         PROFILE_REPS,
         device,
     )?;
-    let constant = calibrate(steps[steps.len() / 2], &reference[0], model_config.n_layers);
+    let constant = calibrate(
+        crate::stats::median(&steps),
+        &reference[0],
+        model_config.n_layers,
+    );
     let batch = batch_for(data, plain.seed, plain.batch, plain.seq, device);
     let cands = candidates(approx);
     let variants = profile_variants(&model_config, &batch, &cands, PROFILE_REPS, device)?;

@@ -45,15 +45,31 @@ pub use seed::{SeedGradientBackend, backward_from};
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Gradients, Int, Tensor};
 
 use crate::data::Batch;
 use crate::error::Result;
-use crate::memory::{live_bytes, peak_bytes, reset_peak};
-use crate::model::{Gpt, RematPolicy};
-use crate::train::median;
+use crate::memory::{Region, gradient_bytes};
+use crate::model::Gpt;
+use crate::stats::median;
+
+/// Which blocks are recomputed in backward instead of keeping their insides: the `remat=`
+/// key of a policy SPEC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RematPolicy {
+    /// Keep everything.
+    #[default]
+    None,
+    /// Keep the input of every K-th block; recompute each segment in backward.
+    Every(u32),
+    /// The Rotor schedule of least time whose predicted activation peak fits this many bytes.
+    Budget(u64),
+}
 
 /// Moves every gradient `grads` holds for `module`'s parameters into `total`, adding to what
 /// is there already.
@@ -93,7 +109,11 @@ struct Exec<'a> {
     valid: Gpt,
     targets: Tensor<2, Int>,
     total: GradientsParams,
+    /// Live bytes when the step started.
     base: usize,
+    /// The interval since the last [`Exec::mark`], nested in whatever region the caller
+    /// measures.
+    interval: Option<Region>,
     peak: usize,
     activation_peak: usize,
     grad_bytes: usize,
@@ -101,12 +121,15 @@ struct Exec<'a> {
 }
 
 impl Exec<'_> {
-    /// Folds the peak since the last call into the statistics and restarts it.
+    /// Folds the peak since the last call into the statistics and opens the next interval
+    /// (the parameter gradients held change between intervals).
     fn mark(&mut self) {
-        let p = peak_bytes().saturating_sub(self.base);
-        self.peak = self.peak.max(p);
-        self.activation_peak = self.activation_peak.max(p.saturating_sub(self.grad_bytes));
-        reset_peak();
+        if let Some(interval) = self.interval.take() {
+            let p = (interval.base() + interval.peak()).saturating_sub(self.base);
+            self.peak = self.peak.max(p);
+            self.activation_peak = self.activation_peak.max(p.saturating_sub(self.grad_bytes));
+        }
+        self.interval = Some(Region::start());
     }
 
     fn n_stages(&self) -> usize {
@@ -139,7 +162,7 @@ impl Exec<'_> {
                 take_grads(self.model, &mut grads, &mut self.total);
                 drop(grads);
                 self.mark();
-                self.grad_bytes = crate::train::gradient_tensor_bytes(self.model, &self.total);
+                self.grad_bytes = gradient_bytes(self.model, &self.total);
                 dx
             }
             Schedule::Checkpoint { split, right, left } => {
@@ -162,20 +185,19 @@ impl Exec<'_> {
 /// `model.loss(..).backward()`, up to f32 summation order for the tied embedding), and the
 /// measured peaks.
 ///
-/// The peaks are read with the counting allocator: `step` resets its peak counter while it
-/// runs, so callers measuring an enclosing region should take the larger of their reading and
-/// [`RematStats::peak`].
+/// The peaks are read with the counting allocator in [`Region`]s nested inside whatever region
+/// the caller measures, which they never reset.
 pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams, RematStats) {
     let valid = model.valid();
     let inputs = batch.inputs.clone().inner();
-    let base = live_bytes();
-    reset_peak();
+    let interval = Region::start();
     let mut exec = Exec {
         model,
         valid,
         targets: batch.targets.clone(),
         total: GradientsParams::new(),
-        base,
+        base: interval.base(),
+        interval: Some(interval),
         peak: 0,
         activation_peak: 0,
         grad_bytes: 0,
@@ -191,6 +213,7 @@ pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams
     take_grads(model, &mut grads, &mut exec.total);
     drop(grads);
     exec.mark();
+    exec.interval = None;
     let stats = RematStats {
         loss: exec.loss,
         peak: exec.peak,
@@ -212,15 +235,14 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
         let mut sizes = (0, 0, 0, 0, 0);
         for _ in 0..reps.max(1) {
             // Forward without autodiff: peak above the input, output included.
-            let base = live_bytes();
-            reset_peak();
+            let region = Region::start();
             let y_valid = (stage < n).then(|| valid.stage_forward(stage, x.clone()));
-            let forward_peak = peak_bytes().saturating_sub(base);
+            let forward_peak = region.peak();
+            drop(region);
             drop(y_valid);
             // Forward with autodiff: what the graph keeps, output included.
             let xin = x.clone().autodiff().require_grad();
-            let base = live_bytes();
-            reset_peak();
+            let region = Region::start();
             let start = Instant::now();
             let (out, loss) = if stage < n {
                 (Some(model.stage_forward(stage, xin.clone())), None)
@@ -229,15 +251,15 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
                 (None, Some(loss))
             };
             fwd.push(start.elapsed().as_secs_f64());
-            let kept = live_bytes().saturating_sub(base);
-            let keep_peak = peak_bytes().saturating_sub(base);
+            let kept = region.live().max(0) as usize;
+            let keep_peak = region.peak();
+            drop(region);
             let output = out
                 .as_ref()
                 .map_or(4, |y| y.shape().num_elements() * y.dtype().size());
             // Backward, with the output gradient already allocated (not counted).
             let dy = out.as_ref().map(|y| y.ones_like().inner());
-            let base = live_bytes();
-            reset_peak();
+            let region = Region::start();
             let start = Instant::now();
             let grads = match (out, loss) {
                 (Some(y), _) => backward_from(y, dy.expect("a block output")),
@@ -245,7 +267,8 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
                 _ => unreachable!("a stage has an output or a loss"),
             };
             bwd.push(start.elapsed().as_secs_f64());
-            let backward_peak = peak_bytes().saturating_sub(base);
+            let backward_peak = region.peak();
+            drop(region);
             drop(grads);
             drop(xin);
             sizes = (output, kept, keep_peak, backward_peak, forward_peak);

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use super::{TrainConfig, Trainer};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{MemoryPolicy, Preset};
+use crate::model::Preset;
+use crate::policy::MemoryPolicy;
+use crate::stats::median;
 
 /// What to bench.
 #[derive(Debug, Clone)]
@@ -54,18 +56,6 @@ pub struct BenchRow {
     pub step_seconds_median: f64,
     /// Training loss of the last step.
     pub final_loss: f32,
-}
-
-/// Median of a non-empty slice (the mean of the middle two for an even length).
-pub fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Trains a fresh model per policy for `steps` steps on the same batches and reports each.

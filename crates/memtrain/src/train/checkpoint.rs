@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
-use super::{TrainConfig, Trainer, optimizer};
+use super::{TrainConfig, Trainer};
 use crate::error::{Error, Result};
 
 /// The file in the output directory that names the newest checkpoint.
@@ -182,7 +182,11 @@ impl Trainer {
         if !optim_path.is_file() {
             return Err(Error::checkpoint(&optim_path, "missing"));
         }
-        trainer.optim = optimizer(trainer.config.policy.optim)
+        trainer.optim = trainer
+            .config
+            .policy
+            .optim
+            .init()?
             .load(&optim_path)
             .map_err(|e| Error::checkpoint(&optim_path, format!("{e:?}")))?;
         trainer.step = state.step;

@@ -6,19 +6,20 @@ mod variance;
 
 use std::time::Instant;
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-pub use bench::{BenchConfig, BenchRow, median, run_bench};
+pub use bench::{BenchConfig, BenchRow, run_bench};
 pub use checkpoint::{CheckpointState, DataSource, LATEST};
 pub use variance::{VarianceReport, gradient_variance};
 
 use crate::data::{Batch, Dataset, Tokenizer};
 use crate::error::{Error, Result};
-use crate::memory::{MemoryReport, Region, live_bytes};
-use crate::model::{Gpt, GptConfig, MemoryPolicy, OptimPolicy, Preset};
+use crate::memory::{MemoryReport, Region, gradient_bytes, live_bytes};
+use crate::model::{Gpt, GptConfig, Preset};
+use crate::policy::{MemoryPolicy, RematPolicy};
 
 /// Everything that defines a training run, saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -162,36 +163,6 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
-/// Bytes of the gradient tensors `grads` holds for `model`'s parameters.
-pub(crate) fn gradient_tensor_bytes(model: &Gpt, grads: &GradientsParams) -> usize {
-    struct Sum<'a> {
-        grads: &'a GradientsParams,
-        bytes: usize,
-    }
-    impl ModuleVisitor for Sum<'_> {
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            if let Some(g) = self.grads.get::<D>(param.id) {
-                self.bytes += g.shape().num_elements() * g.dtype().size();
-            }
-        }
-    }
-    let mut sum = Sum { grads, bytes: 0 };
-    model.visit(&mut sum);
-    sum.bytes
-}
-
-fn optimizer(policy: OptimPolicy) -> ModuleOptimizer {
-    match policy {
-        OptimPolicy::Adamw => AdamWConfig::new().init(),
-        OptimPolicy::NagGs { .. } => policy
-            .nag_gs()
-            .expect("a NAG-GS policy")
-            .init()
-            .expect("the policy parser admits only positive constants"),
-        OptimPolicy::Galore { .. } => policy.galore().expect("a GaLore policy").init(),
-    }
-}
-
 impl Trainer {
     /// A fresh model and optimizer on `device` (an autodiff device), seeded by `config.seed`.
     ///
@@ -201,10 +172,12 @@ impl Trainer {
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
         let region = Region::start();
-        let model = Gpt::new_seeded(&config.model_config(), &config.policy, device, config.seed)?;
+        let model = config
+            .model_config()
+            .init_seeded(&config.policy, device, config.seed)?;
         let param_bytes = region.live().max(0) as u64;
         Ok(Trainer {
-            optim: optimizer(config.policy.optim),
+            optim: config.policy.optim.init()?,
             config,
             model: Some(model),
             step: 0,
@@ -313,7 +286,7 @@ impl Trainer {
             drop(loss.backward());
             self.warm = true;
         }
-        if self.config.policy.remat != crate::model::RematPolicy::None && self.remat.is_none() {
+        if self.config.policy.remat != RematPolicy::None && self.remat.is_none() {
             self.remat = Some(crate::remat::plan(
                 self.model(),
                 batch,
@@ -322,23 +295,18 @@ impl Trainer {
         }
         let region = Region::start();
         let start = Instant::now();
-        let (grads, loss, activation_bytes, remat_peak) = match &self.remat {
+        let (grads, loss, activation_bytes) = match &self.remat {
             None => {
                 let loss = self
                     .model()
                     .loss(batch.inputs.clone(), batch.targets.clone());
                 let activation_bytes = region.live().max(0) as u64;
                 let grads = GradientsParams::from_grads(loss.backward(), self.model());
-                (grads, loss.into_scalar::<f32>(), activation_bytes, 0)
+                (grads, loss.into_scalar::<f32>(), activation_bytes)
             }
             Some(plan) => {
                 let (grads, stats) = crate::remat::step(self.model(), batch, &plan.schedule);
-                (
-                    grads,
-                    stats.loss,
-                    stats.activation_peak as u64,
-                    stats.peak as u64,
-                )
+                (grads, stats.loss, stats.activation_peak as u64)
             }
         };
         let grad_bytes = region.live().max(0) as u64;
@@ -354,12 +322,12 @@ impl Trainer {
         let consumed = self
             .optimizer_bytes
             .is_none()
-            .then(|| gradient_tensor_bytes(&model, &grads) as i64);
+            .then(|| gradient_bytes(&model, &grads) as i64);
         let before_update = live_bytes() as i64;
         self.model = Some(self.optim.step(lr, model, grads));
         let update = live_bytes() as i64 - before_update;
         let seconds = start.elapsed().as_secs_f64();
-        let peak_bytes = (region.peak() as u64).max(remat_peak);
+        let peak_bytes = region.peak() as u64;
         let optimizer_bytes = *self
             .optimizer_bytes
             .get_or_insert_with(|| (update + consumed.unwrap_or(0)).max(0) as u64);
@@ -385,7 +353,7 @@ impl Trainer {
     /// [`Error::Config`] when the policy asks for no rematerialization, or the plan's chain
     /// does not have one stage per block half plus the head.
     pub fn use_remat_plan(&mut self, plan: crate::remat::Plan) -> Result<()> {
-        if self.config.policy.remat == crate::model::RematPolicy::None {
+        if self.config.policy.remat == RematPolicy::None {
             return Err(Error::config(
                 "remat",
                 "none",

@@ -9,7 +9,8 @@ use serde::Serialize;
 use super::TrainConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Gpt, LinearPolicy, MemoryPolicy};
+use crate::model::Gpt;
+use crate::policy::{LinearPolicy, MemoryPolicy};
 
 /// What [`gradient_variance`] measured for one layer (the MLP's first linear of a block).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -92,7 +93,7 @@ pub fn gradient_variance(
             "at least 2 each",
         ));
     }
-    let exact = Gpt::new_seeded(&model_config, &MemoryPolicy::default(), device, config.seed)?;
+    let exact = model_config.init_seeded(&MemoryPolicy::default(), device, config.seed)?;
     let grads: Vec<Vec<f32>> = (0..batches as u64)
         .map(|b| fc_grad(&exact, block, data, config, b, device))
         .collect();
@@ -109,7 +110,8 @@ pub fn gradient_variance(
     let used = batches.min(4);
     for (b, exact_grad) in grads.iter().enumerate().take(used) {
         for s in 0..seeds as u64 {
-            let model = Gpt::new_seeded(&model_config, &policy, device, config.seed)?
+            let model = model_config
+                .init_seeded(&policy, device, config.seed)?
                 .with_sketch_salt(s + 1);
             total += sq_dist(
                 &fc_grad(&model, block, data, config, b as u64, device),

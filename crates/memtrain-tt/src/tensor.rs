@@ -1,48 +1,9 @@
-//! Tensor trains: the small numerical library under TT-matrix layers, the point-cloud index
-//! and LoTR adapters.
-//!
-//! A d-way tensor `A[i1..id]` in tensor-train (TT) form is a chain of cores `G_k` of shape
-//! `[r_{k-1}, n_k, r_k]` with `r_0 = r_d = 1`:
-//! `A[i1..id] = G_1[:, i1, :] G_2[:, i2, :] ... G_d[:, id, :]` ([`TtTensor`]). A matrix of shape
-//! `[M, N]`, `M = m_1..m_d`, `N = n_1..n_d`, in TT-matrix form has cores
-//! `[r_{k-1}, m_k, n_k, r_k]` ([`TtMatrix`]). Cores are burn tensors, so everything here runs on
-//! any device and in the dtype of its inputs (tests use f64).
-//!
-//! - [`tt_svd`] (Oseledets 2011): sequential truncated SVDs, error at most `eps·‖A‖_F`.
-//! - [`TtTensor::round`]: right-to-left orthogonalisation, then left-to-right truncated SVDs,
-//!   `O(d n r³)`; never raises a rank.
-//! - [`TtTensor::dot`], [`TtTensor::norm`], [`TtTensor::add`], [`TtTensor::full`]; for matrices
-//!   also [`TtMatrix::matmul`] (TT × TT), [`TtMatrix::matvec`] and [`TtMatrix::left_mul`]
-//!   (dense rows times the TT-matrix, by whichever of the core-by-core sweep and the dense
-//!   reconstruction costs fewer flops).
-//! - [`factorize`], [`matrix_modes`]: choose the modes.
-//!
-//! ```
-//! use burn::tensor::{Device, Distribution, Tensor};
-//! use memtrain::tt::{Truncation, tt_svd};
-//!
-//! let device = Device::flex();
-//! let a = Tensor::<3>::random([4, 5, 6], Distribution::Normal(0.0, 1.0), &device);
-//! let tt = tt_svd(a.clone(), Truncation::accuracy(1e-5)).unwrap();
-//! assert_eq!(tt.ranks(), vec![1, 4, 6, 1]); // full rank: exact
-//! let err = (tt.full::<3>().unwrap() - a.clone()).powi_scalar(2).sum().sqrt().into_scalar::<f32>();
-//! assert!(err < 1e-4 * a.powi_scalar(2).sum().sqrt().into_scalar::<f32>());
-//! ```
+//! Tensors in tensor-train form: [`TtTensor`], [`tt_svd`] and [`Truncation`].
 
-pub mod matrix;
-mod shape;
-
-pub use matrix::TtMatrix;
-pub use shape::{factorize, matrix_modes};
-
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{Shape, Tensor};
 
 use crate::error::{Error, Result};
-
-/// Sweeps of the bidiagonal QR iteration in burn's SVD: far above what convergence needs.
-const SVD_SWEEPS: usize = 200;
+use crate::linalg::{capped_ranks, compact, frobenius, svd};
 
 /// How far [`tt_svd`] and [`TtTensor::round`] may truncate: at most `max_rank` per bond, and
 /// a relative Frobenius error at most `eps` (split evenly over the `d - 1` bonds). When both
@@ -89,50 +50,6 @@ impl Truncation {
     }
 }
 
-/// The thin SVD `(U [m, k], S [k], V^T [k, n])`, `k = min(m, n)`, of `a`, computed by burn's
-/// host SVD off the autodiff graph and returned on `a`'s device and dtype.
-///
-/// # Errors
-///
-/// [`Error::Config`] for NaN or infinite entries, or an SVD that does not converge.
-pub(crate) fn svd(a: Tensor<2>) -> Result<(Tensor<2>, Tensor<1>, Tensor<2>)> {
-    let [m, n] = a.dims();
-    let (device, dtype) = (a.device(), a.dtype());
-    // burn's SVD runs on a plain backend: compute off the autodiff graph, return on `device`.
-    let data = a.into_data();
-    if data.iter::<f64>().any(|x| !x.is_finite()) {
-        return Err(Error::config(
-            "svd",
-            format!("a [{m}, {n}] matrix with NaN or infinite entries"),
-            "finite tensor entries",
-        ));
-    }
-    let plain = device.clone().without_autodiff();
-    let a = Tensor::<2>::from_data(data, (&plain, dtype));
-    let (u, s, vt) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        burn::linalg::svd::<2, 1>(a, SVD_SWEEPS)
-    }))
-    .map_err(|_| {
-        Error::config(
-            "svd",
-            format!("a [{m}, {n}] matrix"),
-            "a matrix whose SVD converges",
-        )
-    })?;
-    Ok((
-        Tensor::from_data(u.into_data(), (&device, dtype)),
-        Tensor::from_data(s.into_data(), (&device, dtype)),
-        Tensor::from_data(vt.into_data(), (&device, dtype)),
-    ))
-}
-
-/// A copy of `t` in its own buffer: a slice is a view that keeps its parent's whole buffer
-/// alive, which for the leading columns of an SVD factor is most of the memory.
-pub(crate) fn compact<const D: usize>(t: Tensor<D>) -> Tensor<D> {
-    let (device, dtype) = (t.device(), t.dtype());
-    Tensor::from_data(t.into_data(), (&device, dtype))
-}
-
 /// Truncated SVD of `a` `[m, n]`: `(U_r [m, r], (S V^T)_r [r, n])` with the smallest `r >= 1`
 /// whose discarded energy is at most `delta2`, capped at `max_rank`.
 fn truncated_svd(
@@ -164,10 +81,6 @@ fn truncated_svd(
     Ok((u, sv))
 }
 
-fn frobenius(t: Tensor<2>) -> f64 {
-    t.powi_scalar(2).sum().into_scalar::<f64>().sqrt()
-}
-
 fn delta2(eps: f64, norm: f64, d: usize) -> f64 {
     if d <= 1 {
         return 0.0;
@@ -182,7 +95,7 @@ fn delta2(eps: f64, norm: f64, d: usize) -> f64 {
 /// `Σ_k r_{k-1} n_k r_k` elements ([`TtTensor::param_count`]) against `Π_k n_k` dense.
 #[derive(Debug, Clone)]
 pub struct TtTensor {
-    cores: Vec<Tensor<3>>,
+    pub(crate) cores: Vec<Tensor<3>>,
 }
 
 impl TtTensor {
@@ -431,7 +344,7 @@ pub fn tt_svd_shaped(a: Tensor<1>, shape: &[usize], trunc: Truncation) -> Result
 }
 
 /// Validates a chain of cores given as `(r_in, modes, r_out)`.
-fn check_chain(cores: impl Iterator<Item = (usize, Vec<usize>, usize)>) -> Result<()> {
+pub(crate) fn check_chain(cores: impl Iterator<Item = (usize, Vec<usize>, usize)>) -> Result<()> {
     let mut prev = 1;
     let mut count = 0;
     for (k, (a, modes, b)) in cores.enumerate() {
@@ -465,7 +378,7 @@ fn check_chain(cores: impl Iterator<Item = (usize, Vec<usize>, usize)>) -> Resul
     Ok(())
 }
 
-fn same_modes(a: &[usize], b: &[usize]) -> Result<()> {
+pub(crate) fn same_modes(a: &[usize], b: &[usize]) -> Result<()> {
     if a != b {
         return Err(Error::config(
             "TT modes",
@@ -476,32 +389,13 @@ fn same_modes(a: &[usize], b: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Inner ranks `[1, r.., 1]` for modes (each core's mode sizes multiplied), every bond capped
-/// at the smaller side of its unfolding so no rank is wasted.
-pub(crate) fn capped_ranks(modes: &[Vec<usize>], rank: usize) -> Result<Vec<usize>> {
-    if rank == 0 {
-        return Err(Error::config("rank", 0, "a rank of at least 1"));
-    }
-    if modes.is_empty() || modes.iter().flatten().any(|&m| m == 0) {
-        return Err(Error::config(
-            "TT modes",
-            format!("{modes:?}"),
-            "at least one core, every mode >= 1",
-        ));
-    }
-    let sizes: Vec<usize> = modes.iter().map(|m| m.iter().product()).collect();
-    let d = sizes.len();
-    let mut ranks = vec![1; d + 1];
-    for k in 1..d {
-        let left: usize = sizes[..k].iter().product();
-        let right: usize = sizes[k..].iter().product();
-        ranks[k] = rank.min(left).min(right);
-    }
-    Ok(ranks)
-}
-
 /// The block core of a sum: `[A 0; 0 B]` in the middle, `[A B]` first, `[A; B]` last.
-fn block_core<const D: usize>(a: Tensor<D>, b: Tensor<D>, first: bool, last: bool) -> Tensor<D> {
+pub(crate) fn block_core<const D: usize>(
+    a: Tensor<D>,
+    b: Tensor<D>,
+    first: bool,
+    last: bool,
+) -> Tensor<D> {
     let (da, db) = (a.dims(), b.dims());
     let (ra, rb) = (da[0], db[0]);
     match (first, last) {
@@ -519,214 +413,4 @@ fn block_core<const D: usize>(a: Tensor<D>, b: Tensor<D>, first: bool, last: boo
             Tensor::cat(vec![top, bottom], 0)
         }
     }
-}
-
-// ---- Primitive-level kernels shared with the TT-matrix layer's custom backward. ----
-
-/// The dense matrix `[M, N]` of TT-matrix cores `[r, m_k, n_k, r']`, built left to right.
-pub(crate) fn dense_of_cores<B: Backend>(
-    cores: &[FloatTensor<B>],
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> FloatTensor<B> {
-    let interleaved = chain::<B>(cores, rows, cols, ranks);
-    from_interleaved::<B>(interleaved, rows, cols)
-}
-
-/// The cores' product in TT order `[(m_1 n_1), ..., (m_d n_d)]`, as `[Π m_k n_k, 1]`.
-pub(crate) fn chain<B: Backend>(
-    cores: &[FloatTensor<B>],
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> FloatTensor<B> {
-    let mut acc: Option<FloatTensor<B>> = None;
-    let mut p = 1;
-    for (k, core) in cores.iter().enumerate() {
-        let mn = rows[k] * cols[k];
-        let core = B::float_reshape(core.clone(), Shape::from(vec![ranks[k], mn * ranks[k + 1]]));
-        acc = Some(match acc {
-            None => core,
-            Some(a) => B::float_matmul(a, core),
-        });
-        p *= mn;
-        acc = acc.map(|a| B::float_reshape(a, Shape::from(vec![p, ranks[k + 1]])));
-    }
-    acc.expect("at least one core")
-}
-
-/// `[m_1, n_1, ..., m_d, n_d]` (any layout with that many elements) to `[M, N]`.
-pub(crate) fn from_interleaved<B: Backend>(
-    w: FloatTensor<B>,
-    rows: &[usize],
-    cols: &[usize],
-) -> FloatTensor<B> {
-    let d = rows.len();
-    let dims: Vec<usize> = (0..d).flat_map(|k| [rows[k], cols[k]]).collect();
-    let axes: Vec<usize> = (0..d)
-        .map(|k| 2 * k)
-        .chain((0..d).map(|k| 2 * k + 1))
-        .collect();
-    let w = B::float_permute(B::float_reshape(w, Shape::from(dims)), &axes);
-    let (m, n): (usize, usize) = (rows.iter().product(), cols.iter().product());
-    B::float_reshape(w, Shape::from(vec![m, n]))
-}
-
-/// `[M, N]` to TT order `[m_1 n_1, ..., m_d n_d]` flattened to `[Π m_k n_k]`.
-pub(crate) fn to_interleaved<B: Backend>(
-    w: FloatTensor<B>,
-    rows: &[usize],
-    cols: &[usize],
-) -> FloatTensor<B> {
-    let d = rows.len();
-    let dims: Vec<usize> = rows.iter().chain(cols).copied().collect();
-    let axes: Vec<usize> = (0..d).flat_map(|k| [k, d + k]).collect();
-    let w = B::float_permute(B::float_reshape(w, Shape::from(dims)), &axes);
-    let total = rows.iter().product::<usize>() * cols.iter().product::<usize>();
-    B::float_reshape(w, Shape::from(vec![total]))
-}
-
-/// Flops of `x W` for `b` rows by the core-by-core sweep and by dense reconstruction.
-pub(crate) fn left_mul_flops(
-    b: usize,
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> (usize, usize) {
-    let d = rows.len();
-    let mut sweep = 0;
-    for k in 0..d {
-        // T [b, m_k, A_k, r_{k-1}] with A_k = m_{k+1}..m_d n_1..n_{k-1}.
-        let a: usize =
-            rows[k + 1..].iter().product::<usize>() * cols[..k].iter().product::<usize>();
-        sweep += 2 * b * a * ranks[k] * rows[k] * cols[k] * ranks[k + 1];
-    }
-    let mut dense = 0;
-    let mut p = 1;
-    for k in 0..d {
-        let mn = rows[k] * cols[k];
-        dense += 2 * p * ranks[k] * mn * ranks[k + 1];
-        p *= mn;
-    }
-    let (m, n): (usize, usize) = (rows.iter().product(), cols.iter().product());
-    dense += 2 * b * m * n + m * n; // the product and the permutation
-    (sweep, dense)
-}
-
-/// `x W` for `x` `[b, M]`, sweeping the cores left to right without forming `W`:
-/// `T [b, m_k, A_k, r_{k-1}] -> [b A_k, r_{k-1} m_k] · core_k [r_{k-1} m_k, n_k r_k]`.
-pub(crate) fn left_mul_sweep<B: Backend>(
-    x: FloatTensor<B>,
-    cores: &[FloatTensor<B>],
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> FloatTensor<B> {
-    let b = x.shape()[0];
-    let d = rows.len();
-    let mut t = x;
-    for k in 0..d {
-        let a: usize =
-            rows[k + 1..].iter().product::<usize>() * cols[..k].iter().product::<usize>();
-        let t4 = B::float_reshape(t, Shape::from(vec![b, rows[k], a, ranks[k]]));
-        let t2 = B::float_reshape(
-            B::float_permute(t4, &[0, 2, 3, 1]),
-            Shape::from(vec![b * a, ranks[k] * rows[k]]),
-        );
-        let core = B::float_reshape(
-            cores[k].clone(),
-            Shape::from(vec![ranks[k] * rows[k], cols[k] * ranks[k + 1]]),
-        );
-        t = B::float_matmul(t2, core);
-    }
-    let n = cols.iter().product();
-    B::float_reshape(t, Shape::from(vec![b, n]))
-}
-
-/// `x W` by whichever of [`left_mul_sweep`] and the dense reconstruction costs fewer flops.
-pub(crate) fn left_mul<B: Backend>(
-    x: FloatTensor<B>,
-    cores: &[FloatTensor<B>],
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> FloatTensor<B> {
-    let (sweep, dense) = left_mul_flops(x.shape()[0], rows, cols, ranks);
-    if sweep <= dense {
-        left_mul_sweep::<B>(x, cores, rows, cols, ranks)
-    } else {
-        B::float_matmul(x, dense_of_cores::<B>(cores, rows, cols, ranks))
-    }
-}
-
-/// Gradients of the cores of `W` given `dW` in TT order `[Π m_k n_k]`:
-/// `dG_k[a, mn, b] = Σ L_{k-1}[P, a] dW[P, mn, Q] R_{k+1}[b, Q]` with `L`, `R` the partial
-/// products of the cores left and right of `k`. Cost `O(d r M N)`, no batch dimension.
-pub(crate) fn core_grads<B: Backend>(
-    dw: FloatTensor<B>,
-    cores: &[FloatTensor<B>],
-    rows: &[usize],
-    cols: &[usize],
-    ranks: &[usize],
-) -> Vec<FloatTensor<B>> {
-    let d = rows.len();
-    let mn: Vec<usize> = (0..d).map(|k| rows[k] * cols[k]).collect();
-    // Left interfaces L_k [Π_{j<=k} mn_j, r_k] for k = 0..d-2.
-    let mut lefts: Vec<FloatTensor<B>> = Vec::with_capacity(d);
-    for k in 0..d.saturating_sub(1) {
-        lefts.push(chain::<B>(
-            &cores[..=k],
-            &rows[..=k],
-            &cols[..=k],
-            &ranks[..=k + 1],
-        ));
-    }
-    let mut grads = Vec::with_capacity(d);
-    for k in 0..d {
-        let p: usize = mn[..k].iter().product();
-        let q: usize = mn[k + 1..].iter().product();
-        let g = B::float_reshape(dw.clone(), Shape::from(vec![p, mn[k] * q]));
-        // [a, mn q]
-        let g = match k {
-            0 => g,
-            _ => B::float_matmul(B::float_transpose(lefts[k - 1].clone()), g),
-        };
-        let g = B::float_reshape(g, Shape::from(vec![ranks[k] * mn[k], q]));
-        let g = if k + 1 < d {
-            let r = right_interface::<B>(&cores[k + 1..], &mn[k + 1..], &ranks[k + 1..]);
-            B::float_matmul(g, B::float_transpose(r))
-        } else {
-            g
-        };
-        grads.push(B::float_reshape(
-            g,
-            Shape::from(vec![ranks[k], rows[k], cols[k], ranks[k + 1]]),
-        ));
-    }
-    grads
-}
-
-/// `R [r_0, Π mn]` of the cores `[r_{j-1}, mn_j, r_j]` (ending in rank 1), right to left.
-fn right_interface<B: Backend>(
-    cores: &[FloatTensor<B>],
-    mn: &[usize],
-    ranks: &[usize],
-) -> FloatTensor<B> {
-    let d = cores.len();
-    let mut acc: Option<FloatTensor<B>> = None;
-    let mut q = 1;
-    for k in (0..d).rev() {
-        let core = B::float_reshape(
-            cores[k].clone(),
-            Shape::from(vec![ranks[k] * mn[k], ranks[k + 1]]),
-        );
-        let r = match acc {
-            None => core,
-            Some(next) => B::float_matmul(core, next),
-        };
-        q *= mn[k];
-        acc = Some(B::float_reshape(r, Shape::from(vec![ranks[k], q])));
-    }
-    acc.expect("at least one core")
 }

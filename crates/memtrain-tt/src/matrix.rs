@@ -3,10 +3,9 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Device, Distribution, Tensor};
 
-use super::{
-    Truncation, TtTensor, block_core, capped_ranks, check_chain, same_modes, tt_svd_shaped,
-};
 use crate::error::{Error, Result};
+use crate::linalg::capped_ranks;
+use crate::tensor::{Truncation, TtTensor, block_core, check_chain, same_modes, tt_svd_shaped};
 
 /// A matrix in TT-matrix form: `W[(i_1..i_d), (j_1..j_d)] = Π_k G_k[:, i_k, j_k, :]`, rows
 /// `M = Π m_k`, columns `N = Π n_k`.
@@ -18,7 +17,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
-/// use memtrain::tt::{TtMatrix, Truncation};
+/// use memtrain_tt::{TtMatrix, Truncation};
 ///
 /// let device = Device::flex();
 /// let w = Tensor::<2>::random([12, 20], Distribution::Normal(0.0, 1.0), &device);
@@ -79,12 +78,12 @@ impl TtMatrix {
     }
 
     /// TT-SVD of a dense `[M, N]` matrix with the given modes: the entries are reordered to
-    /// `[m_1 n_1, ..., m_d n_d]` and decomposed by [`super::tt_svd`].
+    /// `[m_1 n_1, ..., m_d n_d]` and decomposed by [`crate::tt_svd`].
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the modes' products are not `M` and `N`, the mode lists differ in
-    /// length, or as [`super::tt_svd`].
+    /// length, or as [`crate::tt_svd`].
     pub fn from_dense(
         w: Tensor<2>,
         rows: &[usize],
@@ -103,7 +102,7 @@ impl TtMatrix {
                 format!("as many row as column modes, with products {m} and {n}"),
             ));
         }
-        let w = Tensor::<1>::from_dispatch(super::to_interleaved::<Dispatch>(
+        let w = Tensor::<1>::from_dispatch(crate::ops::to_interleaved::<Dispatch>(
             w.detach().into_dispatch(),
             rows,
             cols,
@@ -188,7 +187,7 @@ impl TtMatrix {
 
     /// The dense `[M, N]` matrix.
     pub fn to_dense(&self) -> Tensor<2> {
-        Tensor::from_dispatch(super::dense_of_cores::<Dispatch>(
+        Tensor::from_dispatch(crate::ops::dense_of_cores::<Dispatch>(
             &self.dispatch_cores(),
             &self.row_modes(),
             &self.col_modes(),
@@ -211,7 +210,7 @@ impl TtMatrix {
                 format!("[rows, {m}]"),
             ));
         }
-        Ok(Tensor::from_dispatch(super::left_mul::<Dispatch>(
+        Ok(Tensor::from_dispatch(crate::ops::left_mul::<Dispatch>(
             x.into_dispatch(),
             &self.dispatch_cores(),
             &self.row_modes(),
@@ -330,7 +329,7 @@ impl TtMatrix {
 }
 
 /// Ranks `[1, r.., 1]` of a TT-matrix with these modes, each capped by its unfolding.
-pub(crate) fn matrix_ranks(rows: &[usize], cols: &[usize], rank: usize) -> Result<Vec<usize>> {
+pub fn matrix_ranks(rows: &[usize], cols: &[usize], rank: usize) -> Result<Vec<usize>> {
     if rows.len() != cols.len() {
         return Err(Error::config(
             "TT-matrix modes",

@@ -2,7 +2,7 @@
 //! (property tests), and clear errors for bad input.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use memtrain::tt::{Truncation, TtMatrix, TtTensor, factorize, tt_svd, tt_svd_shaped};
+use memtrain_tt::{Truncation, TtMatrix, TtTensor, factorize, tt_svd, tt_svd_shaped};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -4,12 +4,12 @@
 use burn::tensor::{DType, Device, Shape, Tensor, TensorData};
 
 /// A tensor's entries as f64, row-major.
-pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f64> {
     t.into_data().iter::<f64>().collect()
 }
 
 /// A tensor of `shape` from row-major f64 entries, on `device` in `dtype`.
-pub(crate) fn tensor<const D: usize>(
+pub fn tensor<const D: usize>(
     v: Vec<f64>,
     shape: [usize; D],
     device: &Device,
@@ -22,7 +22,7 @@ pub(crate) fn tensor<const D: usize>(
 }
 
 /// `a [n, k] · b [k, m]`, row-major.
-pub(crate) fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
+pub fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<f64> {
     let mut out = vec![0.0; n * m];
     for i in 0..n {
         for p in 0..k {
@@ -40,7 +40,7 @@ pub(crate) fn matmul(a: &[f64], b: &[f64], n: usize, k: usize, m: usize) -> Vec<
 
 /// The lower Cholesky factor of a symmetric `[n, n]` matrix, or `None` when a pivot is not
 /// positive (the matrix is not positive definite, or holds NaN).
-pub(crate) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut l = vec![0.0; n * n];
     for j in 0..n {
         let mut d = a[j * n + j];
@@ -65,7 +65,7 @@ pub(crate) fn cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
 
 /// Solves `x (L L^T) = b` for every row `b` of `rhs` `[rows, n]` in place (`L L^T` is
 /// symmetric, so each row solves `L L^T x^T = b^T`).
-pub(crate) fn cholesky_solve_rows(l: &[f64], n: usize, rhs: &mut [f64]) {
+pub fn cholesky_solve_rows(l: &[f64], n: usize, rhs: &mut [f64]) {
     for row in rhs.chunks_mut(n) {
         for i in 0..n {
             let mut s = row[i];
@@ -88,7 +88,7 @@ pub(crate) fn cholesky_solve_rows(l: &[f64], n: usize, rhs: &mut [f64]) {
 /// hundredfold until the factorization succeeds: a robust solve for normal equations whose
 /// Gram matrix may be singular (collinear factors). `None` if even `δ = 1e-2 · mean` fails
 /// (NaN input).
-pub(crate) fn ridge_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub fn ridge_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mean = (0..n).map(|i| a[i * n + i]).sum::<f64>() / n as f64;
     let base = if mean > 0.0 && mean.is_finite() {
         mean
@@ -111,7 +111,7 @@ pub(crate) fn ridge_cholesky(a: &[f64], n: usize) -> Option<Vec<f64>> {
 
 /// The inverse of a square `[n, n]` matrix by Gauss-Jordan elimination with partial
 /// pivoting, or `None` when it is singular to working precision.
-pub(crate) fn inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
+pub fn inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
     let mut m = a.to_vec();
     let mut inv = vec![0.0; n * n];
     for i in 0..n {

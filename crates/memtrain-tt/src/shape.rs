@@ -22,8 +22,8 @@ fn primes(mut n: usize) -> Vec<usize> {
 /// order (the largest prime goes to the smallest factor first).
 ///
 /// ```
-/// assert_eq!(memtrain::tt::factorize(384, 3).unwrap(), vec![6, 8, 8]);
-/// assert_eq!(memtrain::tt::factorize(10_000, 4).unwrap(), vec![10, 10, 10, 10]);
+/// assert_eq!(memtrain_tt::factorize(384, 3).unwrap(), vec![6, 8, 8]);
+/// assert_eq!(memtrain_tt::factorize(10_000, 4).unwrap(), vec![10, 10, 10, 10]);
 /// ```
 ///
 /// # Errors
@@ -60,7 +60,7 @@ pub fn factorize(n: usize, d: usize) -> Result<Vec<usize>> {
 /// mode (the paper's pairing; it keeps `m_k n_k` balanced across cores).
 ///
 /// ```
-/// let (m, n) = memtrain::tt::matrix_modes(384, 1536, 3).unwrap();
+/// let (m, n) = memtrain_tt::matrix_modes(384, 1536, 3).unwrap();
 /// assert_eq!((m, n), (vec![6, 8, 8], vec![8, 12, 16]));
 /// ```
 ///

@@ -1,0 +1,104 @@
+//! Sizes and budgets as a SPEC or a flag writes them: `64MiB`, `1.5GiB`, `4096B`, and the
+//! fractions `1/4` or `0.25` of a reference.
+
+use crate::error::{Error, Result};
+
+/// Parses `64MiB`, `1.5GiB`, `4096B` or `4096` (bytes): units B, KiB, MiB, GiB (also KB, MB,
+/// GB as powers of 1024).
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the text and the accepted forms.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" | "kb" | "k" => 1 << 10,
+        "mib" | "mb" | "m" => 1 << 20,
+        "gib" | "gb" | "g" => 1 << 30,
+        _ => 0,
+    };
+    match num.parse::<f64>() {
+        Ok(v) if scale > 0 && v.is_finite() && v > 0.0 && v * (scale as f64) < 1e18 => {
+            Ok((v * scale as f64).round() as u64)
+        }
+        _ => Err(Error::config(
+            "size",
+            text,
+            "a positive size like 64MiB, 1.5GiB, 512KiB or 4096B",
+        )),
+    }
+}
+
+/// An activation budget as a flag writes it: a size (`64MiB`, `1.5GiB`, `4096B`) or a
+/// fraction of a reference's bytes (`1/4`, `0.25`; in `(0, 1]`).
+///
+/// ```
+/// use memtrain::policy::Budget;
+/// assert_eq!("1/4".parse::<Budget>().unwrap().resolve(1000), 250);
+/// assert_eq!("64MiB".parse::<Budget>().unwrap().resolve(1000), 64 << 20);
+/// assert!("1.5".parse::<Budget>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Budget {
+    /// This many bytes.
+    Bytes(u64),
+    /// This fraction of the reference (in `(0, 1]`).
+    Fraction(f64),
+}
+
+impl Budget {
+    /// The budget in bytes, a fraction taken of `reference` bytes.
+    pub fn resolve(&self, reference: usize) -> u64 {
+        match *self {
+            Budget::Bytes(b) => b,
+            Budget::Fraction(f) => (f * reference as f64) as u64,
+        }
+    }
+}
+
+impl std::str::FromStr for Budget {
+    type Err = Error;
+
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the text: a fraction outside `(0, 1]`, or neither a fraction
+    /// nor a size.
+    fn from_str(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::config(
+                "budget",
+                text,
+                "a fraction in (0, 1] (1/4, 0.25) or a size like 64MiB",
+            )
+        };
+        let fraction = match text.split_once('/') {
+            Some((a, b)) => Some(
+                a.trim().parse::<f64>().map_err(|_| bad())?
+                    / b.trim().parse::<f64>().map_err(|_| bad())?,
+            ),
+            None if !text.chars().any(|c| c.is_ascii_alphabetic()) && text.contains('.') => {
+                Some(text.trim().parse::<f64>().map_err(|_| bad())?)
+            }
+            None => None,
+        };
+        match fraction {
+            Some(f) if f > 0.0 && f <= 1.0 => Ok(Budget::Fraction(f)),
+            Some(_) => Err(bad()),
+            None => parse_size(text).map(Budget::Bytes).map_err(|_| bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Budget::Bytes(b) => write!(f, "{b}B"),
+            Budget::Fraction(x) => write!(f, "{x}"),
+        }
+    }
+}
