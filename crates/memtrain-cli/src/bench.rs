@@ -1,17 +1,16 @@
-//! `memtrain bench`.
+//! `memtrain bench`: [`memtrain::run::bench`] with a progress bar, a table, JSON and a plot.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use memtrain::data::{Dataset, Tokenizer};
-use memtrain::model::Preset;
 use memtrain::policy::MemoryPolicy;
-use memtrain::train::{BenchConfig, BenchRow, run_bench};
+use memtrain::run::{Analytic, BenchConfig, BenchReport, BenchRow, bench};
 
-use crate::{Common, load_text, mib};
+use crate::Common;
+use crate::output::{mib, write_atomic};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -56,13 +55,6 @@ fn parse_policies(spec: &str) -> Result<Vec<MemoryPolicy>> {
     Ok(policies)
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
-}
-
 fn print_table(rows: &[BenchRow]) {
     let base = &rows[0];
     let name_w = rows
@@ -104,115 +96,91 @@ fn print_table(rows: &[BenchRow]) {
     println!("(memory in MiB; ratios to the first policy, measured in this run)");
 }
 
+fn print_analytic(report: &BenchReport) {
+    let w = report
+        .rows
+        .iter()
+        .map(|r| r.policy.len())
+        .max()
+        .unwrap_or(6);
+    println!("activation_bytes measured vs analytic (memtrain::model::model_saved):");
+    for (row, analytic) in report.rows.iter().zip(&report.analytic) {
+        let measured = mib(row.activation_bytes);
+        match analytic {
+            Analytic::Remat => println!(
+                "  {:<w$}  {measured:>10.1} MiB: the chain's peak under remat (predicted by memtrain plan)",
+                row.policy
+            ),
+            Analytic::Adapters => println!(
+                "  {:<w$}  {measured:>10.1} MiB: measured only (the formula does not model a frozen base: autodiff keeps less for ops whose weights do not train)",
+                row.policy
+            ),
+            Analytic::Formula(bytes) => println!(
+                "  {:<w$}  {measured:>10.1} MiB vs {:>10.1} MiB  {:+.2}%",
+                row.policy,
+                mib(*bytes),
+                100.0 * (row.activation_bytes as f64 / *bytes as f64 - 1.0)
+            ),
+        }
+    }
+}
+
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("invalid --steps: got 0, expected a positive integer");
     }
-    let preset: Preset = args.common.preset.parse()?;
-    let policies = parse_policies(&args.policies)?;
-    let config = BenchConfig {
-        preset,
-        batch: args.common.batch.unwrap_or(8),
-        seq: args
-            .common
-            .seq
-            .unwrap_or(args.common.max_seq.unwrap_or(preset.config(256).max_seq)),
-        max_seq: args.common.max_seq,
-        policies,
-        steps: args.steps,
-        seed: args.common.seed,
-        lr: args.common.lr,
+    let shape = args.common.config(8)?;
+    let mut config = BenchConfig::new(shape.preset, parse_policies(&args.policies)?);
+    config.batch = shape.batch;
+    config.seq = args.common.seq.unwrap_or(
+        args.common
+            .max_seq
+            .unwrap_or(shape.preset.config(256).max_seq),
+    );
+    config.max_seq = shape.max_seq;
+    config.steps = args.steps;
+    config.seed = shape.seed;
+    config.lr = shape.lr;
+    config.data = args.common.data.clone();
+    config.budget = crate::fit_budget(args.budget.as_deref(), args.allow.as_deref())?;
+    let count = if config.budget.is_some() {
+        3
+    } else {
+        config.policies.len()
     };
-    // Validate the shape before reading data, with the same messages as `train`.
-    let mut check = memtrain::train::TrainConfig::new(preset);
-    check.batch = config.batch;
-    check.seq = config.seq;
-    check.max_seq = config.max_seq;
-    check.lr = config.lr;
-    check.validate()?;
-    let (text, _) = load_text(args.common.data.as_ref())?;
-    let data = Dataset::new(&text, Tokenizer::Byte, config.seq).context("--data")?;
-    drop(text);
-    let mut config = config;
-    if let Some(budget) = &args.budget {
-        let approx = crate::plan::allow_approx(args.allow.as_deref())?;
-        let (bytes, _) = crate::plan::planner_budget(budget, &check)?;
-        let report =
-            memtrain::plan::make_plan(&check, bytes, approx, &data, &Device::flex().autodiff())?;
-        println!(
-            "planned for {:.1} MiB: plan {} (predicted {:.3} s), best uniform {} (predicted {:.3} s)",
-            mib(bytes),
-            report.plan.policy,
-            report.plan.time,
-            report.uniform.policy,
-            report.uniform.time
-        );
-        config.policies = vec![
-            MemoryPolicy::default(),
-            report.uniform.policy.clone(),
-            report.plan.policy.clone(),
-        ];
-    }
-
-    let total = (config.steps * config.policies.len()) as u64;
-    let bar = ProgressBar::new(total);
+    let bar = ProgressBar::new((config.steps * count) as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}").expect("static"),
     );
-    let device = Device::flex().autodiff();
-    let rows = run_bench(&config, &data, &device, |p, _| {
+    let report = bench(&config, &Device::flex().autodiff(), |p, _| {
         bar.inc(1);
-        bar.set_message(format!("policy {}/{}", p + 1, config.policies.len()));
-    })?;
+        bar.set_message(format!("policy {}/{count}", p + 1));
+    });
     bar.finish_and_clear();
+    let report = report?;
+    if let Some(plan) = &report.plan {
+        println!(
+            "planned for {:.1} MiB: plan {} (predicted {:.3} s), best uniform {} (predicted {:.3} s)",
+            mib(plan.budget),
+            plan.plan,
+            plan.plan_seconds,
+            plan.uniform,
+            plan.uniform_seconds
+        );
+    }
     println!(
         "memtrain bench: preset {}, batch {}, seq {}, {} steps per policy",
         config.preset, config.batch, config.seq, config.steps
     );
-    print_table(&rows);
-    let model = check.model_config();
-    println!("activation_bytes measured vs analytic (memtrain::model::model_saved):");
-    for (row, policy) in rows.iter().zip(&config.policies) {
-        if policy.remat != memtrain::policy::RematPolicy::None {
-            println!(
-                "  {:<w$}  {:>10.1} MiB: the chain's peak under remat (predicted by memtrain plan)",
-                row.policy,
-                mib(row.activation_bytes),
-                w = rows.iter().map(|r| r.policy.len()).max().unwrap_or(6)
-            );
-            continue;
-        }
-        if policy.adapt != memtrain::policy::AdaptPolicy::None {
-            println!(
-                "  {:<w$}  {:>10.1} MiB: measured only (the formula does not model a frozen base: autodiff keeps less for ops whose weights do not train)",
-                row.policy,
-                mib(row.activation_bytes),
-                w = rows.iter().map(|r| r.policy.len()).max().unwrap_or(6)
-            );
-            continue;
-        }
-        let analytic = memtrain::memory::total_bytes(&memtrain::model::model_saved(
-            &model,
-            policy,
-            config.batch,
-            config.seq,
-        )) as u64;
-        println!(
-            "  {:<w$}  {:>10.1} MiB vs {:>10.1} MiB  {:+.2}%",
-            row.policy,
-            mib(row.activation_bytes),
-            mib(analytic),
-            100.0 * (row.activation_bytes as f64 / analytic as f64 - 1.0),
-            w = rows.iter().map(|r| r.policy.len()).max().unwrap_or(6)
-        );
-    }
+    print_table(&report.rows);
+    print_analytic(&report);
     if let Some(path) = &args.json {
-        let json = serde_json::to_vec_pretty(&rows)?;
+        let json = serde_json::to_vec_pretty(&report.rows)?;
         write_atomic(path, &json).context("--json")?;
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        crate::plot::memory_bars(&rows, path).context("--plot")?;
+        crate::plot::memory_bars(&report.rows, path).context("--plot")?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -1,28 +1,22 @@
-//! `memtrain compress`: a GPT checkpoint's linear weights to TT-matrices (`--from`), or a
-//! pretrained BERT's encoder linears factorized by a target parameter ratio (`--model`), with
-//! a per-layer report and optionally the compressed model written out.
+//! `memtrain compress`: a GPT checkpoint's linear weights to TT-matrices (`--from`,
+//! [`memtrain::compress::compress_checkpoint`]), or a pretrained BERT's encoder linears
+//! factorized by a target parameter ratio (`--model`, [`memtrain::bert::compress_model`]),
+//! with a per-layer report and optionally the compressed model written out.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
 use clap::Args;
 use memtrain::bert::{
-    Bert, BertTokenizer, CompressMethod, CompressParams, CompressedManifest, IterativeParams,
-    LayerReport, compress_bert, compress_bert_iterative, save_compressed,
+    CompressMethod, CompressParams, CompressedManifest, Iterative, IterativeParams, LayerReport,
+    compress_model, distill_lines, save_compressed,
 };
-use memtrain::compress::gpt_to_ttm;
-use memtrain::policy::WeightsPolicy;
-use memtrain::train::Trainer;
+use memtrain::compress::compress_checkpoint;
 use memtrain::tt::Truncation;
 
 /// The distillation text when `--data` is not given.
 pub const DEFAULT_DATA: &str = "/work/shared/data/tinyshakespeare.txt";
-/// Non-empty lines at the start of `--data` that distillation never trains on: `memtrain
-/// eval-embed` measures on the first 500 lines by default, so they stay held out.
-pub const HELD_OUT_LINES: usize = 500;
 
 #[derive(Args, Debug)]
 pub struct CompressArgs {
@@ -57,8 +51,8 @@ pub struct CompressArgs {
     /// With --iterative: Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
     lr: f64,
-    /// With --iterative: text to distill on, one sentence per line (the first 500 non-empty
-    /// lines are held out for eval-embed); default /work/shared/data/tinyshakespeare.txt.
+    /// With --iterative: text to distill on, a sentence a line (the first 500 non-empty lines
+    /// are held out for eval-embed); default /work/shared/data/tinyshakespeare.txt.
     #[arg(long)]
     data: Option<PathBuf>,
     /// With --model and a CP method: CP-ALS sweeps per layer.
@@ -73,10 +67,9 @@ pub struct CompressArgs {
     /// With --from: compress the attention linears too, not only the MLP's.
     #[arg(long)]
     all: bool,
-    /// Write the compressed model here. With --from: a checkpoint (policy
-    /// `weights=ttm:RANK[:all]`, same step, fresh optimizer) so `memtrain train --resume --out
-    /// DIR` fine-tunes it; needs --rank without --eps. With --model: the factors, a manifest
-    /// and the config/tokenizer files, for `memtrain eval-embed --compressed DIR`.
+    /// Write the compressed model here: with --from a checkpoint (`weights=ttm:RANK[:all]`, needs
+    /// --rank alone) that `train --resume --out DIR` fine-tunes; with --model the factors and
+    /// manifest for `eval-embed --compressed DIR`.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the report as JSON.
@@ -92,22 +85,20 @@ pub fn run(args: CompressArgs) -> Result<()> {
         (None, None) => bail!(
             "missing --from or --model: give a GPT checkpoint (--from RUN_DIR) or a BERT model directory (--model DIR)"
         ),
-        (None, Some(_)) => run_bert(args),
-        (Some(_), None) => run_gpt(args),
+        (None, Some(dir)) => run_bert(&args, dir),
+        (Some(from), None) => run_gpt(&args, from),
     }
 }
 
-fn run_gpt(args: CompressArgs) -> Result<()> {
-    for (given, flag) in [
+fn run_gpt(args: &CompressArgs, from: &Path) -> Result<()> {
+    let bert_flags = [
         (args.method.is_some(), "--method"),
         (args.ratio.is_some(), "--ratio"),
         (args.iterative, "--iterative"),
-    ] {
-        if given {
-            bail!("{flag} applies to --model (a BERT); with --from use --rank and/or --eps");
-        }
+    ];
+    if let Some((_, flag)) = bert_flags.iter().find(|f| f.0) {
+        bail!("{flag} applies to --model (a BERT); with --from use --rank and/or --eps");
     }
-    let from = args.from.clone().expect("run checks --from");
     let trunc = match (args.rank, args.eps) {
         (None, None) => bail!("missing --rank or --eps: give a rank cap, an accuracy, or both"),
         (Some(0), _) => bail!("invalid --rank: got 0, expected a rank of at least 1"),
@@ -119,176 +110,110 @@ fn run_gpt(args: CompressArgs) -> Result<()> {
             eps: eps.unwrap_or(0.0),
         },
     };
-    let rank_for_policy = match (&args.out, args.rank, args.eps) {
-        (Some(_), Some(r), None) => Some(r),
-        (Some(_), _, _) => bail!(
-            "invalid --out with {}: a checkpoint needs --rank alone (one rank for every layer)",
-            if args.eps.is_some() {
-                "--eps"
-            } else {
-                "no --rank"
-            }
-        ),
-        _ => None,
-    };
-    let device = Device::flex().autodiff();
-    let (trainer, state) = Trainer::resume(&from, &device).context("--from")?;
-    let model = trainer.model().clone();
-    let (compressed, report) = gpt_to_ttm(model, trunc, args.all)?;
-
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "memtrain compress: {} at step {} ({}), {}",
-            from.display(),
-            state.step,
-            state.config.policy,
-            if args.all {
-                "all linears"
-            } else {
-                "MLP linears"
-            }
-        );
-        println!(
-            "{:<20} {:>13} {:>11} {:>9} {:>7} {:<18} {:>10}",
-            "layer", "shape", "before", "after", "ratio", "ranks", "rel. error"
-        );
-        for l in &report {
-            println!(
-                "{:<20} {:>13} {:>11} {:>9} {:>6.1}% {:<18} {:>10.4}",
-                l.name,
-                format!("{}x{}", l.shape[0], l.shape[1]),
-                l.params_before,
-                l.params_after,
-                100.0 * l.params_after as f64 / l.params_before as f64,
-                format!("{:?}", l.ranks),
-                l.rel_error
-            );
-        }
-        let (before, after): (usize, usize) = report
-            .iter()
-            .map(|l| (l.params_before, l.params_after))
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d));
-        let model_params = state
-            .config
-            .model_config()
-            .param_count_for(&state.config.policy);
-        println!(
-            "compressed weights: {before} -> {after} parameters; model {model_params} -> {}",
-            model_params - before + after
+    if args.out.is_some() && (args.rank.is_none() || args.eps.is_some()) {
+        let why = if args.eps.is_some() {
+            "--eps"
+        } else {
+            "no --rank"
+        };
+        bail!(
+            "invalid --out with {why}: a checkpoint needs --rank alone (one rank for every layer)"
         );
     }
-
-    if let (Some(out), Some(rank)) = (&args.out, rank_for_policy) {
-        let mut config = state.config.clone();
-        let ttm = WeightsPolicy::Ttm {
-            rank: u32::try_from(rank).context("--rank")?,
-            all: args.all,
-        };
-        config.policy.block.weights = ttm;
-        for o in config.policy.overrides.values_mut() {
-            o.weights = ttm;
-        }
-        let trainer = Trainer::from_model(config, compressed, state.step, &device)
-            .context("--out: the compressed model")?;
-        let dir = trainer.save_checkpoint(out, &state.data)?;
-        if !args.json {
-            println!(
-                "wrote {} (continue with: memtrain train --resume --out {} --steps N)",
-                dir.display(),
-                out.display()
-            );
-        }
+    let device = Device::flex().autodiff();
+    let c = compress_checkpoint(from, trunc, args.all, args.out.as_deref(), &device)
+        .context("--from")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&c.layers)?);
+        return Ok(());
+    }
+    let scope = if args.all {
+        "all linears"
+    } else {
+        "MLP linears"
+    };
+    println!(
+        "memtrain compress: {} at step {} ({}), {scope}",
+        from.display(),
+        c.state.step,
+        c.state.config.policy
+    );
+    println!(
+        "{:<20} {:>13} {:>11} {:>9} {:>7} {:<18} {:>10}",
+        "layer", "shape", "before", "after", "ratio", "ranks", "rel. error"
+    );
+    for l in &c.layers {
+        println!(
+            "{:<20} {:>13} {:>11} {:>9} {:>6.1}% {:<18} {:>10.4}",
+            l.name,
+            format!("{}x{}", l.shape[0], l.shape[1]),
+            l.params_before,
+            l.params_after,
+            100.0 * l.params_after as f64 / l.params_before as f64,
+            format!("{:?}", l.ranks),
+            l.rel_error
+        );
+    }
+    let (before, after) = c.layers.iter().fold((0, 0), |(a, b), l| {
+        (a + l.params_before, b + l.params_after)
+    });
+    println!(
+        "compressed weights: {before} -> {after} parameters; model {} -> {}",
+        c.model_params_before, c.model_params_after
+    );
+    if let (Some(dir), Some(out)) = (&c.written, &args.out) {
+        let (dir, out) = (dir.display(), out.display());
+        println!("wrote {dir} (continue with: memtrain train --resume --out {out} --steps N)");
     }
     Ok(())
 }
 
-/// The distillation lines: the non-empty lines of `path` after the held-out first ones.
-fn distill_lines(path: &Path) -> Result<Vec<String>> {
-    let text = memtrain::data::read_text(path).context("--data")?;
-    let lines: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .skip(HELD_OUT_LINES)
-        .map(str::to_string)
-        .collect();
-    if lines.is_empty() {
-        bail!(
-            "--data {}: no non-empty lines after the {HELD_OUT_LINES} held out for eval-embed",
-            path.display()
-        );
-    }
-    Ok(lines)
+fn print_row(r: &LayerReport) {
+    println!(
+        "{:<40} {:>9} {:>5} {:>8} {:>8} {:>6.2}x {:>9.4} {:>9} {:>8.2}",
+        r.name,
+        format!("{}x{}", r.shape[0], r.shape[1]),
+        r.rank,
+        r.params_before,
+        r.params_after,
+        r.params_before as f64 / r.params_after as f64,
+        r.rel_error,
+        r.ptq_rel_error
+            .map_or("-".to_string(), |e| format!("{e:.4}")),
+        r.seconds
+    );
 }
 
-fn run_bert(args: CompressArgs) -> Result<()> {
-    let dir = args.model.clone().expect("run checks --model");
-    for (given, flag) in [
+fn run_bert(args: &CompressArgs, dir: &Path) -> Result<()> {
+    let gpt_flags = [
         (args.rank.is_some(), "--rank"),
         (args.eps.is_some(), "--eps"),
         (args.all, "--all"),
-    ] {
-        if given {
-            bail!(
-                "{flag} applies to --from (a GPT checkpoint); with --model use --method and --ratio"
-            );
-        }
+    ];
+    if let Some((_, flag)) = gpt_flags.iter().find(|f| f.0) {
+        bail!("{flag} applies to --from (a GPT checkpoint); with --model use --method and --ratio");
     }
-    let Some(method) = &args.method else {
-        bail!("missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS or ttm");
+    let method: CompressMethod = match &args.method {
+        Some(m) => m.parse().context("--method")?,
+        None => bail!("missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS or ttm"),
     };
-    let method: CompressMethod = method.parse().context("--method")?;
     let Some(ratio) = args.ratio else {
         bail!("missing --ratio: expected a parameter reduction ratio >= 1, e.g. 2 or 4");
     };
-    if !(ratio >= 1.0 && ratio.is_finite()) {
-        bail!("invalid --ratio {ratio}: expected a finite parameter reduction ratio >= 1");
-    }
-    if args.cp_iters == 0 {
-        bail!("invalid --cp-iters 0: expected at least 1 sweep");
-    }
     let params = CompressParams {
         cp_iters: args.cp_iters,
         ..CompressParams::new(method, ratio)
     };
-    let plain = Device::flex();
-    let load = |device: &Device| {
-        Bert::load(&dir, device)
-            .with_context(|| format!("loading the model from {}", dir.display()))
+    params.validate()?;
+    let it = IterativeParams {
+        stages: args.stages,
+        batch: args.batch,
+        lr: args.lr,
+        ..IterativeParams::new(args.steps)
     };
-    let original = load(&plain)?;
-    let dense_total = original.num_params();
-    let start = Instant::now();
-    let print_row = |r: &LayerReport| {
-        println!(
-            "{:<40} {:>9} {:>5} {:>8} {:>8} {:>6.2}x {:>9.4} {:>9} {:>8.2}",
-            r.name,
-            format!("{}x{}", r.shape[0], r.shape[1]),
-            r.rank,
-            r.params_before,
-            r.params_after,
-            r.params_before as f64 / r.params_after as f64,
-            r.rel_error,
-            r.ptq_rel_error
-                .map_or("-".to_string(), |e| format!("{e:.4}")),
-            r.seconds
-        );
-    };
-    let header = || {
-        println!(
-            "{:<40} {:>9} {:>5} {:>8} {:>8} {:>7} {:>9} {:>9} {:>8}",
-            "layer", "shape", "rank", "before", "after", "ratio", "rel.err", "ptq err", "seconds"
-        )
-    };
-    let (model, reports, stages, schedule) = if args.iterative {
-        let it = IterativeParams {
-            stages: args.stages,
-            batch: args.batch,
-            lr: args.lr,
-            ..IterativeParams::new(args.steps)
-        };
+    let text = if !args.iterative {
+        None
+    } else {
         let data = match &args.data {
             Some(p) => p.clone(),
             None if Path::new(DEFAULT_DATA).is_file() => PathBuf::from(DEFAULT_DATA),
@@ -296,88 +221,70 @@ fn run_bert(args: CompressArgs) -> Result<()> {
                 "missing --data: --iterative distills on text lines and the default {DEFAULT_DATA} does not exist"
             ),
         };
-        let lines = distill_lines(&data)?;
-        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
-        let tokenizer = BertTokenizer::from_dir(&dir)
-            .with_context(|| format!("loading the tokenizer from {}", dir.display()))?;
-        let autodiff = Device::flex().autodiff();
-        let student = load(&autodiff)?;
-        if !args.json {
-            println!(
-                "memtrain compress: {} with {method} at ratio {ratio} ({})",
-                dir.display(),
-                it.describe(ratio)
+        let text = memtrain::data::read_text(&data).context("--data")?;
+        if distill_lines(&text).is_empty() {
+            bail!(
+                "--data {}: no non-empty lines after the {} held out for eval-embed",
+                data.display(),
+                memtrain::bert::HELD_OUT_LINES
             );
         }
-        let (model, reports, stages) = compress_bert_iterative(
-            student,
-            &original,
-            &tokenizer,
-            &lines,
-            &params,
-            &it,
-            &autodiff,
-            &plain,
-            |msg| eprintln!("{msg}"),
-        )?;
-        if !args.json {
-            header();
-            reports.iter().for_each(print_row);
-        }
-        (model.valid(), reports, stages, it.describe(ratio))
-    } else {
-        if !args.json {
-            println!(
-                "memtrain compress: {} with {method} at ratio {ratio} (one-shot)",
-                dir.display()
-            );
-            header();
-        }
-        let json = args.json;
-        let (model, reports) = compress_bert(original, &params, |r| {
+        Some(text)
+    };
+    let lines: Vec<&str> = text.as_deref().map(distill_lines).unwrap_or_default();
+    let iterative = args.iterative.then_some(Iterative {
+        params: it,
+        lines: &lines,
+    });
+    if !args.json {
+        let schedule = match iterative {
+            Some(_) => it.describe(ratio),
+            None => "one-shot".to_string(),
+        };
+        println!(
+            "memtrain compress: {} with {method} at ratio {ratio} ({schedule})",
+            dir.display()
+        );
+        println!(
+            "{:<40} {:>9} {:>5} {:>8} {:>8} {:>7} {:>9} {:>9} {:>8}",
+            "layer", "shape", "rank", "before", "after", "ratio", "rel.err", "ptq err", "seconds"
+        );
+    }
+    let json = args.json;
+    let (model, summary) = compress_model(
+        dir,
+        &params,
+        iterative,
+        |r| {
             if !json {
                 print_row(r)
             }
-        })?;
-        (model, reports, Vec::new(), "one-shot".to_string())
-    };
-    let seconds = start.elapsed().as_secs_f64();
-    let (before, after) = reports.iter().fold((0, 0), |(a, b), r| {
-        (a + r.params_before, b + r.params_after)
-    });
-    let mean_err = reports.iter().map(|r| r.rel_error).sum::<f64>() / reports.len() as f64;
-    let ptq: Vec<f64> = reports.iter().filter_map(|r| r.ptq_rel_error).collect();
-    let mean_ptq = (!ptq.is_empty()).then(|| ptq.iter().sum::<f64>() / ptq.len() as f64);
-    let total = model.num_params();
-    if args.json {
-        let out = serde_json::json!({
-            "model": dir,
-            "method": method.to_string(),
-            "ratio": ratio,
-            "schedule": schedule,
-            "layers": reports,
-            "stages": stages,
-            "linear_params_before": before,
-            "linear_params_after": after,
-            "model_params_before": dense_total,
-            "model_params_after": total,
-            "mean_rel_error": mean_err,
-            "mean_ptq_rel_error": mean_ptq,
-            "seconds": seconds,
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        },
+        |msg| eprintln!("{msg}"),
+    )
+    .with_context(|| format!("compressing {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "encoder linears: {before} -> {after} weight parameters ({:.2}x fewer), mean rel. error {mean_err:.4}{}; model {dense_total} -> {total} parameters; {seconds:.1} s",
-            before as f64 / after as f64,
-            mean_ptq.map_or(String::new(), |e| format!(
-                " (CP-ALS then quantize: {e:.4})"
-            )),
+            "encoder linears: {} -> {} weight parameters ({:.2}x fewer), mean rel. error {:.4}{}; model {} -> {} parameters; {:.1} s",
+            summary.linear_params_before,
+            summary.linear_params_after,
+            summary.linear_params_before as f64 / summary.linear_params_after as f64,
+            summary.mean_rel_error,
+            summary
+                .mean_ptq_rel_error
+                .map_or(String::new(), |e| format!(
+                    " (CP-ALS then quantize: {e:.4})"
+                )),
+            summary.model_params_before,
+            summary.model_params_after,
+            summary.seconds
         );
     }
     if let Some(out) = &args.out {
-        let manifest = CompressedManifest::describe(&model, method, ratio, schedule);
-        let written = save_compressed(&model, &manifest, &dir, out)
+        let manifest = CompressedManifest::describe(&model, method, ratio, summary.schedule);
+        let written = save_compressed(&model, &manifest, dir, out)
             .with_context(|| format!("--out {}", out.display()))?;
         if !args.json {
             println!(

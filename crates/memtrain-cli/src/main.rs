@@ -1,10 +1,17 @@
-//! `memtrain`: train the reference GPT under a memory policy, or bench policies side by side.
+//! `memtrain`: train the reference GPT under a memory policy, bench policies side by side,
+//! plan a memory budget, compress trained or pretrained weights, and build and search the
+//! tensor-train point-cloud index.
+//!
+//! Each subcommand is one file: it parses its arguments, calls one library entry point and
+//! prints. What they share (common flags, loading text, units, writing files) is in this file
+//! and `output.rs`.
 
 mod bench;
 mod compress;
 mod embed;
 mod eval_embed;
 mod index;
+mod output;
 mod plan;
 mod plot;
 mod table;
@@ -14,7 +21,12 @@ mod variance;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::bail;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use memtrain::model::Preset;
+use memtrain::policy::Budget;
+use memtrain::run::FitBudget;
+use memtrain::train::TrainConfig;
 
 #[global_allocator]
 static ALLOC: memtrain::memory::CountingAllocator = memtrain::memory::CountingAllocator;
@@ -49,7 +61,7 @@ enum Command {
     EvalEmbed(eval_embed::EvalEmbedArgs),
 }
 
-/// Options both subcommands share.
+/// The model and data options of the commands that train the GPT.
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// Model geometry: tiny, small or gpt2.
@@ -76,24 +88,79 @@ struct Common {
     seed: u64,
 }
 
-/// Loads `--data` or builds the built-in corpus.
-fn load_text(data: Option<&PathBuf>) -> anyhow::Result<(String, memtrain::train::DataSource)> {
-    use anyhow::Context;
-    match data {
-        Some(path) => {
-            let text = memtrain::data::read_text(path).context("--data")?;
-            let source = memtrain::train::DataSource::file(path, &text);
-            Ok((text, source))
-        }
-        None => Ok((
-            memtrain::data::synthetic_corpus(memtrain::data::SYNTHETIC_LINES, 0),
-            memtrain::train::DataSource::Builtin,
-        )),
+impl Common {
+    /// The training configuration these options describe, `batch` defaulting to
+    /// `default_batch`; not yet validated.
+    fn config(&self, default_batch: usize) -> anyhow::Result<TrainConfig> {
+        let preset: Preset = self.preset.parse()?;
+        let mut config = TrainConfig::new(preset);
+        config.batch = self.batch.unwrap_or(default_batch);
+        config.max_seq = self.max_seq;
+        config.seq = self.seq.unwrap_or(config.model_config().max_seq);
+        config.lr = self.lr;
+        config.seed = self.seed;
+        Ok(config)
     }
 }
 
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
+/// `--allow`: whether the planner may use approximate variants.
+fn allow_approx(allow: Option<&str>) -> anyhow::Result<bool> {
+    match allow {
+        None => Ok(false),
+        Some("approx") => Ok(true),
+        Some(other) => bail!("invalid --allow: got {other:?}, expected \"approx\""),
+    }
+}
+
+/// `--budget` and `--allow` as the library takes them.
+fn fit_budget(budget: Option<&str>, allow: Option<&str>) -> anyhow::Result<Option<FitBudget>> {
+    let approx = allow_approx(allow)?;
+    budget
+        .map(|b| {
+            Ok(FitBudget {
+                budget: b.parse::<Budget>()?,
+                approx,
+            })
+        })
+        .transpose()
+}
+
+/// The long flags of the subcommand the user ran (`batch`, `max-seq`, ...).
+fn flags_of(args: &[String]) -> Vec<String> {
+    let mut command = Cli::command();
+    let mut flags = Vec::new();
+    for name in args.iter().skip(1).filter(|a| !a.starts_with('-')) {
+        let Some(sub) = command.find_subcommand(name).cloned() else {
+            break;
+        };
+        flags.extend(
+            sub.get_arguments()
+                .filter_map(|a| a.get_long().map(str::to_string)),
+        );
+        command = sub;
+    }
+    flags
+}
+
+/// The error as one line: its chain joined by `": "` (anyhow's `{:#}`), where a library
+/// [`memtrain::Error::Config`] that names a field the command has a flag for is written with
+/// the flag (`invalid --max-seq: ...` for the field `max_seq`).
+fn message(e: &anyhow::Error, flags: &[String]) -> String {
+    let parts: Vec<String> = e
+        .chain()
+        .map(|cause| match cause.downcast_ref::<memtrain::Error>() {
+            Some(memtrain::Error::Config {
+                what,
+                got,
+                expected,
+            }) if flags.contains(&what.replace('_', "-")) => format!(
+                "invalid --{}: got {got:?}, expected {expected}",
+                what.replace('_', "-")
+            ),
+            _ => cause.to_string(),
+        })
+        .collect();
+    parts.join(": ")
 }
 
 fn main() -> ExitCode {
@@ -118,7 +185,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            let args: Vec<String> = std::env::args().collect();
+            eprintln!("error: {}", message(&e, &flags_of(&args)));
             ExitCode::FAILURE
         }
     }

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow};
-use memtrain::train::BenchRow;
+use memtrain::run::BenchRow;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;

@@ -1,21 +1,16 @@
-//! `memtrain train`.
+//! `memtrain train`: [`memtrain::run::fit`] with a progress bar.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use memtrain::data::{Dataset, Tokenizer};
-use memtrain::memory::{MemoryReport, live_bytes};
-use memtrain::model::Preset;
-use memtrain::policy::MemoryPolicy;
-use memtrain::train::{DataSource, TrainConfig, Trainer};
+use memtrain::memory::live_bytes;
+use memtrain::run::{FitEvent, FitOptions, Start, fit};
 
-use crate::{Common, load_text, mib};
+use crate::Common;
+use crate::output::{mib, mib_usize, print_report};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -61,208 +56,108 @@ pub struct TrainArgs {
     allow: Option<String>,
 }
 
-fn print_report(r: &MemoryReport) {
-    println!("memory report (last step, MiB):");
-    for (name, v) in [
-        ("param_bytes", r.param_bytes),
-        ("grad_bytes", r.grad_bytes),
-        ("optimizer_bytes", r.optimizer_bytes),
-        ("activation_bytes", r.activation_bytes),
-        ("peak_bytes", r.peak_bytes),
-    ] {
-        println!("  {name:<17} {:>10.2}", mib(v));
-    }
-}
-
-pub fn run(args: TrainArgs) -> Result<()> {
+fn options(args: &TrainArgs) -> Result<FitOptions> {
     if args.steps == 0 {
         bail!("invalid --steps: got 0, expected a positive integer");
     }
-    let device = Device::flex().autodiff();
-    let (mut trainer, text, source) = if args.resume {
-        let (trainer, state) = Trainer::resume(&args.out, &device).context("--resume")?;
-        let (text, source) = match &state.data {
-            DataSource::Builtin => load_text(None)?,
-            DataSource::File { path, .. } => {
-                let path = args.common.data.clone().unwrap_or_else(|| path.clone());
-                load_text(Some(&path))?
-            }
-        };
-        if source != state.data {
-            bail!(
-                "--resume: the data ({source:?}) is not what the checkpoint trained on ({:?})",
-                state.data
-            );
-        }
-        (trainer, text, source)
-    } else {
-        let preset: Preset = args.common.preset.parse()?;
-        let policy: MemoryPolicy = args.policy.parse().context("--policy")?;
-        let tokenizer: Tokenizer = args.tokenizer.parse()?;
-        let mut config = TrainConfig::new(preset);
-        config.tokenizer = tokenizer;
-        config.batch = args.common.batch.unwrap_or(16);
-        config.max_seq = args.common.max_seq;
-        config.seq = args.common.seq.unwrap_or(config.model_config().max_seq);
-        config.lr = args.common.lr;
-        config.warmup = args.warmup;
-        config.seed = args.common.seed;
-        config.policy = policy;
-        config.validate()?;
-        let (text, source) = load_text(args.common.data.as_ref())?;
-        // The planner's schedule, when the policy it planned runs unchanged.
-        let mut planned_schedule = None;
-        if let Some(budget) = &args.budget {
-            let approx = crate::plan::allow_approx(args.allow.as_deref())?;
-            let (bytes, _) = crate::plan::planner_budget(budget, &config)?;
-            let data = Dataset::new(&text, config.tokenizer, config.seq).context("--data")?;
-            let report = memtrain::plan::make_plan(&config, bytes, approx, &data, &device)?;
-            let mut planned = report.plan.policy.clone();
-            planned.optim = config.policy.optim;
-            planned.adapt = config.policy.adapt;
-            planned.block.weights = config.policy.block.weights;
-            for o in planned.overrides.values_mut() {
-                o.weights = config.policy.block.weights;
-            }
-            println!(
-                "planned for {:.1} MiB: {} (predicted chain peak {:.1} MiB, {:.3} s a step)",
-                mib(bytes),
-                planned,
-                mib(report.plan.peak as u64),
-                report.plan.time
-            );
-            if planned == report.plan.policy {
-                planned_schedule = Some(report.plan.remat_plan());
-            }
-            config.policy = planned;
-        }
-        let mut trainer = match &args.init_from {
-            None => Trainer::new(config, &device)?,
-            Some(dir) => {
-                let (base, state) = Trainer::resume(dir, &device).context("--init-from")?;
-                let (want, got) = (config.model_config(), state.config.model_config());
-                if want != got || config.tokenizer != state.config.tokenizer {
-                    bail!(
-                        "invalid --init-from: its model ({got:?}, {:?} tokenizer) is not this run's ({want:?}, {:?} tokenizer)",
-                        state.config.tokenizer,
-                        config.tokenizer
-                    );
-                }
-                let mut model = base.model().clone();
-                if model.has_adapters() {
-                    bail!(
-                        "invalid --init-from: the checkpoint has adapters; fine-tune from a plain model"
-                    );
-                }
-                if let Some(adapter) = config.policy.adapt.config() {
-                    // The same adapter initialisation for the same seed.
-                    device.seed(config.seed);
-                    model = model.with_adapters(&adapter)?;
-                }
-                Trainer::from_model(config, model, 0, &device).context("--init-from")?
-            }
-        };
-        if let Some(schedule) = planned_schedule {
-            trainer.use_remat_plan(schedule)?;
-        }
-        (trainer, text, source)
+    let mut config = args.common.config(16)?;
+    let start = match (&args.init_from, args.resume) {
+        (_, true) => Start::Resume,
+        (Some(dir), false) => Start::InitFrom(dir.clone()),
+        (None, false) => Start::Fresh,
     };
-    let config = trainer.config().clone();
-    let data = Dataset::new(&text, config.tokenizer, config.seq).context("--data")?;
-    drop(text);
-    if trainer.step_count() >= args.steps {
-        bail!(
-            "invalid --steps: got {}, but the checkpoint is already at step {}",
-            args.steps,
-            trainer.step_count()
-        );
+    if start != Start::Resume {
+        config.policy = args.policy.parse().context("--policy")?;
+        config.tokenizer = args.tokenizer.parse()?;
+        config.warmup = args.warmup;
+        config.validate()?;
     }
-    println!(
-        "memtrain train: preset {} ({} parameters), batch {}, seq {}, policy {}, {} train / {} validation tokens",
-        config.preset,
-        config.model_config().param_count_for(&config.policy),
-        config.batch,
-        config.seq,
-        config.policy,
-        data.train_tokens().len(),
-        data.valid_tokens().len()
-    );
-    let metrics_path = args.out.join("metrics.csv");
-    std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
-    let mut metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("{}", metrics_path.display()))?;
-    if metrics.metadata().map(|m| m.len() == 0).unwrap_or(false) {
-        writeln!(metrics, "step,train_loss,val_loss")?;
-    }
-    let first = trainer.step_count();
-    if first == 0 {
-        let v = trainer.evaluate(&data, args.eval_batches);
-        println!("step 0: val_loss {v:.4}");
-        writeln!(metrics, "0,,{v}")?;
-    }
-    let bar = ProgressBar::new(args.steps);
-    bar.set_position(first);
+    Ok(FitOptions {
+        config,
+        data: args.common.data.clone(),
+        steps: args.steps,
+        out: args.out.clone(),
+        start,
+        eval_every: args.eval_every,
+        eval_batches: args.eval_batches,
+        budget: crate::fit_budget(args.budget.as_deref(), args.allow.as_deref())?,
+    })
+}
+
+pub fn run(args: TrainArgs) -> Result<()> {
+    let options = options(&args)?;
+    let bar = ProgressBar::new(options.steps);
     bar.set_style(
         ProgressStyle::with_template(
             "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
         )
         .expect("static template"),
     );
-    let tokens_per_step = (config.batch * config.seq) as f64;
-    let mut last = None;
-    let mut printed_plan = false;
-    let started = Instant::now();
-    while trainer.step_count() < args.steps {
-        let batch = trainer.next_batch(&data);
-        let stats = match trainer.try_step(&batch) {
-            Ok(stats) => stats,
-            Err(e) => {
-                bar.finish_and_clear();
-                return Err(e).context("--policy");
-            }
-        };
-        if let (Some(plan), false) = (trainer.remat_plan(), printed_plan) {
-            printed_plan = true;
-            bar.suspend(|| {
-                println!(
-                    "remat schedule: {} (predicted peak {:.1} MiB, {:.3} s a step; keep-all {:.1} MiB, {:.3} s)",
-                    plan.schedule,
-                    mib(plan.prediction.peak as u64),
-                    plan.prediction.time,
-                    mib(plan.keep_all.peak as u64),
-                    plan.keep_all.time
-                )
-            });
+    let mut tokens_per_step = 0.0;
+    let summary = fit(&options, &Device::flex().autodiff(), |event| {
+        match event {
+        FitEvent::Planned {
+            budget,
+            policy,
+            peak,
+            seconds,
+        } => println!(
+            "planned for {:.1} MiB: {policy} (predicted chain peak {:.1} MiB, {seconds:.3} s a step)",
+            mib(budget),
+            mib_usize(peak)
+        ),
+        FitEvent::Started {
+            config,
+            params,
+            train_tokens,
+            valid_tokens,
+            step,
+        } => {
+            tokens_per_step = (config.batch * config.seq) as f64;
+            bar.set_position(step);
+            println!(
+                "memtrain train: preset {} ({params} parameters), batch {}, seq {}, policy {}, {train_tokens} train / {valid_tokens} validation tokens",
+                config.preset, config.batch, config.seq, config.policy
+            );
         }
-        let step = trainer.step_count();
-        bar.set_position(step);
-        bar.set_message(format!(
-            "loss {:.4}  {:.0} tok/s  live {:.1} MiB",
-            stats.loss,
-            tokens_per_step / stats.seconds,
-            mib(live_bytes() as u64)
-        ));
-        let at_eval = args.eval_every > 0 && step % args.eval_every == 0;
-        if at_eval || step == args.steps {
-            let v = trainer.evaluate(&data, args.eval_batches);
-            bar.suspend(|| println!("step {step}: train_loss {:.4} val_loss {v:.4}", stats.loss));
-            writeln!(metrics, "{step},{},{v}", stats.loss)?;
-            let dir = trainer.save_checkpoint(&args.out, &source)?;
-            bar.suspend(|| println!("checkpoint {}", dir.display()));
+        FitEvent::Schedule(plan) => bar.suspend(|| {
+            println!(
+                "remat schedule: {} (predicted peak {:.1} MiB, {:.3} s a step; keep-all {:.1} MiB, {:.3} s)",
+                plan.schedule,
+                mib_usize(plan.prediction.peak),
+                plan.prediction.time,
+                mib_usize(plan.keep_all.peak),
+                plan.keep_all.time
+            )
+        }),
+        FitEvent::Step { step, stats } => {
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {:.4}  {:.0} tok/s  live {:.1} MiB",
+                stats.loss,
+                tokens_per_step / stats.seconds,
+                mib_usize(live_bytes())
+            ));
         }
-        last = Some(stats);
+        FitEvent::Evaluated {
+            step,
+            train_loss,
+            val_loss,
+        } => bar.suspend(|| match train_loss {
+            None => println!("step {step}: val_loss {val_loss:.4}"),
+            Some(t) => println!("step {step}: train_loss {t:.4} val_loss {val_loss:.4}"),
+        }),
+        FitEvent::Checkpoint(dir) => bar.suspend(|| println!("checkpoint {}", dir.display())),
     }
+    });
     bar.finish_and_clear();
-    let elapsed = started.elapsed().as_secs_f64();
-    let last = last.expect("at least one step ran");
+    let summary = summary?;
     println!(
-        "trained {} steps in {elapsed:.1} s; final train loss {:.4}",
-        args.steps - first,
-        last.loss
+        "trained {} steps in {:.1} s; final train loss {:.4}",
+        summary.last_step - summary.first_step,
+        summary.seconds,
+        summary.last.loss
     );
-    print_report(&last.memory);
+    print_report(&summary.last.memory);
     Ok(())
 }

@@ -4,12 +4,11 @@
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Args;
-use memtrain::data::{Dataset, Tokenizer};
-use memtrain::model::Preset;
+use memtrain::data::{Dataset, Tokenizer, load_text};
 use memtrain::policy::MemoryPolicy;
-use memtrain::train::{TrainConfig, gradient_variance};
+use memtrain::train::gradient_variance;
 
-use crate::{Common, load_text};
+use crate::Common;
 
 #[derive(Args, Debug)]
 pub struct VarianceArgs {
@@ -33,7 +32,7 @@ pub struct VarianceArgs {
 }
 
 pub fn run(args: VarianceArgs) -> Result<()> {
-    let preset: Preset = args.common.preset.parse()?;
+    let mut config = args.common.config(8)?;
     let policy: MemoryPolicy = args.policy.parse().context("--policy")?;
     if policy.block.linear.ratio().is_none() {
         bail!(
@@ -41,13 +40,9 @@ pub fn run(args: VarianceArgs) -> Result<()> {
             args.policy
         );
     }
-    let mut config = TrainConfig::new(preset);
-    config.batch = args.common.batch.unwrap_or(8);
-    config.max_seq = args.common.max_seq;
-    config.seq = args.common.seq.unwrap_or(config.model_config().max_seq);
-    config.seed = args.common.seed;
+    config.lr = 1e-3;
     config.validate()?;
-    let (text, _) = load_text(args.common.data.as_ref())?;
+    let (text, _) = load_text(args.common.data.as_deref())?;
     let data = Dataset::new(&text, Tokenizer::Byte, config.seq).context("--data")?;
     let device = Device::flex().autodiff();
     let report = gradient_variance(
@@ -64,7 +59,7 @@ pub fn run(args: VarianceArgs) -> Result<()> {
     } else {
         println!(
             "{} under {} ({} preset, batch {}, seq {}, weights at initialisation):",
-            report.layer, report.linear, preset, config.batch, config.seq
+            report.layer, report.linear, config.preset, config.batch, config.seq
         );
         println!(
             "  minibatch gradient variance  E|g_b - E g|^2  = {:.4e}",

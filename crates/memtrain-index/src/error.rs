@@ -35,6 +35,11 @@ pub enum Error {
         /// The underlying error.
         error: std::io::Error,
     },
+    /// Training the TT cloud failed inside a larger run ([`crate::bench::run`],
+    /// [`crate::ood::run`]). The inner error is part of the message and not chained as a
+    /// source, like [`Error::Io`], so that printing the chain names it once.
+    #[error("training the TT cloud: {0}")]
+    Fit(Box<Error>),
 }
 
 impl From<memtrain_tt::Error> for Error {

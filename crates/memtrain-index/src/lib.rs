@@ -12,6 +12,8 @@
 //! | [`io`] | one-file save and load with a versioned header and a checksum |
 //! | [`data`] | `.npy`, Fashion-MNIST IDX, generated clustered data |
 //! | [`metrics`] | recall@k (ann-benchmarks), sliced Wasserstein distance, AUROC |
+//! | [`bench`](mod@bench) | the recall/QPS benchmark against IVF, HNSW and brute force |
+//! | [`ood`] | out-of-distribution detection with the cloud as the memory bank |
 //!
 //! # Example
 //!
@@ -26,6 +28,7 @@
 //! assert_eq!(found.len(), 10);
 //! ```
 
+pub mod bench;
 mod cloud;
 pub mod data;
 mod error;
@@ -37,6 +40,7 @@ mod ivf;
 pub mod kernel;
 mod lists;
 pub mod metrics;
+pub mod ood;
 
 pub use cloud::TtCloud;
 pub use error::{Error, Result};

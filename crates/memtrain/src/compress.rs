@@ -18,9 +18,15 @@
 use burn::tensor::Tensor;
 use serde::Serialize;
 
-use crate::error::Result;
-use crate::linear::{LinearLayer, Linears, TtLinear};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+use crate::linear::{LinearLayer, Linears, TtLinearConfig};
 use crate::model::Gpt;
+use crate::policy::WeightsPolicy;
+use crate::train::{CheckpointState, Trainer};
 use memtrain_tt::{Truncation, TtMatrix, matrix_modes};
 
 /// Cores of the TT-matrices [`gpt_to_ttm`] builds (as `weights=ttm` does).
@@ -109,7 +115,81 @@ pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<
             ranks: m.ranks(),
             rel_error: rel_error(dense, after),
         });
-        Ok(LinearLayer::Tt(TtLinear::from_matrix(&m, bias)))
+        Ok(LinearLayer::Tt(
+            TtLinearConfig::for_matrix(&m, bias.is_some()).init_from_matrix(&m, bias)?,
+        ))
     })?;
     Ok((model.with_sequential_ids(), report))
+}
+
+/// A GPT checkpoint compressed by [`compress_checkpoint`].
+#[derive(Debug)]
+pub struct CheckpointCompression {
+    /// The checkpoint that was compressed.
+    pub state: CheckpointState,
+    /// One report per converted layer.
+    pub layers: Vec<LayerReport>,
+    /// Parameters of the whole model before (under its policy).
+    pub model_params_before: usize,
+    /// And after.
+    pub model_params_after: usize,
+    /// The checkpoint written, if any.
+    pub written: Option<PathBuf>,
+}
+
+/// Compresses the newest checkpoint in the run directory `from` ([`gpt_to_ttm`]) and, with
+/// `out`, writes it as a checkpoint there: same step, fresh optimizer, the policy's weights
+/// `weights=ttm:RANK[:all]` (one rank for every layer), so that training resumes from it and
+/// fine-tunes the TT cores.
+///
+/// # Errors
+///
+/// As [`Trainer::resume`] and [`gpt_to_ttm`]; [`Error::Config`] naming `out` when a
+/// checkpoint is asked for with a truncation other than a rank cap alone.
+pub fn compress_checkpoint(
+    from: &Path,
+    trunc: Truncation,
+    all: bool,
+    out: Option<&Path>,
+    device: &Device,
+) -> Result<CheckpointCompression> {
+    let rank_alone = trunc.max_rank.filter(|_| trunc.eps == 0.0);
+    let rank = match (out, rank_alone) {
+        (Some(out), None) => {
+            return Err(Error::config(
+                "out",
+                out.display(),
+                "a truncation by rank alone (one rank for every layer of a checkpoint)",
+            ));
+        }
+        (Some(_), rank) => rank,
+        (None, _) => None,
+    };
+    let (trainer, state) = Trainer::resume(from, device)?;
+    let model = trainer.model().clone();
+    drop(trainer);
+    let (compressed, layers) = gpt_to_ttm(model, trunc, all)?;
+    let model_params_before = state
+        .config
+        .model_config()
+        .param_count_for(&state.config.policy);
+    let (before, after) = layers.iter().fold((0, 0), |(a, b), l| {
+        (a + l.params_before, b + l.params_after)
+    });
+    let mut written = None;
+    if let (Some(out), Some(rank)) = (out, rank) {
+        let mut config = state.config.clone();
+        let rank =
+            u32::try_from(rank).map_err(|_| Error::config("rank", rank, "a rank below 2^32"))?;
+        config.policy = config.policy.with_weights(WeightsPolicy::Ttm { rank, all });
+        let trainer = Trainer::from_model(config, compressed, state.step, device)?;
+        written = Some(trainer.save_checkpoint(out, &state.data)?);
+    }
+    Ok(CheckpointCompression {
+        layers,
+        model_params_before,
+        model_params_after: model_params_before - before + after,
+        written,
+        state,
+    })
 }

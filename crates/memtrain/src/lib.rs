@@ -22,7 +22,8 @@
 //! | [`model`] | the reference GPT-2, built under a policy, and what it keeps (formulas) |
 //! | [`bert`] | a pretrained BERT sentence encoder (all-MiniLM-L6-v2) from Hugging Face files, compressed by a parameter ratio |
 //! | [`data`] | byte and GPT-2 BPE tokenizers, the built-in corpus, deterministic batches |
-//! | [`train`] | the measured training step, checkpoints, the policy bench |
+//! | [`train`] | the measured training step, evaluation, checkpoints |
+//! | [`run`] | whole runs: the training loop with evaluations and checkpoints ([`run::fit`]), policies side by side ([`run::bench`]) |
 //! | [`stats`] | the median of repeated measurements |
 //!
 //! # Quick start
@@ -60,6 +61,7 @@ pub mod optim;
 pub mod plan;
 pub mod policy;
 pub mod remat;
+pub mod run;
 pub mod stats;
 pub mod train;
 

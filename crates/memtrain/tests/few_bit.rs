@@ -3,9 +3,7 @@
 
 use burn::tensor::activation::{gelu, relu};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use memtrain::activation::{
-    ActFn, FewBit, FewBitConfig, QuantizeParams, Weight, quantize_derivative,
-};
+use memtrain::activation::{ActFn, FewBitConfig, QuantizeParams, Weight, quantize_derivative};
 
 fn grad_of(
     act: &dyn Fn(Tensor<1>) -> Tensor<1>,
@@ -110,7 +108,9 @@ fn should_measure_the_error_the_dp_predicts_on_gaussian_inputs() {
         };
         let table = quantize_derivative(ActFn::Gelu, bits, params).unwrap();
         let predicted = table.error / table.total_weight;
-        let act = FewBit::from_table(table);
+        let act = FewBitConfig::new(ActFn::Gelu, bits)
+            .init_from(table)
+            .unwrap();
         let (_, dx) = grad_of(&|x| act.forward(x), &xs, &device);
         let sq: Vec<f64> = xs
             .iter()

@@ -62,7 +62,9 @@ fn should_match_golden_gradients_of_a_rank_one_outer_product() {
         Tensor::<4>::from_data(TensorData::new(vec![5.0f32, 6.0], [1, 1, 2, 1]), &device),
     ];
     let m = TtMatrix::new(cores).unwrap();
-    let layer = TtLinear::from_matrix(&m, Some(Tensor::zeros([2], &device)));
+    let layer = TtLinearConfig::for_matrix(&m, true)
+        .init_from_matrix(&m, Some(Tensor::zeros([2], &device)))
+        .unwrap();
     let x = Tensor::<2>::from_data([[1.0f32, 2.0]], &device);
     let w = Tensor::<2>::from_data([[1.0f32, -1.0]], &device);
     let y = vals(layer.forward(x.clone()));
@@ -124,7 +126,9 @@ fn should_match_finite_differences_in_f64() {
         .collect();
     let m = TtMatrix::new(cores).unwrap();
     let bias = f64_tensor((0..12).map(|_| next()).collect(), [12], &device);
-    let layer = TtLinear::from_matrix(&m, Some(bias));
+    let layer = TtLinearConfig::for_matrix(&m, true)
+        .init_from_matrix(&m, Some(bias))
+        .unwrap();
     let x = f64_tensor((0..2 * 12).map(|_| next()).collect(), [2, 12], &device);
     let w = f64_tensor((0..2 * 12).map(|_| next()).collect(), [2, 12], &device);
     let g = grads(&layer, &x, &w, false);

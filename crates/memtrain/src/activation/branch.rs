@@ -30,10 +30,34 @@ use super::function::ActFn;
 /// Cells per side of the minimum.
 pub const CELLS: usize = 256;
 
+impl ActFn {
+    /// The derivative recovered from the output `y` and, for GELU and SiLU, the branch bit
+    /// (`true` when `x` is left of the minimum).
+    ///
+    /// # Panics
+    ///
+    /// For a function that is not [`ActFn::is_invertible`].
+    #[inline]
+    pub fn derivative_from_output(self, y: f32, left: bool) -> f32 {
+        match self {
+            ActFn::Gelu | ActFn::Silu => table(self).eval(y, left),
+            ActFn::Sigmoid => y * (1.0 - y),
+            ActFn::Tanh => 1.0 - y * y,
+            ActFn::Softplus => -(-y).exp_m1(),
+            other => panic!("{other:?} is not invertible (ActFn::is_invertible)"),
+        }
+    }
+
+    /// The minimiser `x*` (GELU, SiLU), where the branch bit switches.
+    pub fn argmin(self) -> Option<f64> {
+        self.needs_bit().then(|| table(self).x_min)
+    }
+}
+
 /// The fitted `g(y) = f'(f⁻¹(y))` on both sides of the minimum.
 #[derive(Debug)]
 pub struct BranchTable {
-    pub(crate) x_min: f64,
+    x_min: f64,
     y_min: f32,
     /// Right side: cells over `s ∈ [0, s_right]`; beyond, `g = 1`.
     s_right: f32,
@@ -129,7 +153,7 @@ impl BranchTable {
     }
 
     #[inline]
-    pub(crate) fn eval(&self, y: f32, left: bool) -> f32 {
+    fn eval(&self, y: f32, left: bool) -> f32 {
         let s = (y - self.y_min).max(0.0).sqrt();
         let (cells, s_end) = if left {
             (&self.left, self.s_left)
@@ -147,7 +171,7 @@ impl BranchTable {
     }
 }
 
-pub(crate) fn table(func: ActFn) -> &'static BranchTable {
+fn table(func: ActFn) -> &'static BranchTable {
     static GELU: OnceLock<BranchTable> = OnceLock::new();
     static SILU: OnceLock<BranchTable> = OnceLock::new();
     match func {

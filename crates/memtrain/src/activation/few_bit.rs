@@ -128,14 +128,6 @@ pub struct FewBit {
 }
 
 impl FewBit {
-    /// The activation with a given table (e.g. from
-    /// [`quantize_derivative`](super::quantize_derivative) with your own parameters).
-    pub fn from_table(table: FewBitTable) -> Self {
-        let table = Arc::new(table);
-        let id = register(&table);
-        FewBit { table, id }
-    }
-
     /// The table in use.
     pub fn table(&self) -> &FewBitTable {
         &self.table
@@ -182,6 +174,26 @@ impl FewBitConfig {
     /// elements: `ceil(n bits / 8) + 1` bytes of packed codes.
     pub fn saved_bytes(&self, n: usize) -> usize {
         codes::packed_len(n, self.bits)
+    }
+
+    /// The activation with a given table (e.g. from
+    /// [`quantize_derivative`](super::quantize_derivative) with your own parameters).
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::Config`] naming `func` or `bits` when the table is another function's
+    /// or another width's.
+    pub fn init_from(&self, table: FewBitTable) -> Result<FewBit> {
+        if (table.func, table.bits) != (self.func, self.bits) {
+            return Err(crate::Error::config(
+                "func/bits",
+                format!("{} at {} bits", self.func.name(), self.bits),
+                format!("the table's {} at {} bits", table.func.name(), table.bits),
+            ));
+        }
+        let table = Arc::new(table);
+        let id = register(&table);
+        Ok(FewBit { table, id })
     }
 
     /// Builds the activation (stateless, like burn's activations: no device); the table is

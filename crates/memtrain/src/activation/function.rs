@@ -5,7 +5,6 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use super::branch::table;
 use crate::error::{Error, Result};
 
 /// A pointwise activation function: its value and derivative in f64, its name, and (for
@@ -159,28 +158,6 @@ impl ActFn {
     /// `f(x)` in f32, as the forward pass computes it.
     pub fn f32(self, x: f32) -> f32 {
         self.f(x as f64) as f32
-    }
-
-    /// The derivative recovered from the output `y` and, for GELU and SiLU, the branch bit
-    /// (`true` when `x` is left of the minimum).
-    ///
-    /// # Panics
-    ///
-    /// For a function that is not [`ActFn::is_invertible`].
-    #[inline]
-    pub fn derivative_from_output(self, y: f32, left: bool) -> f32 {
-        match self {
-            ActFn::Gelu | ActFn::Silu => table(self).eval(y, left),
-            ActFn::Sigmoid => y * (1.0 - y),
-            ActFn::Tanh => 1.0 - y * y,
-            ActFn::Softplus => -(-y).exp_m1(),
-            other => panic!("{other:?} is not invertible (ActFn::is_invertible)"),
-        }
-    }
-
-    /// The minimiser `x*` (GELU, SiLU), where the branch bit switches.
-    pub fn argmin(self) -> Option<f64> {
-        self.needs_bit().then(|| table(self).x_min)
     }
 
     /// burn's own activation for this function (what runs where no custom op does).

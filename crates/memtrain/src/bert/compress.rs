@@ -29,9 +29,7 @@ use crate::decompose::{
     cp_als_shaped, cp_modes, rank_for_ratio, svd_lowrank, tucker2,
 };
 use crate::error::{Error, Result};
-use crate::linear::{
-    FactoredKind, FactoredLinearConfig, LinearLayer, Linears, TtLinear, TtLinearConfig,
-};
+use crate::linear::{FactoredKind, FactoredLinearConfig, LinearLayer, Linears, TtLinearConfig};
 use memtrain_tt::{Truncation, TtMatrix, matrix_modes};
 
 /// The manifest [`save_compressed`] writes.
@@ -77,7 +75,7 @@ pub enum CompressMethod {
         /// Bits per factor entry, `2..=8`.
         bits: u32,
     },
-    /// A 3-core TT-matrix by TT-SVD ([`TtLinear`]).
+    /// A 3-core TT-matrix by TT-SVD ([`TtLinear`](crate::linear::TtLinear)).
     Ttm,
 }
 
@@ -155,6 +153,32 @@ pub struct CompressParams {
 }
 
 impl CompressParams {
+    /// Checks the values.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `ratio` (below 1 or not finite), `cp_iters`, `tucker_iters` or
+    /// `admm_iters` (zero).
+    pub fn validate(&self) -> Result<()> {
+        if !(self.ratio >= 1.0 && self.ratio.is_finite()) {
+            return Err(Error::config(
+                "ratio",
+                self.ratio,
+                "a finite parameter reduction ratio >= 1",
+            ));
+        }
+        for (name, v) in [
+            ("cp_iters", self.cp_iters),
+            ("tucker_iters", self.tucker_iters),
+            ("admm_iters", self.admm_iters.0.min(self.admm_iters.1)),
+        ] {
+            if v == 0 {
+                return Err(Error::config(name, 0, "at least 1 sweep"));
+            }
+        }
+        Ok(())
+    }
+
     /// `method` at `ratio`: 10 CP-ALS sweeps, 3 x 5 AO-ADMM iterations, 5 HOOI sweeps,
     /// seed 0 (CP of 384 x 1536 weights at ranks above 1000 costs seconds per sweep on the
     /// host's `R x R` solves, hence the few sweeps).
@@ -322,7 +346,9 @@ pub fn compress_linear(
             let r = ttm_rank_for_ratio(d_in, d_out, params.ratio)?;
             let (rows, cols) = matrix_modes(d_in, d_out, TT_CORES)?;
             let m = TtMatrix::from_dense(w.clone(), &rows, &cols, Truncation::rank(r))?;
-            LinearLayer::Tt(TtLinear::from_matrix(&m, bias))
+            LinearLayer::Tt(
+                TtLinearConfig::for_matrix(&m, bias.is_some()).init_from_matrix(&m, bias)?,
+            )
         }
     };
     let report = LayerReport {
@@ -558,7 +584,9 @@ fn skeleton(
             let m = TtMatrix::new(cores)?;
             let d_out = m.col_modes().iter().product::<usize>();
             let bias = spec.bias.then(|| Tensor::zeros([d_out], device));
-            Ok(LinearLayer::Tt(TtLinear::from_matrix(&m, bias)))
+            Ok(LinearLayer::Tt(
+                TtLinearConfig::for_matrix(&m, bias.is_some()).init_from_matrix(&m, bias)?,
+            ))
         }
         (other, None) => Err(data(format!(
             "{}: layer kind {other:?} is not one of dense, chain, cp, ttm",

@@ -24,14 +24,17 @@
 //! Hugging Face name through [`Linears`](crate::linear::Linears), so compressed
 //! layers can replace the dense ones: [`compress_bert`] does that by a target parameter
 //! ratio (SVD, Tucker-2, CP, quantized CP, TT-matrix), [`compress_bert_iterative`] in stages
-//! with distillation in between, and [`save_compressed`] / [`load_compressed`] store the
-//! factors.
+//! with distillation in between ([`compress_model`] runs either on a model directory), and
+//! [`save_compressed`] / [`load_compressed`] store the factors; [`compare_embeddings`]
+//! measures how close a compressed model's embeddings stay to the original's.
 
 mod compress;
 mod config;
 mod distill;
+mod eval;
 mod files;
 mod model;
+mod pipeline;
 mod tokenizer;
 
 pub use compress::{
@@ -41,7 +44,9 @@ pub use compress::{
 };
 pub use config::{BertActivation, BertConfig};
 pub use distill::{IterativeParams, StageReport, compress_bert_iterative};
+pub use eval::{EmbedReport, ModelStats, compare_embeddings, packed_bytes, text_lines};
 pub use model::{Bert, BertEmbeddings, BertLayer};
+pub use pipeline::{CompressSummary, HELD_OUT_LINES, Iterative, compress_model, distill_lines};
 pub use tokenizer::{BertInput, BertTokenizer};
 
 /// The model directory `scripts/fetch-minilm.sh` fills: `$MEMTRAIN_MINILM_DIR/model`, or

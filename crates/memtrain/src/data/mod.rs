@@ -3,7 +3,7 @@
 //! A batch is a pure function of `(seed, step)`: the training position in the data is the
 //! step counter, so a resumed run draws exactly the batches the uninterrupted run would.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -115,6 +115,66 @@ pub fn read_text(path: &Path) -> Result<String> {
             e.utf8_error().valid_up_to()
         ),
     })
+}
+
+/// Where the training text came from, so a resumed run can check it reads the same data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// The built-in synthetic corpus.
+    Builtin,
+    /// A text file; `fnv1a` is the 64-bit FNV-1a hash of its bytes.
+    File {
+        /// The path as given.
+        path: PathBuf,
+        /// Hash of the contents.
+        fnv1a: u64,
+    },
+}
+
+impl DataSource {
+    /// The source for a file's text.
+    pub fn file(path: &Path, text: &str) -> Self {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        DataSource::File {
+            path: path.to_owned(),
+            fnv1a: h,
+        }
+    }
+}
+
+impl DataSource {
+    /// The text of this source: the built-in corpus, or the file read again.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_text`].
+    pub fn load(&self) -> Result<String> {
+        match self {
+            DataSource::Builtin => Ok(synthetic_corpus(SYNTHETIC_LINES, 0)),
+            DataSource::File { path, .. } => read_text(path),
+        }
+    }
+}
+
+/// The training text of `path`, or the built-in corpus ([`synthetic_corpus`] with
+/// [`SYNTHETIC_LINES`] lines) for `None`, with its [`DataSource`].
+///
+/// # Errors
+///
+/// As [`read_text`].
+pub fn load_text(path: Option<&Path>) -> Result<(String, DataSource)> {
+    match path {
+        Some(path) => {
+            let text = read_text(path)?;
+            let source = DataSource::file(path, &text);
+            Ok((text, source))
+        }
+        None => Ok((synthetic_corpus(SYNTHETIC_LINES, 0), DataSource::Builtin)),
+    }
 }
 
 /// A tokenized text split 90/10 into training and validation tokens.

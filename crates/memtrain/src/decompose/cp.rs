@@ -4,7 +4,7 @@ use burn::tensor::{DType, Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::quantize_to_grid;
+use super::grid::{QuantGrid, quantize_to_grid};
 use crate::error::{Error, Result};
 use memtrain_tt::factorize;
 use memtrain_tt::linalg::host::{self, ridge_cholesky};
@@ -70,16 +70,6 @@ impl CpParams {
         self.init = init;
         self
     }
-}
-
-/// The grid a quantized [`Cp`]'s factors lie on: factor `k`'s entries are `scales[k] · q`
-/// with an integer `|q| <= 2^(bits-1) - 1` (see [`quantize_to_grid`]).
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantGrid {
-    /// Bits per code, `2..=8`.
-    pub bits: u32,
-    /// One step per factor.
-    pub scales: Vec<f64>,
 }
 
 /// A rank-`R` CP decomposition `T ≈ Σ_r a¹_r ∘ a²_r ∘ … ∘ aᴺ_r` of an order-`N` tensor: one

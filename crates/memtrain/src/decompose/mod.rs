@@ -30,17 +30,18 @@
 //! ```
 
 mod cp;
+mod grid;
 mod maxvol;
 mod quant;
 mod rank;
 mod svd;
 mod tucker;
 
-pub use cp::{Cp, CpInit, CpParams, QuantGrid, cp_als, cp_als_shaped, cp_modes};
+pub use cp::{Cp, CpInit, CpParams, cp_als, cp_als_shaped, cp_modes};
+pub use grid::{QuantGrid, quantize_to_grid};
 pub use maxvol::{MaxvolParams, active_subspace, maxvol, select_neurons};
 pub use quant::{
     CpQuantParams, cp_admm_quantized, cp_admm_quantized_from, cp_admm_quantized_shaped,
-    quantize_to_grid,
 };
 pub use rank::{RankMethod, rank_for_energy, rank_for_ratio};
 pub use svd::{LowRank, SvdParams, svd_lowrank};

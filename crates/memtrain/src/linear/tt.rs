@@ -319,6 +319,65 @@ impl TtLinearConfig {
             linear.bias.as_ref().map(|b| b.val().detach()),
         ))
     }
+
+    /// The configuration that describes the TT-matrix `m`: its widths, largest bond, modes,
+    /// and whether a bias comes with it.
+    pub fn for_matrix(m: &TtMatrix, bias: bool) -> Self {
+        let [d_in, d_out] = m.dims();
+        let rank = m.ranks().into_iter().max().unwrap_or(1);
+        TtLinearConfig::new(d_in, d_out, rank)
+            .with_cores(m.cores().len())
+            .with_modes(Some((m.row_modes(), m.col_modes())))
+            .with_bias(bias)
+    }
+
+    /// The layer of a given TT-matrix weight `m` (and bias): how a decomposition computed
+    /// elsewhere ([`TtMatrix::from_dense`], [`TtMatrix::round`]) becomes a layer.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming `d_input`/`d_output` when `m` is not `[d_input, d_output]`,
+    /// `rank` when a bond of `m` exceeds it, `modes` when explicit modes differ from `m`'s,
+    /// `bias` when its length is not `d_output` or the configuration has none.
+    pub fn init_from_matrix(&self, m: &TtMatrix, bias: Option<Tensor<1>>) -> Result<TtLinear> {
+        if m.dims() != [self.d_input, self.d_output] {
+            return Err(Error::config(
+                "d_input/d_output",
+                format!("[{}, {}]", self.d_input, self.d_output),
+                format!("the TT-matrix's {:?}", m.dims()),
+            ));
+        }
+        let top = m.ranks().into_iter().max().unwrap_or(1);
+        if top > self.rank {
+            return Err(Error::config(
+                "rank",
+                self.rank,
+                format!("at least the TT-matrix's largest bond {top}"),
+            ));
+        }
+        if let Some((rows, cols)) = &self.modes
+            && (rows, cols) != (&m.row_modes(), &m.col_modes())
+        {
+            return Err(Error::config(
+                "modes",
+                format!("rows {rows:?}, cols {cols:?}"),
+                format!("the TT-matrix's {:?} x {:?}", m.row_modes(), m.col_modes()),
+            ));
+        }
+        match (&bias, self.bias) {
+            (Some(b), true) if b.dims() != [self.d_output] => Err(Error::config(
+                "bias",
+                format!("{:?}", b.dims()),
+                format!("[{}]", self.d_output),
+            )),
+            (Some(_), false) => Err(Error::config(
+                "bias",
+                "a bias tensor",
+                "none: the configuration has bias = false",
+            )),
+            _ => Ok(TtLinear::from_matrix(m, bias)),
+        }
+    }
 }
 
 /// A linear layer `y = x W + b` whose weight `W [d_input, d_output]` is a TT-matrix.
@@ -358,8 +417,9 @@ pub struct TtLinear {
 }
 
 impl TtLinear {
-    /// A layer with the given TT-matrix weight and bias.
-    pub fn from_matrix(m: &TtMatrix, bias: Option<Tensor<1>>) -> Self {
+    /// A layer with the given TT-matrix weight and bias (checked by
+    /// [`TtLinearConfig::init_from_matrix`]).
+    fn from_matrix(m: &TtMatrix, bias: Option<Tensor<1>>) -> Self {
         let layout = Layout {
             rows: m.row_modes(),
             cols: m.col_modes(),

@@ -129,6 +129,19 @@ pub fn model_saved(
     v
 }
 
+impl GptConfig {
+    /// Number of parameters under a policy: [`GptConfig::param_count`] with each TT-matrix
+    /// layer's `d_in d_out` weight replaced by its cores
+    /// ([`crate::linear::TtLinearConfig::param_count`], bias kept), plus the adapters'
+    /// parameters: the element counts of [`param_shapes`].
+    pub fn param_count_for(&self, policy: &MemoryPolicy) -> usize {
+        param_shapes(self, policy)
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum()
+    }
+}
+
 /// Parameter bytes of a GPT under a policy: `4 ×` [`GptConfig::param_count_for`].
 pub fn param_bytes(config: &GptConfig, policy: &MemoryPolicy) -> usize {
     F32 * config.param_count_for(policy)

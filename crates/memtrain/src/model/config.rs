@@ -1,15 +1,12 @@
 //! GPT geometry and its named presets.
 
 use burn::config::Config;
-use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use super::gpt::Gpt;
 use crate::error::{Error, Result};
-use crate::policy::MemoryPolicy;
 
 /// The geometry of the reference GPT; [`GptConfig::init`] builds the model under a
-/// [`MemoryPolicy`].
+/// [`MemoryPolicy`](crate::policy::MemoryPolicy).
 ///
 /// ```
 /// use burn::tensor::{Device, Int, Tensor};
@@ -96,26 +93,6 @@ impl std::str::FromStr for Preset {
 }
 
 impl GptConfig {
-    /// Builds and initialises the model under `policy` on `device` (the device's random
-    /// generator as it is).
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] naming the field when the geometry or the policy is invalid.
-    pub fn init(&self, policy: &MemoryPolicy, device: &Device) -> Result<Gpt> {
-        Gpt::build(self, policy, device, None)
-    }
-
-    /// [`GptConfig::init`] with the device's generator seeded by `seed` first, so that the
-    /// same seed gives the same weights (seeding and initialisation under one lock).
-    ///
-    /// # Errors
-    ///
-    /// As [`GptConfig::init`].
-    pub fn init_seeded(&self, policy: &MemoryPolicy, device: &Device, seed: u64) -> Result<Gpt> {
-        Gpt::build(self, policy, device, Some(seed))
-    }
-
     /// Checks the geometry is usable.
     ///
     /// # Errors
@@ -156,17 +133,6 @@ impl GptConfig {
         let d = self.d_model;
         let per_block = 12 * d * d + 13 * d;
         self.vocab_size * d + self.max_seq * d + self.n_layers * per_block + 2 * d
-    }
-
-    /// Number of parameters under a policy: [`GptConfig::param_count`] with each TT-matrix
-    /// layer's `d_in d_out` weight replaced by its cores
-    /// ([`crate::linear::TtLinearConfig::param_count`], bias kept), plus the adapters'
-    /// parameters: the element counts of [`super::param_shapes`].
-    pub fn param_count_for(&self, policy: &MemoryPolicy) -> usize {
-        super::param_shapes(self, policy)
-            .iter()
-            .map(|s| s.iter().product::<usize>())
-            .sum()
     }
 
     /// The four linears of a block as `(d_input, d_output, in the MLP)`, in module order:

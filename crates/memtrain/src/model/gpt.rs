@@ -430,6 +430,28 @@ impl Gpt {
     }
 }
 
+impl GptConfig {
+    /// Builds and initialises the model under `policy` on `device` (the device's random
+    /// generator as it is).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the field when the geometry or the policy is invalid.
+    pub fn init(&self, policy: &MemoryPolicy, device: &Device) -> Result<Gpt> {
+        Gpt::build(self, policy, device, None)
+    }
+
+    /// [`GptConfig::init`] with the device's generator seeded by `seed` first, so that the
+    /// same seed gives the same weights (seeding and initialisation under one lock).
+    ///
+    /// # Errors
+    ///
+    /// As [`GptConfig::init`].
+    pub fn init_seeded(&self, policy: &MemoryPolicy, device: &Device, seed: u64) -> Result<Gpt> {
+        Gpt::build(self, policy, device, Some(seed))
+    }
+}
+
 /// Every TT-matrix layer the policy asks for can be built (its widths factorise into three
 /// modes): a clear error here rather than a panic while building blocks.
 fn check_tt_layouts(config: &GptConfig, policy: &MemoryPolicy) -> Result<()> {

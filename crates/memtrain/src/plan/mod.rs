@@ -16,10 +16,25 @@
 //! per-step constant (embedding, optimizer update, the executor's per-stage bookkeeping)
 //! measured once, at batch 1, in [`calibrate`].
 //!
+//! Around the planner: [`plan_remat`] plans only the remat schedule of a fixed policy,
+//! [`measure_plan`] and [`measure_remat`] train a plan next to its reference and report the
+//! meter against the prediction, and [`capacity`] searches the largest batch and sequence that
+//! fit a budget. Budgets are written as [`crate::policy::Budget`]s (a size or a fraction of
+//! [`plain_activation_bytes`]).
+//!
 //! Approximate variants change the gradients; their fidelity price, from the recorded
 //! tinyshakespeare runs (docs/BENCHMARKS.md, `small`, 300 steps): `act=fewbit:2` 2.3867
 //! against plain 2.4019 validation loss (-0.6%, no loss), `linear=sketch:0.25:mlp` 2.4718
 //! (+2.9%).
+
+mod capacity;
+mod measure;
+
+pub use capacity::{Capacity, SEQ_STEP, capacity};
+pub use measure::{
+    Measured, PlanMeasurement, RematMeasurement, measure_plan, measure_remat, plan_remat,
+    policy_activation_bytes,
+};
 
 use burn::tensor::Device;
 use serde::Serialize;
@@ -362,6 +377,17 @@ pub fn calibrate(measured_step: f64, plain: &Variant, n_blocks: usize) -> f64 {
 /// Profiling rounds (and calibration steps) of [`make_plan`]: times are their medians.
 pub const PROFILE_REPS: usize = 5;
 
+/// Plain burn's activation bytes for `config`'s geometry and batch shape (the formula,
+/// [`crate::model::model_saved`] of the default policy): what a budget's fraction is of.
+pub fn plain_activation_bytes(config: &crate::train::TrainConfig) -> usize {
+    crate::memory::total_bytes(&model_saved(
+        &config.model_config(),
+        &MemoryPolicy::default(),
+        config.batch,
+        config.seq,
+    ))
+}
+
 /// The data batch the planner profiles on (the first training batch of `seed`).
 pub fn batch_for(data: &Dataset, seed: u64, batch: usize, seq: usize, device: &Device) -> Batch {
     data.train_batch(seed, 0, batch, seq, device)
@@ -400,12 +426,7 @@ pub fn make_plan(
     plain.policy = MemoryPolicy::default();
     plain.validate()?;
     let model_config = plain.model_config();
-    let plain_activation = crate::memory::total_bytes(&model_saved(
-        &model_config,
-        &plain.policy,
-        plain.batch,
-        plain.seq,
-    ));
+    let plain_activation = plain_activation_bytes(&plain);
     // The per-step constant (embedding, optimizer update, the remat executor's per-stage
     // bookkeeping) from steps at batch 1, so that planning never allocates the plain
     // activations it is asked to avoid; run by the remat executor with room for everything

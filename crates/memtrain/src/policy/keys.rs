@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use super::RematPolicy;
 use super::size::parse_size;
 use crate::activation::ActPolicy;
 use crate::adapter::AdaptPolicy;
@@ -12,7 +13,6 @@ use crate::error::{Error, Result};
 use crate::linear::{LinearPolicy, SketchKind, WeightsPolicy};
 use crate::norm::NormPolicy;
 use crate::optim::OptimPolicy;
-use crate::remat::RematPolicy;
 
 /// One key of a policy SPEC.
 pub trait PolicyKey: Sized + Copy + Default + fmt::Display {

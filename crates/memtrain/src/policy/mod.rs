@@ -13,8 +13,9 @@
 //! Each key's value type lives with its method: [`ActPolicy`] (`act`) in
 //! [`crate::activation`], [`NormPolicy`] (`norm`) in [`crate::norm`], [`LinearPolicy`]
 //! (`linear`) and [`WeightsPolicy`] (`weights`) in [`crate::linear`], [`AttnPolicy`] (`attn`)
-//! in [`crate::attention`], [`RematPolicy`] (`remat`) in [`crate::remat`], [`OptimPolicy`]
-//! (`optim`) in [`crate::optim`], [`AdaptPolicy`] (`adapt`) in [`crate::adapter`].
+//! in [`crate::attention`], [`OptimPolicy`] (`optim`) in [`crate::optim`], [`AdaptPolicy`]
+//! (`adapt`) in [`crate::adapter`]; [`RematPolicy`] (`remat`) is here, below the model its
+//! executor ([`crate::remat`]) runs on.
 
 mod keys;
 mod size;
@@ -34,9 +35,24 @@ pub use crate::attention::AttnPolicy;
 pub use crate::linear::{LinearPolicy, WeightsPolicy};
 pub use crate::norm::NormPolicy;
 pub use crate::optim::OptimPolicy;
-pub use crate::remat::RematPolicy;
 
 use crate::error::{Error, Result};
+
+/// Which blocks are recomputed in backward instead of keeping their insides: the `remat=`
+/// key of a policy SPEC, executed by [`crate::remat`] (which re-exports it). It lives here,
+/// not with its method like the other keys, because the executor runs on the model that a
+/// policy builds: the key must sit below the model, the executor above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RematPolicy {
+    /// Keep everything.
+    #[default]
+    None,
+    /// Keep the input of every K-th block; recompute each segment in backward.
+    Every(u32),
+    /// The Rotor schedule of least time whose predicted activation peak fits this many bytes.
+    Budget(u64),
+}
 
 /// The per-block part of a policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -45,8 +45,6 @@ pub use seed::{SeedGradientBackend, backward_from};
 
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Gradients, Int, Tensor};
@@ -55,21 +53,8 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::memory::{Region, gradient_bytes};
 use crate::model::Gpt;
+pub use crate::policy::RematPolicy;
 use crate::stats::median;
-
-/// Which blocks are recomputed in backward instead of keeping their insides: the `remat=`
-/// key of a policy SPEC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RematPolicy {
-    /// Keep everything.
-    #[default]
-    None,
-    /// Keep the input of every K-th block; recompute each segment in backward.
-    Every(u32),
-    /// The Rotor schedule of least time whose predicted activation peak fits this many bytes.
-    Budget(u64),
-}
 
 /// Moves every gradient `grads` holds for `module`'s parameters into `total`, adding to what
 /// is there already.

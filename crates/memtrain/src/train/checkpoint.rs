@@ -20,6 +20,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use serde::{Deserialize, Serialize};
 
 use super::{TrainConfig, Trainer};
+use crate::data::DataSource;
 use crate::error::{Error, Result};
 
 /// The file in the output directory that names the newest checkpoint.
@@ -29,35 +30,6 @@ const OPTIM: &str = "optimizer.bpk";
 const STATE: &str = "state.json";
 const FORMAT: u32 = 1;
 const KEEP: usize = 2;
-
-/// Where the training text came from, so a resumed run can check it reads the same data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DataSource {
-    /// The built-in synthetic corpus.
-    Builtin,
-    /// A text file; `fnv1a` is the 64-bit FNV-1a hash of its bytes.
-    File {
-        /// The path as given.
-        path: PathBuf,
-        /// Hash of the contents.
-        fnv1a: u64,
-    },
-}
-
-impl DataSource {
-    /// The source for a file's text.
-    pub fn file(path: &Path, text: &str) -> Self {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in text.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        DataSource::File {
-            path: path.to_owned(),
-            fnv1a: h,
-        }
-    }
-}
 
 /// The non-tensor part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
-//! The training loop: one measured step, evaluation, checkpoints, and the policy bench.
+//! One measured training step ([`Trainer`]), evaluation, checkpoints, and the sketch-variance
+//! probe. Whole runs (the loop, the bench) are in [`crate::run`].
 
-mod bench;
 mod checkpoint;
 mod variance;
 
@@ -11,8 +11,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-pub use bench::{BenchConfig, BenchRow, run_bench};
-pub use checkpoint::{CheckpointState, DataSource, LATEST};
+pub use checkpoint::{CheckpointState, LATEST};
 pub use variance::{VarianceReport, gradient_variance};
 
 use crate::data::{Batch, Dataset, Tokenizer};
@@ -83,26 +82,26 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let max_seq = self.model_config().max_seq;
         if self.max_seq == Some(0) {
-            return Err(Error::config("--max-seq", 0, "a positive integer"));
+            return Err(Error::config("max_seq", 0, "a positive integer"));
         }
         if self.batch == 0 {
-            return Err(Error::config("--batch", self.batch, "a positive integer"));
+            return Err(Error::config("batch", self.batch, "a positive integer"));
         }
         if self.seq == 0 || self.seq > max_seq {
             return Err(Error::config(
-                "--seq",
+                "seq",
                 self.seq,
                 match self.max_seq {
-                    Some(_) => format!("1..={max_seq} (--max-seq)"),
+                    Some(_) => format!("1..={max_seq} (max_seq)"),
                     None => format!(
-                        "1..={max_seq} (the {} preset's max_seq; --max-seq raises it)",
+                        "1..={max_seq} (the {} preset's max_seq; max_seq raises it)",
                         self.preset
                     ),
                 },
             ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config("--lr", self.lr, "a positive finite number"));
+            return Err(Error::config("lr", self.lr, "a positive finite number"));
         }
         if let Some(galore) = self.policy.optim.galore() {
             // The matrices: wte [vocab, d], wpe [max_seq, d] and the blocks' dense linears.

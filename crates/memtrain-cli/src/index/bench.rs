@@ -1,0 +1,98 @@
+//! `memtrain index bench`: [`memtrain_index::bench::run`], printed row by row.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use memtrain_index::bench::{self, BenchConfig};
+use memtrain_index::data::FASHION_MNIST_DIR;
+
+use super::{CloudArgs, fit_config, load, shape_of, show};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Base vectors: a float32 [N, D] .npy file, or a Fashion-MNIST directory (60,000 base
+    /// vectors, 10,000 queries).
+    #[arg(long, default_value = FASHION_MNIST_DIR)]
+    data: PathBuf,
+    /// Queries for an .npy --data (default: the last 10% of the data, held out).
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    #[command(flatten)]
+    cloud: CloudArgs,
+    /// Only the first N queries.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Queries timed for the brute-force baseline (it takes N·D per query).
+    #[arg(long, default_value_t = 500)]
+    exact_queries: usize,
+    /// k-means rounds of the IVF baseline.
+    #[arg(long, default_value_t = 10)]
+    kmeans_iters: usize,
+    /// Skip the HNSW baseline.
+    #[arg(long)]
+    no_hnsw: bool,
+    /// Draw recall@10 against queries per second to this PNG.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write the rows as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub(super) fn run(args: BenchArgs) -> Result<()> {
+    let (data, own) = load(&args.data, "--data")?;
+    let (base, queries) = match (own, &args.queries) {
+        (_, Some(q)) => {
+            let (points, test) = load(q, "--queries")?;
+            (data, test.unwrap_or(points))
+        }
+        (Some(q), None) => (data, q),
+        (None, None) if data.len() < 2 => bail!(
+            "--data holds {} point; the benchmark needs at least 2 (or --queries)",
+            data.len()
+        ),
+        (None, None) => bench::hold_out(&data)?,
+    };
+    if queries.dim() != base.dim() {
+        bail!(
+            "dimension mismatch: the queries have dimension {}, the data {}",
+            queries.dim(),
+            base.dim()
+        );
+    }
+    let (shape, leaf) = shape_of(&args.cloud, base.len())?;
+    let config = BenchConfig {
+        fit: fit_config(&args.cloud),
+        shape: Some(shape),
+        leaf_level: Some(leaf),
+        limit: args.limit,
+        exact_queries: args.exact_queries,
+        kmeans_iters: args.kmeans_iters,
+        hnsw: !args.no_hnsw,
+        byte_meter: Some(memtrain::memory::live_bytes),
+    };
+    let mut bar = None;
+    let report = bench::run(&base, &queries, &config, &mut |p| match p {
+        bench::Progress::Start { base, queries, dim } => {
+            eprintln!("{base} base vectors, {queries} queries, dimension {dim}; ground truth...")
+        }
+        bench::Progress::Fit(p) => show(&mut bar, &p),
+        bench::Progress::TtBuilt(tt) => {
+            bar = None;
+            eprintln!("{tt}");
+        }
+        bench::Progress::Row(row) => println!("{row}"),
+        bench::Progress::Compression(c) => println!("{c}"),
+        _ => {}
+    })?;
+    println!("{}", bench::summary(&report.rows));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.rows)?;
+        crate::output::write_atomic(path, json.as_bytes()).context("--json")?;
+    }
+    if let Some(path) = &args.plot {
+        super::plot::curves(&report.rows, path).context("--plot")?;
+    }
+    Ok(())
+}

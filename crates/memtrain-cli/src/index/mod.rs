@@ -1,0 +1,162 @@
+//! `memtrain index`: build, query and benchmark the tensor-train point-cloud index, and the
+//! out-of-distribution demo, one file per subcommand. The benchmark harness and the demo are
+//! `memtrain_index::bench` and `memtrain_index::ood`; the files here parse, call them with a
+//! progress callback, and print. What they share (loading points, the cloud's flags and
+//! shape, the training progress bar) is in this file.
+
+mod bench;
+mod build;
+mod ood;
+mod plot;
+mod query;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
+use memtrain_index::data::{FASHION_MNIST_DIR, Points, read_fashion_mnist, read_npy};
+use memtrain_index::{FitConfig, FitProgress, check_capacity};
+
+#[derive(Args, Debug)]
+pub struct IndexArgs {
+    #[command(subcommand)]
+    command: IndexCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum IndexCommand {
+    /// Train a TT cloud on the data and write the index (one file).
+    Build(build::BuildArgs),
+    /// Search an index for the nearest neighbours of each query.
+    Query(query::QueryArgs),
+    /// Recall@10 against queries per second: TT index, k-means IVF, HNSW and brute force,
+    /// all built and measured in this run.
+    Bench(bench::BenchArgs),
+    /// Out-of-distribution detection with the TT cloud as the memory bank (Fashion-MNIST).
+    Ood(ood::OodArgs),
+    /// Redraw the recall/QPS plot from a `bench --json` file.
+    Plot(plot::PlotArgs),
+}
+
+/// How the TT cloud is shaped and trained.
+#[derive(Args, Debug, Clone)]
+pub struct CloudArgs {
+    /// Modes N1,N2,...; their product must be at least the number of points. Default: three
+    /// modes of about N/16 leaves in all, and a last mode of ceil(N / leaves).
+    #[arg(long)]
+    shape: Option<String>,
+    /// Largest TT rank.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Level of the leaves (inverted lists), 1..=modes; default: the last but one.
+    #[arg(long)]
+    leaf_level: Option<usize>,
+    /// Training steps.
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    /// Cloud and data points per step.
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Weight of the nearest-neighbour loss next to sliced Wasserstein.
+    #[arg(long, default_value_t = 1.0)]
+    nn_weight: f64,
+    /// Weight of the cluster loss (data to the nearest cluster centre at each level).
+    #[arg(long, default_value_t = 1.0)]
+    level_weight: f64,
+    /// Adam learning rate.
+    #[arg(long, default_value_t = 0.02)]
+    lr: f64,
+    /// Seed of the training.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+pub fn run(args: IndexArgs) -> Result<()> {
+    match args.command {
+        IndexCommand::Build(a) => build::run(a),
+        IndexCommand::Query(a) => query::run(a),
+        IndexCommand::Bench(a) => bench::run(a),
+        IndexCommand::Ood(a) => ood::run(a),
+        IndexCommand::Plot(a) => plot::run(a),
+    }
+}
+
+/// The points of `path`, and the queries when the source has its own: an .npy file, or a
+/// Fashion-MNIST directory (its training images, and its test images as the queries).
+pub(super) fn load(path: &Path, flag: &str) -> Result<(Points, Option<Points>)> {
+    if !path.is_dir() {
+        return Ok((read_npy(path).context(flag.to_string())?, None));
+    }
+    let f = read_fashion_mnist(path).with_context(|| match flag {
+        "--data" => format!(
+            "--data {}: expected the Fashion-MNIST IDX files (apt-get install \
+             dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})",
+            path.display()
+        ),
+        _ => flag.to_string(),
+    })?;
+    Ok((f.train, Some(f.test)))
+}
+
+/// Parses a comma-separated list of integers in `valid`; the error names the token, the
+/// whole list, and `what` was expected.
+pub(super) fn parse_numbers(
+    flag: &str,
+    text: &str,
+    valid: std::ops::RangeInclusive<usize>,
+    what: &str,
+) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(|t| match t.trim().parse::<usize>() {
+            Ok(v) if valid.contains(&v) => Ok(v),
+            _ => Err(anyhow!(
+                "invalid {flag}: got {t:?} in {text:?}, expected {what} separated by commas"
+            )),
+        })
+        .collect()
+}
+
+/// The cloud's shape (`--shape`, or the default for `n` points) and leaf level.
+pub(super) fn shape_of(cloud: &CloudArgs, n: usize) -> Result<(Vec<usize>, usize)> {
+    let shape = match &cloud.shape {
+        Some(s) => parse_numbers("--shape", s, 1..=usize::MAX, "positive integers")?,
+        None => memtrain_index::bench::default_shape(n),
+    };
+    check_capacity(&shape, n).context("--shape")?;
+    let k = shape.len();
+    let leaf = cloud.leaf_level.unwrap_or(if k > 1 { k - 1 } else { 1 });
+    if !(1..=k).contains(&leaf) {
+        bail!("invalid --leaf-level: got {leaf}, expected 1..={k} for --shape {shape:?}");
+    }
+    Ok((shape, leaf))
+}
+
+pub(super) fn fit_config(args: &CloudArgs) -> FitConfig {
+    FitConfig {
+        rank: args.rank,
+        steps: args.steps,
+        batch: args.batch,
+        nn_weight: args.nn_weight,
+        level_weight: args.level_weight,
+        lr: args.lr,
+        seed: args.seed,
+        ..FitConfig::default()
+    }
+}
+
+/// Shows a training step on `bar`, drawn from the first step; dropping the bar clears it.
+pub(super) fn show(bar: &mut Option<ProgressBar>, p: &FitProgress) {
+    let bar = bar.get_or_insert_with(|| {
+        let style = ProgressStyle::with_template("fit {bar:30} {pos}/{len} {msg} [{elapsed}]")
+            .expect("a valid template");
+        ProgressBar::new(p.steps as u64)
+            .with_style(style)
+            .with_finish(ProgressFinish::AndClear)
+    });
+    bar.set_position(p.step as u64);
+    bar.set_message(format!(
+        "SW² {:.4} NN {:.4}",
+        p.sliced_wasserstein, p.nearest
+    ));
+}

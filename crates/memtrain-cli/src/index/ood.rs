@@ -1,0 +1,76 @@
+//! `memtrain index ood`: [`memtrain_index::ood::run`], printed as a table.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use memtrain_index::data::{FASHION_MNIST_DIR, read_fashion_mnist};
+use memtrain_index::ood::{self, OodConfig};
+
+use super::{CloudArgs, fit_config, parse_numbers, shape_of, show};
+
+#[derive(Args, Debug)]
+pub struct OodArgs {
+    /// A directory with the Fashion-MNIST IDX files.
+    #[arg(long, default_value = FASHION_MNIST_DIR)]
+    data: PathBuf,
+    /// The in-distribution classes (the other five are out of distribution).
+    #[arg(long, default_value = "0,1,2,3,4")]
+    classes: String,
+    #[command(flatten)]
+    cloud: CloudArgs,
+    /// Write the table as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// The OOD table: AUROC of the distance to the nearest memory-bank point, for the TT cloud,
+/// the full in-distribution training set, and a random subset as large as the TT cloud.
+pub(super) fn run(args: OodArgs) -> Result<()> {
+    let f = read_fashion_mnist(&args.data).with_context(|| {
+        format!(
+            "--data {}: expected the Fashion-MNIST IDX files (apt-get install \
+             dataset-fashion-mnist)",
+            args.data.display()
+        )
+    })?;
+    let classes = parse_numbers("--classes", &args.classes, 0..=9, "class numbers 0-9")?;
+    if classes.len() >= 10 {
+        bail!(
+            "invalid --classes: got all ten classes, expected some to hold out as out of distribution"
+        );
+    }
+    let split = ood::split(&f, &classes)?;
+    let (shape, _) = shape_of(&args.cloud, split.bank.len())?;
+    eprintln!(
+        "memory bank: {} training images of classes {classes:?}; {} test images, {} out of distribution",
+        split.bank.len(),
+        f.test.len(),
+        split.out_of_distribution.iter().filter(|&&p| p).count()
+    );
+    let config = OodConfig {
+        fit: fit_config(&args.cloud),
+        shape: Some(shape),
+    };
+    let mut bar = None;
+    let report = ood::run(&split, &f.test, &config, &mut |p| match p {
+        ood::Progress::Fit(p) => show(&mut bar, &p),
+        ood::Progress::Trained {
+            shape,
+            ranks,
+            seconds,
+        } => {
+            bar = None;
+            println!("TT cloud: shape {shape:?}, ranks {ranks:?}, trained in {seconds:.1} s");
+            let head = ("memory bank", "points", "floats", "AUROC");
+            println!("{:<20} {:>10} {:>12} {:>8}", head.0, head.1, head.2, head.3);
+        }
+        ood::Progress::Row(row) => println!("{row}"),
+        _ => {}
+    })?;
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.rows)?;
+        crate::output::write_atomic(path, json.as_bytes()).context("--json")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `memtrain bench` end to end: the JSON keys, the same loss for the same policy, bad input.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn should_write_bench_json_with_exactly_the_documented_keys() {
+    let dir = scratch("bench");
+    let json = dir.join("out.json");
+    let out = run(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "2",
+        "--policies",
+        "act=exact;attn=exact",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    let mut want = vec![
+        "policy",
+        "preset",
+        "batch",
+        "seq",
+        "param_bytes",
+        "grad_bytes",
+        "optimizer_bytes",
+        "activation_bytes",
+        "peak_bytes",
+        "step_seconds_median",
+        "final_loss",
+    ];
+    want.sort();
+    assert_eq!(keys, want);
+    // Same seed and batches: the same loss for the same (plain) policy twice.
+    assert_eq!(rows[0]["final_loss"], rows[1]["final_loss"]);
+    assert!(rows[0]["activation_bytes"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn should_reject_bad_bench_arguments() {
+    for (args, needle) in [
+        (
+            vec!["bench", "--policies", "act=exact;attn=magic"],
+            "\"magic\"",
+        ),
+        (vec!["bench", "--steps", "0"], "--steps: got 0"),
+        (
+            vec!["bench", "--preset", "tiny", "--seq", "1000"],
+            "--seq: got \"1000\"",
+        ),
+    ] {
+        run_err(&args, needle);
+    }
+}

@@ -1,0 +1,722 @@
+//! The recall/QPS benchmark behind `memtrain index bench`: the TT index, k-means IVF, HNSW
+//! ([`hnsw_rs`]) and brute force, all built and measured in one run, one query at a time on
+//! the calling thread, with recall@10 as [ann-benchmarks](https://ann-benchmarks.com) counts
+//! it.
+//!
+//! [`run`] is the entry point; [`measure`], [`qps_at`], [`summary`] and [`compression`] are
+//! its parts, usable on their own.
+
+use std::fmt;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Points;
+use crate::kernel::l2sq;
+use crate::metrics::{recall_at_k, sliced_wasserstein};
+use crate::{
+    Error, ExactIndex, FitConfig, FitProgress, IvfIndex, Result, TtCloud, TtIndex, TtSearch,
+    check_capacity, fit, ground_truth,
+};
+
+/// Neighbours per query: every row is recall@`K`.
+pub const K: usize = 10;
+
+/// Probe counts of the TT and IVF sweeps (those above the number of leaves are skipped).
+const PROBES: [usize; 12] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128];
+/// Beam widths of the TT sweep (one beam of 1 when the leaves are the first level).
+const BEAMS: [usize; 5] = [4, 8, 16, 32, 64];
+/// `ef` values of the HNSW sweep.
+const HNSW_EF: [usize; 6] = [10, 20, 40, 80, 160, 320];
+/// HNSW's `M` and `ef_construction`.
+const HNSW_M: usize = 16;
+const HNSW_EF_CONSTRUCTION: usize = 200;
+
+/// One point of the recall/QPS sweep; the JSON of `memtrain index bench --json` is a list of
+/// these.
+///
+/// Its [`Display`](fmt::Display) is the line the benchmark prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// `tt`, `ivf`, `hnsw` or `exact`.
+    pub method: String,
+    /// The method's settings, e.g. `beam=8,probe=16` or `nlist=256,nprobe=4`.
+    pub params: String,
+    /// Mean recall@10 over the queries, in `[0, 1]`.
+    pub recall_at_10: f64,
+    /// Queries per second, one query at a time on one thread.
+    pub qps: f64,
+    /// Seconds to build the index (for the TT index, training included).
+    pub build_seconds: f64,
+    /// Bytes of the index beyond the vectors it holds (0 where unknown).
+    pub index_bytes: usize,
+}
+
+impl fmt::Display for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<6} {:<22} recall@10 {:.4}  {:>9.1} QPS  build {:>6.1} s  {:>10} B",
+            self.method,
+            self.params,
+            self.recall_at_10,
+            self.qps,
+            self.build_seconds,
+            self.index_bytes
+        )
+    }
+}
+
+/// How [`run`] builds and sweeps the indexes.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Training of the TT cloud; its seed also seeds the IVF's k-means.
+    pub fit: FitConfig,
+    /// Modes of the TT cloud; `None`: [`default_shape`] of the number of base points.
+    pub shape: Option<Vec<usize>>,
+    /// Level of the TT index's leaves, `1..=modes`; `None`: the last but one.
+    pub leaf_level: Option<usize>,
+    /// Only the first `limit` queries; `None`: all.
+    pub limit: Option<usize>,
+    /// Queries timed for brute force (it takes `N·D` per query), at least 1.
+    pub exact_queries: usize,
+    /// k-means rounds of the IVF baseline.
+    pub kmeans_iters: usize,
+    /// Whether to build and sweep the HNSW baseline.
+    pub hnsw: bool,
+    /// Live heap bytes of the process, to measure what building an index allocates (the
+    /// `memtrain` crate's counting allocator, `memtrain::memory::live_bytes`). `None`: the TT
+    /// index reports its formula only and HNSW reports 0 bytes.
+    pub byte_meter: Option<fn() -> usize>,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        Self {
+            fit: FitConfig::default(),
+            shape: None,
+            leaf_level: None,
+            limit: None,
+            exact_queries: 500,
+            kmeans_iters: 10,
+            hnsw: true,
+            byte_meter: None,
+        }
+    }
+}
+
+/// What [`run`] reports while it works, in this order: [`Progress::Start`], the exact
+/// [`Progress::Row`], [`Progress::Fit`] per training step, [`Progress::TtBuilt`], the TT rows,
+/// [`Progress::Compression`], the IVF rows, the HNSW rows.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum Progress<'a> {
+    /// The queries are chosen; the ground truth is next.
+    Start {
+        /// Base points.
+        base: usize,
+        /// Queries measured (after [`BenchConfig::limit`]).
+        queries: usize,
+        /// Dimension.
+        dim: usize,
+    },
+    /// One training step of the TT cloud.
+    Fit(FitProgress),
+    /// The TT index is built (training is over).
+    TtBuilt(&'a TtStats),
+    /// A row of the sweep is measured.
+    Row(&'a Row),
+    /// The TT cloud's compression of the data.
+    Compression(&'a Compression),
+}
+
+/// The TT index as [`run`] built it.
+///
+/// Its [`Display`](fmt::Display) is the line the benchmark prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtStats {
+    /// Modes `[N_1..N_k]`.
+    pub shape: Vec<usize>,
+    /// TT ranks `[1, r_1, ..., r_k]`.
+    pub ranks: Vec<usize>,
+    /// Leaves (inverted lists).
+    pub leaves: usize,
+    /// Parameters of the cloud.
+    pub param_count: usize,
+    /// Floats of the data, `N·D`.
+    pub data_floats: usize,
+    /// Bytes of the index beyond the vectors, by [`TtIndex::structure_bytes`].
+    pub structure_bytes: usize,
+    /// The same bytes as [`BenchConfig::byte_meter`] measured them, when there is one.
+    pub measured_bytes: Option<i64>,
+    /// Seconds to train the cloud and build the index.
+    pub build_seconds: f64,
+}
+
+impl fmt::Display for TtStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "tt: shape {:?}, ranks {:?}, {} leaves; {} parameters against N·D = {}; structure \
+             {} B (formula)",
+            self.shape,
+            self.ranks,
+            self.leaves,
+            self.param_count,
+            self.data_floats,
+            self.structure_bytes
+        )?;
+        if let Some(m) = self.measured_bytes {
+            write!(f, ", {m} B (allocator, vectors excluded)")?;
+        }
+        Ok(())
+    }
+}
+
+/// The TT cloud's size against the data, and its sliced Wasserstein distance to the data next
+/// to that of a random subset of the data holding as many floats.
+///
+/// Its [`Display`](fmt::Display) is the line the benchmark prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compression {
+    /// Parameters of the cloud.
+    pub cloud_floats: usize,
+    /// Floats of the data, `N·D`.
+    pub data_floats: usize,
+    /// Points of the random subset (`cloud_floats / D`, at least 1).
+    pub subset_points: usize,
+    /// Sliced Wasserstein distance from 4096 cloud points to 4096 data points.
+    pub sw_cloud: f64,
+    /// Sliced Wasserstein distance from the subset to the same 4096 data points.
+    pub sw_subset: f64,
+}
+
+impl Compression {
+    /// How many times fewer floats the cloud holds than the data.
+    pub fn ratio(&self) -> f64 {
+        self.data_floats as f64 / self.cloud_floats as f64
+    }
+}
+
+impl fmt::Display for Compression {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "compression: TT cloud {} floats against N·D = {} ({:.1}x smaller); sliced \
+             Wasserstein to the data: TT cloud {:.2}, random subset of {} points (as many \
+             floats) {:.2}",
+            self.cloud_floats,
+            self.data_floats,
+            self.ratio(),
+            self.sw_cloud,
+            self.subset_points,
+            self.sw_subset
+        )
+    }
+}
+
+/// Everything [`run`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The sweep: exact, then TT, IVF and HNSW rows.
+    pub rows: Vec<Row>,
+    /// The TT index.
+    pub tt: TtStats,
+    /// The TT cloud's compression of the data.
+    pub compression: Compression,
+}
+
+/// Recall and speed of one setting, from [`measure`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measurement {
+    /// Mean recall@10, in `[0, 1]`.
+    pub recall: f64,
+    /// Queries per second.
+    pub qps: f64,
+}
+
+/// The default TT shape for `n` points: about `n / 16` leaves (a power of two, at least 8) as
+/// three modes, and a last mode that makes the product at least `n` (about 16 points a leaf).
+///
+/// # Example
+///
+/// ```
+/// use memtrain_index::bench::default_shape;
+///
+/// assert_eq!(default_shape(60_000), vec![16, 16, 16, 15]);
+/// ```
+pub fn default_shape(n: usize) -> Vec<usize> {
+    let bits = ((n as f64 / 16.0).max(8.0).log2().round() as u32).max(3);
+    let a = 1usize << bits.div_ceil(3);
+    let b = 1usize << (bits - bits.div_ceil(3)).div_ceil(2);
+    let c = 1usize << (bits - bits.div_ceil(3) - (bits - bits.div_ceil(3)).div_ceil(2));
+    let leaves = a * b * c;
+    vec![a, b, c, n.div_ceil(leaves)]
+}
+
+/// Splits `points` into base points and held-out queries: the last tenth (at least one point)
+/// are the queries.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for fewer than 2 points.
+pub fn hold_out(points: &Points) -> Result<(Points, Points)> {
+    let n = points.len();
+    if n < 2 {
+        return Err(Error::invalid(
+            "data",
+            format!("{n} point"),
+            "at least 2 points, to hold some out as queries",
+        ));
+    }
+    let held = (n / 10).max(1);
+    let base: Vec<usize> = (0..n - held).collect();
+    let test: Vec<usize> = (n - held..n).collect();
+    Ok((points.select(&base), points.select(&test)))
+}
+
+/// Runs `search` over the first `n` queries one at a time on this thread; returns the mean
+/// recall@10 (distances recomputed exactly from the returned ids, against `truth` from
+/// [`ground_truth`]) and the queries per second.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] when `n` is 0 or more than the queries or the rows of `truth`, or when
+/// `search` returns an id outside `base`; the first error `search` returns.
+pub fn measure(
+    base: &Points,
+    queries: &Points,
+    truth: &[Vec<(f32, u32)>],
+    n: usize,
+    mut search: impl FnMut(&[f32]) -> Result<Vec<u32>>,
+) -> Result<Measurement> {
+    let available = queries.len().min(truth.len());
+    if n == 0 || n > available {
+        return Err(Error::invalid(
+            "queries measured",
+            n,
+            format!("1..={available} (the queries with a ground truth)"),
+        ));
+    }
+    let start = Instant::now();
+    let found: Vec<Vec<u32>> = (0..n)
+        .map(|i| search(queries.row(i)))
+        .collect::<Result<_>>()?;
+    let qps = n as f64 / start.elapsed().as_secs_f64();
+    let mut total = 0.0;
+    for (i, ids) in found.iter().enumerate() {
+        let mut scored = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if id as usize >= base.len() {
+                return Err(Error::invalid(
+                    "returned id",
+                    id,
+                    format!("below {}, the number of base points", base.len()),
+                ));
+            }
+            scored.push((l2sq(queries.row(i), base.row(id as usize)), id));
+        }
+        total += recall_at_k(&scored, &truth[i], K);
+    }
+    Ok(Measurement {
+        recall: total / n as f64,
+        qps,
+    })
+}
+
+/// The ids of a search result.
+fn ids(found: Vec<(f32, u32)>) -> Vec<u32> {
+    found.into_iter().map(|p| p.1).collect()
+}
+
+/// The recall/QPS benchmark: brute force on [`BenchConfig::exact_queries`] queries; the TT
+/// index (trained on `base`) at beams 4..64 and probes 1..128; k-means IVF with as many lists
+/// as the TT index has leaves (the like-for-like baseline) and with the usual `4·sqrt(N)`
+/// lists (IVF's own best setting on its own terms), probes 1..128; HNSW (`M` = 16,
+/// `ef_construction` = 200, parallel insertion) at `ef` 10..320. Every row is measured one
+/// query at a time on the calling thread; `progress` hears of each step as it happens.
+///
+/// # Example
+///
+/// ```
+/// use memtrain_index::FitConfig;
+/// use memtrain_index::bench::{self, BenchConfig};
+/// use memtrain_index::data::clustered;
+///
+/// let (base, queries) = bench::hold_out(&clustered(300, 8, 4, 0)).unwrap();
+/// let config = BenchConfig {
+///     fit: FitConfig { rank: 4, steps: 10, batch: 128, ..FitConfig::default() },
+///     hnsw: false,
+///     ..BenchConfig::default()
+/// };
+/// let report = bench::run(&base, &queries, &config, &mut |_| {}).unwrap();
+/// assert_eq!(report.rows[0].method, "exact");
+/// println!("{}", bench::summary(&report.rows));
+/// ```
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for no base points or queries, [`BenchConfig::limit`] 0, queries of
+/// another dimension, a shape too small for the base points or a leaf level outside
+/// `1..=modes`; [`Error::Fit`] when training the cloud fails.
+pub fn run(
+    base: &Points,
+    queries: &Points,
+    config: &BenchConfig,
+    progress: &mut dyn FnMut(Progress<'_>),
+) -> Result<Report> {
+    if base.is_empty() {
+        return Err(Error::invalid("data", "0 points", "at least 1 point"));
+    }
+    if queries.is_empty() {
+        return Err(Error::invalid("queries", "0 points", "at least 1 point"));
+    }
+    if config.limit == Some(0) {
+        return Err(Error::invalid("limit", 0, "at least 1 query"));
+    }
+    if queries.dim() != base.dim() {
+        return Err(Error::invalid(
+            "query dimension",
+            queries.dim(),
+            format!("{}, the data's dimension", base.dim()),
+        ));
+    }
+    let shape = config
+        .shape
+        .clone()
+        .unwrap_or_else(|| default_shape(base.len()));
+    check_capacity(&shape, base.len())?;
+    let k = shape.len();
+    let leaf = config.leaf_level.unwrap_or(if k > 1 { k - 1 } else { 1 });
+    if !(1..=k).contains(&leaf) {
+        return Err(Error::invalid(
+            "leaf level",
+            leaf,
+            format!("1..={k} for shape {shape:?}"),
+        ));
+    }
+    let nq = config.limit.unwrap_or(queries.len()).min(queries.len());
+    let queries = queries.head(nq);
+    progress(Progress::Start {
+        base: base.len(),
+        queries: nq,
+        dim: base.dim(),
+    });
+    let truth = ground_truth(base, &queries, K)?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut push = |row: Row, progress: &mut dyn FnMut(Progress<'_>)| {
+        progress(Progress::Row(&row));
+        rows.push(row);
+    };
+
+    let exact = ExactIndex::new(base);
+    let n_exact = config.exact_queries.clamp(1, nq);
+    let m = measure(base, &queries, &truth, n_exact, |q| {
+        Ok(ids(exact.search(q, K)?))
+    })?;
+    push(
+        Row {
+            method: "exact".into(),
+            params: format!("{n_exact} queries"),
+            recall_at_10: m.recall,
+            qps: m.qps,
+            build_seconds: 0.0,
+            index_bytes: 0,
+        },
+        progress,
+    );
+
+    let start = Instant::now();
+    let cloud = fit(base, &shape, &config.fit, &mut |p| {
+        progress(Progress::Fit(p))
+    })
+    .map_err(|e| Error::Fit(Box::new(e)))?;
+    let fit_seconds = start.elapsed().as_secs_f64();
+    let cloud_bytes = 4 * (cloud.param_count() + cloud.dim());
+    let vector_bytes = 4 * base.len() * base.dim();
+    let live = config.byte_meter.map(|meter| meter());
+    let start = Instant::now();
+    let tt = TtIndex::build(cloud, base, leaf)?;
+    let build_seconds = fit_seconds + start.elapsed().as_secs_f64();
+    // The cloud was allocated before and moved in; the lists copy the vectors.
+    let measured_bytes = config
+        .byte_meter
+        .zip(live)
+        .map(|(meter, live)| (meter() + cloud_bytes) as i64 - (live + vector_bytes) as i64);
+    let stats = TtStats {
+        shape: shape.clone(),
+        ranks: tt.cloud().ranks().to_vec(),
+        leaves: tt.leaves(),
+        param_count: tt.cloud().param_count(),
+        data_floats: base.len() * base.dim(),
+        structure_bytes: tt.structure_bytes(),
+        measured_bytes,
+        build_seconds,
+    };
+    progress(Progress::TtBuilt(&stats));
+    let beams: &[usize] = if leaf == 1 { &[1] } else { &BEAMS };
+    for &beam in beams {
+        for probe in PROBES {
+            if probe > tt.leaves() {
+                continue;
+            }
+            let params = TtSearch::new(beam, probe);
+            let m = measure(base, &queries, &truth, nq, |q| {
+                Ok(ids(tt.search(q, K, &params)?))
+            })?;
+            push(
+                Row {
+                    method: "tt".into(),
+                    params: format!("beam={beam},probe={probe}"),
+                    recall_at_10: m.recall,
+                    qps: m.qps,
+                    build_seconds,
+                    index_bytes: stats.structure_bytes,
+                },
+                progress,
+            );
+        }
+    }
+    let compression = compression(base, tt.cloud());
+    progress(Progress::Compression(&compression));
+
+    let same = tt.leaves().min(base.len());
+    let usual = ((4.0 * (base.len() as f64).sqrt()).round() as usize).clamp(1, base.len());
+    let mut nlists = vec![same];
+    if usual != same {
+        nlists.push(usual);
+    }
+    for nlist in nlists {
+        let start = Instant::now();
+        let ivf = IvfIndex::build(base, nlist, config.kmeans_iters, config.fit.seed)?;
+        let ivf_seconds = start.elapsed().as_secs_f64();
+        for nprobe in PROBES {
+            if nprobe > nlist {
+                continue;
+            }
+            let m = measure(base, &queries, &truth, nq, |q| {
+                Ok(ids(ivf.search(q, K, nprobe)?))
+            })?;
+            push(
+                Row {
+                    method: "ivf".into(),
+                    params: format!("nlist={nlist},nprobe={nprobe}"),
+                    recall_at_10: m.recall,
+                    qps: m.qps,
+                    build_seconds: ivf_seconds,
+                    index_bytes: ivf.structure_bytes(),
+                },
+                progress,
+            );
+        }
+    }
+
+    if config.hnsw {
+        for row in hnsw(base, &queries, &truth, config.byte_meter)? {
+            push(row, progress);
+        }
+    }
+    Ok(Report {
+        rows,
+        tt: stats,
+        compression,
+    })
+}
+
+/// HNSW (hnsw_rs, `M` = 16, `ef_construction` = 200, parallel insertion) for scale: one row
+/// per `ef`. Its bytes are what the build allocated less the vectors (hnsw_rs keeps its own
+/// copy), 0 without a meter.
+fn hnsw(
+    base: &Points,
+    queries: &Points,
+    truth: &[Vec<(f32, u32)>],
+    meter: Option<fn() -> usize>,
+) -> Result<Vec<Row>> {
+    use hnsw_rs::prelude::{DistL2, Hnsw};
+    let vectors: Vec<Vec<f32>> = (0..base.len()).map(|i| base.row(i).to_vec()).collect();
+    let refs: Vec<(&Vec<f32>, usize)> = vectors.iter().zip(0..).collect();
+    let live = meter.map(|meter| meter());
+    let start = Instant::now();
+    let index = Hnsw::<f32, DistL2>::new(HNSW_M, base.len(), 16, HNSW_EF_CONSTRUCTION, DistL2 {});
+    index.parallel_insert(&refs);
+    let seconds = start.elapsed().as_secs_f64();
+    let bytes = meter.zip(live).map_or(0, |(meter, live)| {
+        meter()
+            .saturating_sub(live)
+            .saturating_sub(4 * base.len() * base.dim())
+    });
+    let mut rows = Vec::with_capacity(HNSW_EF.len());
+    for ef in HNSW_EF {
+        let m = measure(base, queries, truth, queries.len(), |q| {
+            Ok(index
+                .search(q, K, ef)
+                .into_iter()
+                .map(|n| n.d_id as u32)
+                .collect())
+        })?;
+        rows.push(Row {
+            method: "hnsw".into(),
+            params: format!("M={HNSW_M},ef={ef}"),
+            recall_at_10: m.recall,
+            qps: m.qps,
+            build_seconds: seconds,
+            index_bytes: bytes,
+        });
+    }
+    Ok(rows)
+}
+
+/// The cloud's size against `base`, and the sliced Wasserstein distances (64 projections) of
+/// 4096 cloud points and of a random subset of `base` holding as many floats as the cloud, to
+/// 4096 points of `base`; seeded.
+pub fn compression(base: &Points, cloud: &TtCloud) -> Compression {
+    let params = cloud.param_count();
+    let subset_points = (params / base.dim()).max(1);
+    let sample = base.sample(4096, 1);
+    let cloud_sample = cloud.sample(4096, 2);
+    let subset = base.sample(subset_points, 3);
+    Compression {
+        cloud_floats: params,
+        data_floats: base.len() * base.dim(),
+        subset_points,
+        sw_cloud: sliced_wasserstein(&cloud_sample, &sample, 64, 4),
+        sw_subset: sliced_wasserstein(&subset, &sample, 64, 4),
+    }
+}
+
+/// The queries per second of a method's Pareto front at `recall`: among the rows of `method`
+/// whose params start with `params_prefix`, the best QPS at each row's recall or above,
+/// interpolated in log(QPS) linearly between the two sweep points around `recall`; `None`
+/// when no row reaches `recall`.
+///
+/// # Example
+///
+/// ```
+/// use memtrain_index::bench::{Row, qps_at};
+///
+/// let row = |recall_at_10: f64, qps: f64| Row {
+///     method: "ivf".into(),
+///     params: "nlist=64,nprobe=1".into(),
+///     recall_at_10,
+///     qps,
+///     build_seconds: 0.0,
+///     index_bytes: 0,
+/// };
+/// let rows = [row(0.8, 1000.0), row(0.9, 10.0)];
+/// // Halfway between the two points, in log(QPS): sqrt(1000 · 10) = 100.
+/// let q = qps_at(&rows, "ivf", "nlist=64", 0.85).unwrap();
+/// assert!((q - 100.0).abs() < 1e-6);
+/// assert_eq!(qps_at(&rows, "ivf", "nlist=64", 0.95), None);
+/// ```
+pub fn qps_at(rows: &[Row], method: &str, params_prefix: &str, recall: f64) -> Option<f64> {
+    let mut pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.method == method && r.params.starts_with(params_prefix))
+        .map(|r| (r.recall_at_10, r.qps))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Best QPS at recall >= x, for each sweep point x.
+    let front: Vec<(f64, f64)> = pts
+        .iter()
+        .map(|&(x, _)| {
+            let best = pts
+                .iter()
+                .filter(|p| p.0 >= x)
+                .map(|p| p.1)
+                .fold(0.0, f64::max);
+            (x, best)
+        })
+        .collect();
+    let above = front.iter().find(|p| p.0 >= recall)?;
+    let below = front.iter().rev().find(|p| p.0 < recall);
+    Some(match below {
+        Some(b) if above.0 > b.0 => {
+            let t = (recall - b.0) / (above.0 - b.0);
+            (b.1.ln() * (1.0 - t) + above.1.ln() * t).exp()
+        }
+        _ => above.1,
+    })
+}
+
+/// Recall@10 the [`summary`] asks of the TT index.
+pub const SUMMARY_RECALL: f64 = 0.95;
+
+/// The fastest TT setting at recall@10 >= [`SUMMARY_RECALL`] against each IVF at that same
+/// recall, from [`summary`].
+///
+/// Its [`Display`](fmt::Display) is the benchmark's closing lines, one per comparison.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    /// The fastest TT row at recall@10 >= [`SUMMARY_RECALL`]; `None` when no row gets there.
+    pub tt: Option<Row>,
+    /// Per IVF list count (`nlist=...`), its QPS at the TT row's recall by [`qps_at`]
+    /// (`None`: never reaches it). Empty when `tt` is `None`.
+    pub ivf: Vec<(String, Option<f64>)>,
+}
+
+/// Compares the fastest TT setting at recall@10 >= [`SUMMARY_RECALL`] with each IVF list count
+/// of `rows` at that same recall.
+pub fn summary(rows: &[Row]) -> Summary {
+    let tt = rows
+        .iter()
+        .filter(|r| r.method == "tt" && r.recall_at_10 >= SUMMARY_RECALL)
+        .max_by(|a, b| a.qps.total_cmp(&b.qps));
+    let Some(tt) = tt else {
+        return Summary {
+            tt: None,
+            ivf: Vec::new(),
+        };
+    };
+    let mut nlists: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.method == "ivf")
+        .filter_map(|r| r.params.split(',').next())
+        .collect();
+    nlists.dedup();
+    let ivf = nlists
+        .into_iter()
+        .map(|nlist| {
+            (
+                nlist.to_string(),
+                qps_at(rows, "ivf", nlist, tt.recall_at_10),
+            )
+        })
+        .collect();
+    Summary {
+        tt: Some(tt.clone()),
+        ivf,
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(tt) = &self.tt else {
+            return write!(
+                f,
+                "summary: no tt setting in the sweep reaches recall@10 {SUMMARY_RECALL}"
+            );
+        };
+        write!(
+            f,
+            "summary: tt {} reaches recall@10 {:.4} at {:.0} QPS",
+            tt.params, tt.recall_at_10, tt.qps
+        )?;
+        for (nlist, qps) in &self.ivf {
+            match qps {
+                Some(q) => write!(
+                    f,
+                    "\nsummary: ivf {nlist} at recall@10 {:.4} (interpolated): {q:.0} QPS; \
+                     tt/ivf = {:.2}",
+                    tt.recall_at_10,
+                    tt.qps / q
+                )?,
+                None => write!(
+                    f,
+                    "\nsummary: ivf {nlist} never reaches recall@10 {:.4}",
+                    tt.recall_at_10
+                )?,
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,196 @@
+//! Plans against measurements: train a few steps of a plan (or of a fixed policy's remat
+//! schedule) and of its reference, and report what the meter saw next to the prediction.
+
+use burn::tensor::Device;
+
+use super::PlanReport;
+use crate::data::Dataset;
+use crate::error::Result;
+use crate::model::model_saved;
+use crate::policy::RematPolicy;
+use crate::remat::{self, plan_for, profile};
+use crate::stats::median;
+use crate::train::{TrainConfig, Trainer};
+
+/// What some measured training steps gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Measured {
+    /// Median seconds a step.
+    pub step_seconds: f64,
+    /// The largest activation bytes of a step (the chain's peak under remat).
+    pub activation_bytes: u64,
+    /// The largest step peak.
+    pub peak_bytes: u64,
+}
+
+/// The step times of `steps` steps after a first, untimed one, the largest activation and step
+/// peaks, and the remat plan the trainer ran (`remat` when given, else the one it made on its
+/// first step, if its policy asks for one).
+fn run_steps(
+    config: TrainConfig,
+    remat: Option<remat::Plan>,
+    data: &Dataset,
+    steps: usize,
+    device: &Device,
+) -> Result<(Vec<f64>, u64, u64, Option<remat::Plan>)> {
+    let mut trainer = Trainer::new(config, device)?;
+    if let Some(plan) = remat {
+        trainer.use_remat_plan(plan)?;
+    }
+    let (mut times, mut act, mut peak) = (Vec::new(), 0, 0);
+    for _ in 0..steps + 1 {
+        let batch = trainer.next_batch(data);
+        let stats = trainer.try_step(&batch)?;
+        times.push(stats.seconds);
+        act = act.max(stats.memory.activation_bytes);
+        peak = peak.max(stats.memory.peak_bytes);
+    }
+    times.remove(0);
+    Ok((times, act, peak, trainer.remat_plan().cloned()))
+}
+
+/// `config`'s policy as it is (its block variants fixed) with only the remat schedule planned
+/// for `budget` bytes: the block halves profiled on the first training batch (3 rounds) and
+/// the Rotor schedule of least time within the budget.
+///
+/// # Errors
+///
+/// [`crate::Error::Config`] for a bad configuration or a budget below the smallest feasible
+/// one (named in the message).
+pub fn plan_remat(
+    config: &TrainConfig,
+    budget: u64,
+    data: &Dataset,
+    device: &Device,
+) -> Result<remat::Plan> {
+    let mut config = config.clone();
+    config.policy.remat = RematPolicy::None;
+    let trainer = Trainer::new(config, device)?;
+    let batch = trainer.next_batch(data);
+    // One untimed pass first, so one-off allocations do not count in the profile.
+    drop(
+        trainer
+            .model()
+            .loss(batch.inputs.clone(), batch.targets.clone())
+            .backward(),
+    );
+    let chain = profile(trainer.model(), &batch, 3);
+    plan_for(chain, RematPolicy::Budget(budget))
+}
+
+/// The activation bytes `config`'s policy keeps without remat (the formula): what a fixed
+/// policy's budget fraction is of.
+pub fn policy_activation_bytes(config: &TrainConfig) -> usize {
+    let mut policy = config.policy.clone();
+    policy.remat = RematPolicy::None;
+    crate::memory::total_bytes(&model_saved(
+        &config.model_config(),
+        &policy,
+        config.batch,
+        config.seq,
+    ))
+}
+
+/// A fixed policy's remat schedule measured: `steps` steps under `remat=budget:B` (the
+/// trainer plans on its first step) and `steps` without remat.
+#[derive(Debug, Clone)]
+pub struct RematMeasurement {
+    /// The schedule the remat run made and ran.
+    pub plan: remat::Plan,
+    /// The remat run.
+    pub remat: Measured,
+    /// The run without remat.
+    pub plain: Measured,
+}
+
+/// Trains `steps` steps (after a first, untimed one) of `config`'s policy under
+/// `remat=budget:B`, then `steps` without remat, and reports both.
+///
+/// # Errors
+///
+/// As [`plan_remat`].
+pub fn measure_remat(
+    config: &TrainConfig,
+    budget: u64,
+    data: &Dataset,
+    steps: usize,
+    device: &Device,
+) -> Result<RematMeasurement> {
+    let mut plain = config.clone();
+    plain.policy.remat = RematPolicy::None;
+    let mut remat = plain.clone();
+    remat.policy.remat = RematPolicy::Budget(budget);
+    let (t, a, p, plan) = run_steps(remat, None, data, steps, device)?;
+    let remat = Measured {
+        step_seconds: median(&t),
+        activation_bytes: a,
+        peak_bytes: p,
+    };
+    let (t, a, p, _) = run_steps(plain, None, data, steps, device)?;
+    Ok(RematMeasurement {
+        plan: plan.expect("a remat budget makes a plan"),
+        remat,
+        plain: Measured {
+            step_seconds: median(&t),
+            activation_bytes: a,
+            peak_bytes: p,
+        },
+    })
+}
+
+/// A plan and the best uniform policy, measured.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanMeasurement {
+    /// The plan.
+    pub plan: Measured,
+    /// The best uniform policy; `None` when it is the plan.
+    pub uniform: Option<Measured>,
+}
+
+/// Trains `steps` steps of the plan and of the best uniform policy of `report`, each running
+/// the planner's own schedule ([`super::MemoryPlan::remat_plan`]), in the order plan,
+/// uniform, uniform, plan so that a drift in the machine's speed weighs on both alike (once
+/// when they are the same policy); times are medians over both runs of a policy, peaks the
+/// largest.
+///
+/// # Errors
+///
+/// As [`Trainer::new`] for the planned policies.
+pub fn measure_plan(
+    report: &PlanReport,
+    config: &TrainConfig,
+    data: &Dataset,
+    steps: usize,
+    device: &Device,
+) -> Result<PlanMeasurement> {
+    let same = report.plan.policy == report.uniform.policy;
+    let order: &[bool] = if same {
+        &[true]
+    } else {
+        &[true, false, false, true]
+    };
+    let mut pooled = [(Vec::new(), 0, 0), (Vec::new(), 0, 0)];
+    for &is_plan in order {
+        let plan = if is_plan {
+            &report.plan
+        } else {
+            &report.uniform
+        };
+        let mut c = config.clone();
+        c.policy = plan.policy.clone();
+        let (times, a, p, _) = run_steps(c, Some(plan.remat_plan()), data, steps, device)?;
+        let slot = &mut pooled[usize::from(!is_plan)];
+        slot.0.extend(times);
+        slot.1 = slot.1.max(a);
+        slot.2 = slot.2.max(p);
+    }
+    let measured = |(t, a, p): &(Vec<f64>, u64, u64)| Measured {
+        step_seconds: median(t),
+        activation_bytes: *a,
+        peak_bytes: *p,
+    };
+    Ok(PlanMeasurement {
+        plan: measured(&pooled[0]),
+        uniform: (!same).then(|| measured(&pooled[1])),
+    })
+}
