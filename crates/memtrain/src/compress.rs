@@ -142,6 +142,20 @@ pub struct CheckpointCompression {
 /// `weights=ttm:RANK[:all]` (one rank for every layer), so that training resumes from it and
 /// fine-tunes the TT cores.
 ///
+/// ```no_run
+/// use std::path::Path;
+/// use burn::tensor::Device;
+/// use memtrain::compress::compress_checkpoint;
+/// use memtrain::tt::Truncation;
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let device = Device::flex().autodiff();
+/// let c = compress_checkpoint(Path::new("run1"), Truncation::rank(32), false, Some(Path::new("run1-tt")), &device)?;
+/// println!("{} -> {} parameters", c.model_params_before, c.model_params_after);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// As [`Trainer::resume`] and [`gpt_to_ttm`]; [`Error::Config`] naming `out` when a

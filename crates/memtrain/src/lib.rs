@@ -11,7 +11,7 @@
 //! | [`activation`] | inverted activations: keep the output and a bit (`act=inverted`) |
 //! | [`norm`] | output-saving LayerNorm (`norm=output`) |
 //! | [`linear`] | sketched linear backward (`linear=sketch:RATIO`), TT-matrix layers (`weights=ttm:RANK`) |
-//! | [`tt`] | tensor trains: TT-SVD, rounding, products, norms |
+//! | [`tt`] | tensor trains (TT-SVD, rounding, products, norms) and the linear-algebra floor: the `memtrain-tt` crate |
 //! | [`decompose`] | SVD, Tucker-2, CP (and quantization-aware CP by ADMM), maxvol, rank selection |
 //! | [`compress`] | trained weights to TT-matrices, with a per-layer report |
 //! | [`optim`] | NAG-GS and GaLore: less optimizer state than AdamW (`optim=...`) |
@@ -25,6 +25,10 @@
 //! | [`train`] | the measured training step, evaluation, checkpoints |
 //! | [`run`] | whole runs: the training loop with evaluations and checkpoints ([`run::fit`]), policies side by side ([`run::bench`]) |
 //! | [`stats`] | the median of repeated measurements |
+//!
+//! One method, one module: a method's op, its kernels per backend, its byte formula and its
+//! policy value live together, and every layer and optimizer is built from a
+//! `#[derive(Config)]` configuration's `init`. How to add a method is in [`model`]'s docs.
 //!
 //! # Quick start
 //!

@@ -503,7 +503,7 @@ pub fn save_compressed(
             .is_none();
         if !empty {
             return Err(Error::config(
-                "--out",
+                "out",
                 out.display(),
                 "a new or empty directory, or one a previous compress wrote",
             ));
@@ -618,7 +618,7 @@ pub fn load_compressed(
     if !manifest_path.is_file() {
         return Err(Error::Data {
             path: manifest_path,
-            reason: "missing (not a directory written by memtrain compress --model?)".into(),
+            reason: "missing (not a compressed model directory?)".into(),
         });
     }
     let data = |path: &Path, reason: String| Error::Data {

@@ -148,13 +148,14 @@ pub fn compress_bert_iterative(
         ));
     }
     if !(it.lr > 0.0 && it.lr.is_finite()) {
-        return Err(Error::config("learning rate", it.lr, "a finite rate > 0"));
+        return Err(Error::config("lr", it.lr, "a finite rate > 0"));
     }
     if params.method.bits().is_some() {
         return Err(Error::config(
-            "--iterative with method",
+            "method",
             params.method,
-            "svd, tucker2, cp or ttm (fine-tuning moves quantized factors off their grid)",
+            "svd, tucker2, cp or ttm for iterative compression (fine-tuning moves quantized \
+             factors off their grid)",
         ));
     }
     if lines.len() < it.batch {

@@ -130,6 +130,26 @@ fn nearest(e: &[Vec<f32>]) -> Vec<usize> {
 /// on `device`, and compares them: the cosine between each line's two embeddings, the
 /// nearest-neighbour agreement, parameter bytes and encode seconds.
 ///
+/// ```no_run
+/// use std::path::Path;
+/// use burn::tensor::Device;
+/// use memtrain::bert::{compare_embeddings, text_lines};
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let text = std::fs::read_to_string("sentences.txt").unwrap();
+/// let lines = text_lines(&text, 500);
+/// let report = compare_embeddings(
+///     Path::new("minilm/model"),
+///     Some(Path::new("minilm-svd2")),
+///     &lines,
+///     32,
+///     &Device::flex(),
+/// )?;
+/// println!("mean cosine {:?}", report.mean_cosine);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// [`Error::Config`] naming `lines` (fewer than 2 texts) or `batch` (0); the loaders' errors

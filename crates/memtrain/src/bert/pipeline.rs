@@ -74,6 +74,18 @@ pub struct CompressSummary {
 /// between ([`compress_bert_iterative`], calling `on_progress` with a line of progress). The
 /// returned model runs without autodiff.
 ///
+/// ```no_run
+/// use std::path::Path;
+/// use memtrain::bert::{CompressMethod, CompressParams, compress_model};
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let params = CompressParams::new(CompressMethod::Svd, 2.0);
+/// let (model, summary) = compress_model(Path::new("minilm/model"), &params, None, |_| {}, |_| {})?;
+/// println!("mean relative error {:.3}", summary.mean_rel_error);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// As [`CompressParams::validate`]; the loaders' errors for `dir`; as [`compress_bert`] and

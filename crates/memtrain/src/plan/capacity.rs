@@ -75,6 +75,21 @@ fn largest(fits: &dyn Fn(usize) -> bool) -> usize {
 /// with it as `max_seq` would. `text` is the training text, tokenized again at each sequence
 /// length tried.
 ///
+/// ```no_run
+/// use burn::tensor::Device;
+/// use memtrain::data::load_text;
+/// use memtrain::model::Preset;
+/// use memtrain::plan::capacity;
+/// use memtrain::train::TrainConfig;
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let (text, _) = load_text(None)?;
+/// let fits = capacity(&TrainConfig::new(Preset::Small), 128 << 20, false, &text, &Device::flex().autodiff())?;
+/// println!("batch {} plain, {} planned", fits.plain_batch, fits.planned_batch);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// [`crate::Error::Config`] for a bad configuration ([`TrainConfig::validate`]).

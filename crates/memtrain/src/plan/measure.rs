@@ -53,6 +53,24 @@ fn run_steps(
 /// for `budget` bytes: the block halves profiled on the first training batch (3 rounds) and
 /// the Rotor schedule of least time within the budget.
 ///
+/// ```no_run
+/// use burn::tensor::Device;
+/// use memtrain::data::{Dataset, Tokenizer, load_text};
+/// use memtrain::model::Preset;
+/// use memtrain::plan::plan_remat;
+/// use memtrain::train::TrainConfig;
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let mut config = TrainConfig::new(Preset::Small);
+/// config.policy = "attn=memeff,act=inverted".parse()?;
+/// let (text, _) = load_text(None)?;
+/// let data = Dataset::new(&text, Tokenizer::Byte, config.seq)?;
+/// let plan = plan_remat(&config, 64 << 20, &data, &Device::flex().autodiff())?;
+/// println!("{} peaks at {} bytes", plan.schedule, plan.prediction.peak);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// [`crate::Error::Config`] for a bad configuration or a budget below the smallest feasible
@@ -152,6 +170,24 @@ pub struct PlanMeasurement {
 /// uniform, uniform, plan so that a drift in the machine's speed weighs on both alike (once
 /// when they are the same policy); times are medians over both runs of a policy, peaks the
 /// largest.
+///
+/// ```no_run
+/// # use burn::tensor::Device;
+/// # use memtrain::data::{Dataset, Tokenizer, load_text};
+/// # use memtrain::model::Preset;
+/// # use memtrain::train::TrainConfig;
+/// use memtrain::plan::{make_plan, measure_plan};
+/// # fn main() -> memtrain::Result<()> {
+/// # let config = TrainConfig::new(Preset::Small);
+/// # let (text, _) = load_text(None)?;
+/// # let data = Dataset::new(&text, Tokenizer::Byte, config.seq)?;
+/// # let device = Device::flex().autodiff();
+/// let report = make_plan(&config, 64 << 20, false, &data, &device)?;
+/// let measured = measure_plan(&report, &config, &data, 5, &device)?;
+/// println!("predicted {} bytes, measured {}", report.plan.peak, measured.plan.activation_bytes);
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Errors
 ///

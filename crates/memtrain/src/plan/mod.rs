@@ -411,6 +411,24 @@ pub struct PlanReport {
 /// Profiles the candidates for `config`'s geometry and batch shape, calibrates the per-step
 /// constant on plain steps at batch 1, and solves for `budget` bytes of activations.
 ///
+/// ```no_run
+/// use burn::tensor::Device;
+/// use memtrain::data::{Dataset, Tokenizer, load_text};
+/// use memtrain::model::Preset;
+/// use memtrain::plan::{make_plan, plain_activation_bytes};
+/// use memtrain::train::TrainConfig;
+///
+/// # fn main() -> memtrain::Result<()> {
+/// let config = TrainConfig::new(Preset::Small);
+/// let (text, _) = load_text(None)?;
+/// let data = Dataset::new(&text, Tokenizer::Byte, config.seq)?;
+/// let budget = plain_activation_bytes(&config) as u64 / 4;
+/// let report = make_plan(&config, budget, false, &data, &Device::flex().autodiff())?;
+/// println!("{} ({:.3} s a step)", report.plan.policy, report.plan.time);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Errors
 ///
 /// [`Error::Config`] for a bad configuration or an infeasible budget (naming the smallest

@@ -104,7 +104,7 @@ impl Trainer {
         let name = fs::read_to_string(&latest).map_err(|e| {
             Error::checkpoint(
                 &latest,
-                format!("cannot read ({e}); is this a memtrain --out directory?"),
+                format!("cannot read ({e}); is this a memtrain run directory?"),
             )
         })?;
         let dir = out.join(name.trim());

@@ -72,26 +72,20 @@ pub fn gradient_variance(
 ) -> Result<VarianceReport> {
     config.validate()?;
     if !linear.sketches(true) {
-        return Err(Error::config(
-            "--policy linear",
-            linear,
-            "a sketch:RATIO policy",
-        ));
+        return Err(Error::config("linear", linear, "a sketch:RATIO policy"));
     }
     let model_config = config.model_config();
     if block >= model_config.n_layers {
         return Err(Error::config(
-            "--block",
+            "block",
             block,
             format!("0..{}", model_config.n_layers),
         ));
     }
-    if batches < 2 || seeds < 2 {
-        return Err(Error::config(
-            "--batches/--seeds",
-            format!("{batches}/{seeds}"),
-            "at least 2 each",
-        ));
+    for (name, n) in [("batches", batches), ("seeds", seeds)] {
+        if n < 2 {
+            return Err(Error::config(name, n, "at least 2"));
+        }
     }
     let exact = model_config.init_seeded(&MemoryPolicy::default(), device, config.seed)?;
     let grads: Vec<Vec<f32>> = (0..batches as u64)
