@@ -34,6 +34,12 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// A device (wgpu, cuda) reported a failure while running.
+    #[error("device error: {reason}")]
+    Device {
+        /// What the device reported.
+        reason: String,
+    },
     /// An I/O failure on a named path. The OS error is part of the message and not chained as
     /// a source, so that printing the chain (`anyhow`'s `{:#}`) names it once.
     #[error("{path}: {error}")]

@@ -25,6 +25,7 @@
 //! | [`train`] | the measured training step, evaluation, checkpoints |
 //! | [`run`] | whole runs: the training loop with evaluations and checkpoints ([`run::fit`]), policies side by side ([`run::bench`]) |
 //! | [`stats`] | the median of repeated measurements |
+//! | [`device`] | `cpu`, `wgpu`, `cuda[:N]`: choosing a device, and which of memtrain's kernels run on it |
 //!
 //! One method, one module: a method's op, its kernels per backend, its byte formula and its
 //! policy value live together, and every layer and optimizer is built from a
@@ -56,6 +57,7 @@ pub mod bert;
 pub mod compress;
 pub mod data;
 pub mod decompose;
+pub mod device;
 mod error;
 pub mod linear;
 pub mod memory;
@@ -80,11 +82,14 @@ pub(crate) fn rows_and_width(shape: &burn::tensor::Shape) -> (usize, usize) {
     (shape.num_elements() / d.max(1), d)
 }
 
-/// Whether tensors on `device` (with or without autodiff) run on Flex, where memtrain's custom
-/// ops are routed. On other backends the ops fall back to burn's own.
+/// Whether tensors on `device` (with or without autodiff) run on Flex.
 pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
-    matches!(
-        device.clone().without_autodiff().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    )
+    device::kernels(device) == device::Kernels::Flex
+}
+
+/// Whether memtrain's custom ops are routed on `device`: Flex, or burn's Cube backend (wgpu,
+/// cuda) when the `wgpu` or `cuda` feature compiled its kernels. Elsewhere the ops fall back
+/// to burn's own (correct, but keeping every byte).
+pub(crate) fn has_kernels(device: &burn::tensor::Device) -> bool {
+    device::kernels(device) != device::Kernels::None
 }

@@ -171,6 +171,18 @@ impl BranchTable {
     }
 }
 
+/// A branch table as flat f32 data for a device kernel: `(y_min, s_left, s_right, x_min,
+/// cells)` with the left side's cubics, then the right side's, four coefficients a cell
+/// (highest degree first). `None` for a function without a branch bit.
+#[cfg(memtrain_cube)]
+pub(crate) fn flat_table(func: ActFn) -> Option<(f32, f32, f32, f32, Vec<f32>)> {
+    func.needs_bit().then(|| {
+        let t = table(func);
+        let cells: Vec<f32> = t.left.iter().chain(&t.right).flatten().copied().collect();
+        (t.y_min, t.s_left, t.s_right, t.x_min as f32, cells)
+    })
+}
+
 fn table(func: ActFn) -> &'static BranchTable {
     static GELU: OnceLock<BranchTable> = OnceLock::new();
     static SILU: OnceLock<BranchTable> = OnceLock::new();

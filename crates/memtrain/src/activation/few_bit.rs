@@ -25,7 +25,7 @@ use super::codes;
 use super::function::ActFn;
 use super::quantize::{FewBitTable, default_table};
 use crate::error::Result;
-use crate::on_flex;
+use crate::has_kernels;
 
 /// Tables in use by few-bit ops, by id (the id crosses the backend-extension boundary).
 fn registry() -> &'static Mutex<Vec<Arc<FewBitTable>>> {
@@ -63,10 +63,14 @@ pub trait FewBitKernel: Backend {
 }
 
 /// The few-bit activation as a burn backend extension. `table` is a registry id.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait FewBitActivationBackend: Backend {
     /// `f(x)` exactly, keeping only the packed interval codes for backward.
     fn few_bit_activation(x: FloatTensor<Self>, table: u32) -> FloatTensor<Self>;
+
+    /// The packed interval codes the op keeps for `x` (bytes on Flex, `u32` words on Cube:
+    /// the same bit stream).
+    fn few_bit_codes(x: FloatTensor<Self>, table: u32) -> IntTensor<Self>;
 }
 
 #[derive(Debug)]
@@ -104,6 +108,10 @@ impl<B: Backend + FewBitKernel, C: CheckpointStrategy> FewBitActivationBackend f
             OpsKind::UnTracked(prep) => prep.finish(B::few_bit_forward(xp, &table).0),
         }
     }
+
+    fn few_bit_codes(x: FloatTensor<Self>, table: u32) -> IntTensor<Self> {
+        B::few_bit_forward(x.primitive().clone(), &registered(table)).1
+    }
 }
 
 /// An activation whose backward uses a `b`-bit quantized derivative.
@@ -120,7 +128,8 @@ impl<B: Backend + FewBitKernel, C: CheckpointStrategy> FewBitActivationBackend f
 /// (`should_match_the_activation_estimate_few_bit_gelu`) measures it in the GPT with the
 /// counting allocator.
 ///
-/// On backends other than Flex the exact burn activation is used.
+/// On backends without memtrain's kernels (see [`crate::device`]) the exact burn activation is
+/// used.
 #[derive(Debug, Clone)]
 pub struct FewBit {
     table: Arc<FewBitTable>,
@@ -138,9 +147,28 @@ impl FewBit {
         codes::packed_len(n, self.table.bits)
     }
 
+    /// The codes the op keeps for `x`: the `bits`-bit interval codes packed LSB first, as the
+    /// `ceil(n bits / 8)` bytes of the stream, on every backend with memtrain's kernels (Flex
+    /// keeps bytes, Cube `u32` words of the same stream).
+    ///
+    /// # Panics
+    ///
+    /// On a backend without memtrain's kernels (see [`crate::device`]): it keeps no codes.
+    pub fn codes<const D: usize>(&self, x: Tensor<D>) -> Vec<u8> {
+        assert!(
+            has_kernels(&x.device()),
+            "few-bit codes are kept on Flex and Cube devices only"
+        );
+        let bytes = (x.shape().num_elements() * self.table.bits as usize).div_ceil(8);
+        let codes = Tensor::<1, burn::tensor::Int>::from_dispatch(
+            <Dispatch as FewBitActivationBackend>::few_bit_codes(x.into_dispatch(), self.id),
+        );
+        stream_bytes(codes, bytes)
+    }
+
     /// Applies the function element-wise, any shape.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if !on_flex(&x.device()) {
+        if !has_kernels(&x.device()) {
             return self.table.func.exact(x);
         }
         Tensor::from_dispatch(<Dispatch as FewBitActivationBackend>::few_bit_activation(
@@ -207,4 +235,21 @@ impl FewBitConfig {
         let id = register(&table);
         Ok(FewBit { table, id })
     }
+}
+
+/// The first `bytes` bytes of a packed code stream held as bytes or as little-endian `u32`
+/// words.
+pub(crate) fn stream_bytes(codes: Tensor<1, burn::tensor::Int>, bytes: usize) -> Vec<u8> {
+    let data = codes.into_data();
+    let mut out: Vec<u8> = match data.dtype() {
+        burn::tensor::DType::U32 => data
+            .try_to_vec::<u32>()
+            .expect("u32 words")
+            .into_iter()
+            .flat_map(u32::to_le_bytes)
+            .collect(),
+        _ => data.try_to_vec::<u8>().expect("packed bytes"),
+    };
+    out.truncate(bytes);
+    out
 }

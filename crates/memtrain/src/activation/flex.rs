@@ -110,6 +110,12 @@ impl InvertedKernel for Flex {
 }
 
 impl InvertedActivationBackend for Flex {
+    fn inverted_bits(x: FloatTensor<Self>, func: u32) -> IntTensor<Self> {
+        Self::inverted_forward(x, ActFn::ALL[func as usize].0)
+            .1
+            .expect("a function with branch bits")
+    }
+
     fn inverted_activation(x: FloatTensor<Self>, func: u32) -> FloatTensor<Self> {
         Self::inverted_forward(x, ActFn::ALL[func as usize].0).0
     }
@@ -162,5 +168,9 @@ impl FewBitKernel for Flex {
 impl FewBitActivationBackend for Flex {
     fn few_bit_activation(x: FloatTensor<Self>, table: u32) -> FloatTensor<Self> {
         Self::few_bit_forward(x, &registered(table)).0
+    }
+
+    fn few_bit_codes(x: FloatTensor<Self>, table: u32) -> IntTensor<Self> {
+        Self::few_bit_forward(x, &registered(table)).1
     }
 }

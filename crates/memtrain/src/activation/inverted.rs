@@ -22,7 +22,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use super::codes;
 use super::function::ActFn;
 use crate::error::{Error, Result};
-use crate::on_flex;
+use crate::has_kernels;
 
 /// The two halves of an inverted activation on one backend.
 pub trait InvertedKernel: Backend {
@@ -43,10 +43,13 @@ pub trait InvertedKernel: Backend {
 
 /// The inverted activation as a burn backend extension (Flex for inference, `Autodiff` for
 /// training). `func` is the index of an [`ActFn`] in [`ActFn::ALL`].
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait InvertedActivationBackend: Backend {
     /// `f(x)`, keeping only `f(x)` and the branch bits for backward.
     fn inverted_activation(x: FloatTensor<Self>, func: u32) -> FloatTensor<Self>;
+
+    /// The packed branch bits the op keeps for `x` (GELU and SiLU).
+    fn inverted_bits(x: FloatTensor<Self>, func: u32) -> IntTensor<Self>;
 }
 
 #[derive(Debug)]
@@ -84,6 +87,13 @@ impl<B: Backend + InvertedKernel, C: CheckpointStrategy> InvertedActivationBacke
             OpsKind::UnTracked(prep) => prep.finish(B::inverted_forward(xp, func).0),
         }
     }
+
+    fn inverted_bits(x: FloatTensor<Self>, func: u32) -> IntTensor<Self> {
+        let func = ActFn::ALL[func as usize].0;
+        B::inverted_forward(x.primitive().clone(), func)
+            .1
+            .expect("a function with branch bits")
+    }
 }
 
 /// `f(x)` element-wise, keeping for backward only the output and (GELU, SiLU) one bit per
@@ -95,7 +105,8 @@ impl<B: Backend + InvertedKernel, C: CheckpointStrategy> InvertedActivationBacke
 /// `n / 8` bytes of branch bits for GELU and SiLU; an exact activation keeps its input
 /// (`4 n` bytes) besides. Saved: `4 n (1 - 1/32)` bytes when the next layer keeps the output.
 ///
-/// On backends other than Flex the exact burn activation is used (no saving).
+/// On backends without memtrain's kernels (see [`crate::device`]) the exact burn activation is
+/// used (no saving).
 ///
 /// # Panics
 ///
@@ -106,7 +117,7 @@ pub fn inverted_activation<const D: usize>(x: Tensor<D>, func: ActFn) -> Tensor<
         "{func:?} is not invertible; expected one of {:?}",
         ActFn::INVERTIBLE
     );
-    if !on_flex(&x.device()) {
+    if !has_kernels(&x.device()) {
         return func.exact(x);
     }
     let code = func.code();
@@ -201,5 +212,29 @@ impl Inverted {
     /// Applies the function element-wise, any shape.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         inverted_activation(x, self.func)
+    }
+
+    /// The branch bits the op keeps for `x` (one an element, `x < x*`, packed LSB first), as
+    /// the `ceil(n / 8)` bytes of the stream; empty for a function without a branch bit.
+    ///
+    /// # Panics
+    ///
+    /// On a backend without memtrain's kernels (see [`crate::device`]): it keeps no bits.
+    pub fn branch_bits<const D: usize>(&self, x: Tensor<D>) -> Vec<u8> {
+        assert!(
+            has_kernels(&x.device()),
+            "branch bits are kept on Flex and Cube devices only"
+        );
+        if !self.func.needs_bit() {
+            return Vec::new();
+        }
+        let bytes = x.shape().num_elements().div_ceil(8);
+        let bits = Tensor::<1, burn::tensor::Int>::from_dispatch(
+            <Dispatch as InvertedActivationBackend>::inverted_bits(
+                x.into_dispatch(),
+                self.func.code(),
+            ),
+        );
+        super::few_bit::stream_bytes(bits, bytes)
     }
 }

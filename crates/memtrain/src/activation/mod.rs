@@ -10,6 +10,7 @@
 //! | `quantize.rs` | the optimal few-bit derivative table, by dynamic programming ([`quantize_derivative`]) |
 //! | `codes.rs` | bit packing of per-element codes ([`codes`]) |
 //! | `flex.rs` | both methods' kernels on burn's Flex CPU backend |
+//! | `cube.rs` | both methods' CubeCL kernels on burn's Cube backend (wgpu, cuda; features `wgpu`, `cuda`) |
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
@@ -27,6 +28,8 @@
 
 mod branch;
 pub mod codes;
+#[cfg(memtrain_cube)]
+mod cube;
 mod few_bit;
 mod flex;
 mod function;

@@ -101,7 +101,12 @@ pub fn forward<B: Backend>(
         lses.push(B::float_add(m, B::float_log(l.clone())));
         outs.push(B::float_div(B::float_matmul(p, v.clone()), l));
     }
+    // The output in its own `[b, tq, h, dv]` buffer (not a transposed view), so that the next
+    // layer's reshape to `[b, tq, h dv]` is a view and the two share what they keep.
     let o = B::float_swap_dims(B::float_cat(outs, 2), 1, 2);
+    let dv = dims4::<B>(&o)[3];
+    let flat = B::float_reshape(o, Shape::from(vec![b * tq * h * dv]));
+    let o = B::float_reshape(flat, Shape::from(vec![b, tq, h, dv]));
     let lse = B::float_reshape(B::float_cat(lses, 2), Shape::from(vec![b, h, tq]));
     (o, lse)
 }

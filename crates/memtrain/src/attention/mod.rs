@@ -160,11 +160,13 @@ fn split_qkv<B: Backend>(qkv: FloatTensor<B>, heads: usize) -> [FloatTensor<B>; 
     })
 }
 
+#[cfg(memtrain_cube)]
+mod cube;
 mod flex;
 
 /// The fused attention op as a burn backend extension: routed to Flex for inference and to
 /// `Autodiff` for training, where the backward recomputes scores instead of keeping them.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait FusedAttentionBackend: Backend {
     /// Attention without a mask (see [`fused_attention`]).
     fn fused_attention(
@@ -195,38 +197,48 @@ pub trait FusedAttentionBackend: Backend {
     ) -> FloatTensor<Self>;
 }
 
-impl FusedAttentionBackend for burn::backend::Flex {
-    fn fused_attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        scale: f32,
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        Self::fused_attention_forward(q, k, v, None, scale, causal).0
-    }
+/// The inference route of the fused op on a backend with a [`FusedAttentionKernel`]: the
+/// forward, its log-sum-exp dropped.
+macro_rules! fused_attention_inference {
+    ($backend:ty) => {
+        impl FusedAttentionBackend for $backend {
+            fn fused_attention(
+                q: FloatTensor<Self>,
+                k: FloatTensor<Self>,
+                v: FloatTensor<Self>,
+                scale: f32,
+                causal: bool,
+            ) -> FloatTensor<Self> {
+                Self::fused_attention_forward(q, k, v, None, scale, causal).0
+            }
 
-    fn fused_attention_qkv(
-        qkv: FloatTensor<Self>,
-        heads: u32,
-        scale: f32,
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        let [q, k, v] = split_qkv::<Self>(qkv, heads as usize);
-        Self::fused_attention_forward(q, k, v, None, scale, causal).0
-    }
+            fn fused_attention_qkv(
+                qkv: FloatTensor<Self>,
+                heads: u32,
+                scale: f32,
+                causal: bool,
+            ) -> FloatTensor<Self> {
+                let [q, k, v] = split_qkv::<Self>(qkv, heads as usize);
+                Self::fused_attention_forward(q, k, v, None, scale, causal).0
+            }
 
-    fn fused_attention_masked(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        mask: FloatTensor<Self>,
-        scale: f32,
-        causal: bool,
-    ) -> FloatTensor<Self> {
-        Self::fused_attention_forward(q, k, v, Some(mask), scale, causal).0
-    }
+            fn fused_attention_masked(
+                q: FloatTensor<Self>,
+                k: FloatTensor<Self>,
+                v: FloatTensor<Self>,
+                mask: FloatTensor<Self>,
+                scale: f32,
+                causal: bool,
+            ) -> FloatTensor<Self> {
+                Self::fused_attention_forward(q, k, v, Some(mask), scale, causal).0
+            }
+        }
+    };
 }
+
+fused_attention_inference!(burn::backend::Flex);
+#[cfg(memtrain_cube)]
+fused_attention_inference!(burn_cubecl::CubeBackend);
 
 impl<B: Backend + FusedAttentionKernel, C: CheckpointStrategy> FusedAttentionBackend
     for Autodiff<B, C>
@@ -431,7 +443,7 @@ pub fn fused_attention(
     params: AttentionParams,
 ) -> Tensor<4> {
     check_shapes(&q, &k, &v, mask.as_ref(), &params);
-    if !crate::on_flex(&q.device()) {
+    if !crate::has_kernels(&q.device()) {
         return reference_attention(q, k, v, mask, params);
     }
     let scale = params.scale_for(q.dims()[3]);
@@ -478,7 +490,7 @@ pub fn fused_attention_qkv(qkv: Tensor<4>, heads: usize, params: AttentionParams
         3 * heads,
         "a packed projection has 3 x {heads} heads on its third axis, got {three_h}"
     );
-    if !crate::on_flex(&qkv.device()) {
+    if !crate::has_kernels(&qkv.device()) {
         let part = |i: usize| {
             qkv.clone()
                 .slice([0..b, 0..t, i * heads..(i + 1) * heads, 0..dh])

@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::on_flex;
+use crate::has_kernels;
 
 /// How the sketch `S` is drawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -129,7 +129,7 @@ fn flat<B: Backend>(x: FloatTensor<B>) -> (FloatTensor<B>, usize, usize) {
 }
 
 /// The sketched linear op as a burn backend extension. `kind` indexes [`SketchKind::ALL`].
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait SketchedLinearBackend: Backend {
     /// `x w + b`, keeping `S x` for the weight gradient.
     fn sketched_linear(
@@ -160,6 +160,20 @@ fn forward<B: Backend>(
 }
 
 impl SketchedLinearBackend for Flex {
+    fn sketched_linear(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        _ratio: f32,
+        _kind: u32,
+        _seed: u64,
+    ) -> FloatTensor<Self> {
+        forward::<Self>(x, weight, bias)
+    }
+}
+
+#[cfg(memtrain_cube)]
+impl SketchedLinearBackend for burn_cubecl::CubeBackend {
     fn sketched_linear(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -388,7 +402,7 @@ impl SketchedLinear {
     /// `[.., d_input]` to `[.., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let (w, b) = (self.weight.val(), self.bias.val());
-        if !on_flex(&x.device()) {
+        if !has_kernels(&x.device()) {
             let [_, d_out] = w.dims();
             let mut shape = [1; D];
             shape[D - 1] = d_out;

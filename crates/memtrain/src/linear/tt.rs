@@ -30,7 +30,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use crate::error::{Error, Result};
-use crate::on_flex;
+use crate::has_kernels;
 use memtrain_tt::{self as tt, Truncation, TtMatrix};
 use serde::{Deserialize, Serialize};
 
@@ -103,13 +103,20 @@ fn forward<B: Backend>(x: FloatTensor<B>, cores: FloatTensor<B>, l: &Layout) -> 
 }
 
 /// The TT-matrix product as a burn backend extension. `layout` is a registry id.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait TtLinearBackend: Backend {
     /// `x W` with `W` given by its flattened cores, keeping only `x` for backward.
     fn tt_linear(x: FloatTensor<Self>, cores: FloatTensor<Self>, layout: u32) -> FloatTensor<Self>;
 }
 
 impl TtLinearBackend for Flex {
+    fn tt_linear(x: FloatTensor<Self>, cores: FloatTensor<Self>, layout: u32) -> FloatTensor<Self> {
+        forward::<Self>(x, cores, &registered(layout))
+    }
+}
+
+#[cfg(memtrain_cube)]
+impl TtLinearBackend for burn_cubecl::CubeBackend {
     fn tt_linear(x: FloatTensor<Self>, cores: FloatTensor<Self>, layout: u32) -> FloatTensor<Self> {
         forward::<Self>(x, cores, &registered(layout))
     }
@@ -491,7 +498,7 @@ impl TtLinear {
 
     /// `[.., d_input]` to `[.., d_output]`, keeping only the input for backward.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = if on_flex(&x.device()) {
+        let y = if has_kernels(&x.device()) {
             Tensor::from_dispatch(<Dispatch as TtLinearBackend>::tt_linear(
                 x.into_dispatch(),
                 self.cores.val().into_dispatch(),

@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 pub use heap::keep_freed_memory;
-pub use meter::{CountingAllocator, Region, is_installed, live_bytes};
+pub use meter::{CountingAllocator, Region, is_installed, live_bytes, live_bytes_on, sample};
 
 /// Bytes of one f32.
 pub const F32: usize = 4;

@@ -24,7 +24,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use crate::error::{Error, Result};
-use crate::on_flex;
+use crate::has_kernels;
 
 /// Below this `|γ_j|` the op keeps `x̂` rather than recovering it from the output.
 pub const GAMMA_MIN: f32 = 1e-3;
@@ -55,7 +55,7 @@ fn forward<B: Backend>(
 }
 
 /// The output-saving LayerNorm op as a burn backend extension.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait OutputLayerNormBackend: Backend {
     /// LayerNorm over the last axis, keeping the output and `rstd` for backward.
     fn output_layer_norm(
@@ -67,6 +67,18 @@ pub trait OutputLayerNormBackend: Backend {
 }
 
 impl OutputLayerNormBackend for Flex {
+    fn output_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
+        forward::<Self>(x, gamma, beta, eps).0
+    }
+}
+
+#[cfg(memtrain_cube)]
+impl OutputLayerNormBackend for burn_cubecl::CubeBackend {
     fn output_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -266,7 +278,7 @@ impl OutputLayerNorm {
     /// `[.., d]` to `[.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let (gamma, beta) = (self.gamma.val(), self.beta.val());
-        if !on_flex(&x.device()) {
+        if !has_kernels(&x.device()) {
             let [d] = gamma.dims();
             let mean = x.clone().mean_dim(D - 1);
             let xc = x - mean;

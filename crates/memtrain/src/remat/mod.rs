@@ -94,6 +94,8 @@ struct Exec<'a> {
     valid: Gpt,
     targets: Tensor<2, Int>,
     total: GradientsParams,
+    /// Where the tensors live (and the meter reads).
+    device: burn::tensor::Device,
     /// Live bytes when the step started.
     base: usize,
     /// The interval since the last [`Exec::mark`], nested in whatever region the caller
@@ -114,7 +116,7 @@ impl Exec<'_> {
             self.peak = self.peak.max(p);
             self.activation_peak = self.activation_peak.max(p.saturating_sub(self.grad_bytes));
         }
-        self.interval = Some(Region::start());
+        self.interval = Some(Region::start_on(&self.device));
     }
 
     fn n_stages(&self) -> usize {
@@ -175,12 +177,14 @@ impl Exec<'_> {
 pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams, RematStats) {
     let valid = model.valid();
     let inputs = batch.inputs.clone().inner();
-    let interval = Region::start();
+    let device = batch.targets.device();
+    let interval = Region::start_on(&device);
     let mut exec = Exec {
         model,
         valid,
         targets: batch.targets.clone(),
         total: GradientsParams::new(),
+        device,
         base: interval.base(),
         interval: Some(interval),
         peak: 0,
@@ -212,6 +216,7 @@ pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams
 /// meter. The counting allocator must be installed.
 pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     let valid = model.valid();
+    let device = batch.targets.device();
     let mut x = valid.embed(batch.inputs.clone().inner());
     let n = model.n_stages();
     let mut chain = Vec::with_capacity(n + 1);
@@ -220,14 +225,14 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
         let mut sizes = (0, 0, 0, 0, 0);
         for _ in 0..reps.max(1) {
             // Forward without autodiff: peak above the input, output included.
-            let region = Region::start();
+            let region = Region::start_on(&device);
             let y_valid = (stage < n).then(|| valid.stage_forward(stage, x.clone()));
             let forward_peak = region.peak();
             drop(region);
             drop(y_valid);
             // Forward with autodiff: what the graph keeps, output included.
             let xin = x.clone().autodiff().require_grad();
-            let region = Region::start();
+            let region = Region::start_on(&device);
             let start = Instant::now();
             let (out, loss) = if stage < n {
                 (Some(model.stage_forward(stage, xin.clone())), None)
@@ -235,6 +240,7 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
                 let loss = model.head_loss(xin.clone(), batch.targets.clone());
                 (None, Some(loss))
             };
+            crate::device::sync(&device).expect("the device runs the profile");
             fwd.push(start.elapsed().as_secs_f64());
             let kept = region.live().max(0) as usize;
             let keep_peak = region.peak();
@@ -244,13 +250,14 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
                 .map_or(4, |y| y.shape().num_elements() * y.dtype().size());
             // Backward, with the output gradient already allocated (not counted).
             let dy = out.as_ref().map(|y| y.ones_like().inner());
-            let region = Region::start();
+            let region = Region::start_on(&device);
             let start = Instant::now();
             let grads = match (out, loss) {
                 (Some(y), _) => backward_from(y, dy.expect("a block output")),
                 (None, Some(l)) => l.backward(),
                 _ => unreachable!("a stage has an output or a loss"),
             };
+            crate::device::sync(&device).expect("the device runs the profile");
             bwd.push(start.elapsed().as_secs_f64());
             let backward_peak = region.peak();
             drop(region);

@@ -14,7 +14,7 @@ use burn_autodiff::grads::Gradients as AutodiffGradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 /// The seeding op as a burn backend extension.
-#[backend_extension(Flex, Autodiff)]
+#[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait SeedGradientBackend: Backend {
     /// A one-element zero whose backward gives `y` the gradient `dy`.
     fn seed_gradient(y: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -25,6 +25,13 @@ fn zero<B: Backend>(like: &FloatTensor<B>) -> FloatTensor<B> {
 }
 
 impl SeedGradientBackend for Flex {
+    fn seed_gradient(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        zero::<Self>(&y)
+    }
+}
+
+#[cfg(memtrain_cube)]
+impl SeedGradientBackend for burn_cubecl::CubeBackend {
     fn seed_gradient(y: FloatTensor<Self>, _dy: FloatTensor<Self>) -> FloatTensor<Self> {
         zero::<Self>(&y)
     }
@@ -86,7 +93,7 @@ pub fn backward_from<const D: usize>(y: Tensor<D>, dy: Tensor<D>) -> Gradients {
         dy.dims(),
         "the output gradient must have the output's shape"
     );
-    if !crate::on_flex(&y.device()) {
+    if !crate::has_kernels(&y.device()) {
         return (y * dy).sum().backward();
     }
     let dy = dy.autodiff();

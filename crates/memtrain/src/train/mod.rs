@@ -16,7 +16,7 @@ pub use variance::{VarianceReport, gradient_variance};
 
 use crate::data::{Batch, Dataset, Tokenizer};
 use crate::error::{Error, Result};
-use crate::memory::{MemoryReport, Region, gradient_bytes, live_bytes};
+use crate::memory::{MemoryReport, Region, gradient_bytes, live_bytes_on};
 use crate::model::{Gpt, GptConfig, Preset};
 use crate::policy::{MemoryPolicy, RematPolicy};
 
@@ -170,7 +170,7 @@ impl Trainer {
     /// [`Error::Config`] from [`TrainConfig::validate`].
     pub fn new(config: TrainConfig, device: &Device) -> Result<Self> {
         config.validate()?;
-        let region = Region::start();
+        let region = Region::start_on(device);
         let model = config
             .model_config()
             .init_seeded(&config.policy, device, config.seed)?;
@@ -292,7 +292,7 @@ impl Trainer {
                 self.config.policy.remat,
             )?);
         }
-        let region = Region::start();
+        let region = Region::start_on(&self.device);
         let start = Instant::now();
         let (grads, loss, activation_bytes) = match &self.remat {
             None => {
@@ -322,9 +322,11 @@ impl Trainer {
             .optimizer_bytes
             .is_none()
             .then(|| gradient_bytes(&model, &grads) as i64);
-        let before_update = live_bytes() as i64;
+        let before_update = live_bytes_on(&self.device) as i64;
         self.model = Some(self.optim.step(lr, model, grads));
-        let update = live_bytes() as i64 - before_update;
+        let update = live_bytes_on(&self.device) as i64 - before_update;
+        // A device runs asynchronously: the step ends when its queue is done.
+        crate::device::sync(&self.device)?;
         let seconds = start.elapsed().as_secs_f64();
         let peak_bytes = region.peak() as u64;
         let optimizer_bytes = *self
