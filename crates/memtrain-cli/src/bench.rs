@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::policy::MemoryPolicy;
@@ -152,7 +151,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     bar.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}").expect("static"),
     );
-    let report = bench(&config, &Device::flex().autodiff(), |p, _| {
+    let device = args.common.autodiff_device()?;
+    let report = bench(&config, &device, |p, _| {
         bar.inc(1);
         bar.set_message(format!("policy {}/{count}", p + 1));
     });

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use memtrain::bert::{Bert, BertTokenizer};
 
@@ -26,13 +25,17 @@ pub struct EmbedArgs {
     /// Print a JSON list of embeddings (lists of floats) in input order.
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, wgpu, wgpu:cpu, cuda or cuda:N (the GPU ones need a build with
+    /// --features wgpu or cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("invalid --batch 0: expected at least 1");
     }
-    let device = Device::flex();
+    let device = memtrain::device::parse_device(&args.device)?;
     let start = Instant::now();
     let model = Bert::load(&args.model, &device)
         .with_context(|| format!("loading the model from {}", args.model.display()))?;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use memtrain::bert::{ModelStats, compare_embeddings, text_lines};
 
@@ -27,6 +26,10 @@ pub struct EvalEmbedArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, wgpu, wgpu:cpu, cuda or cuda:N (the GPU ones need a build with
+    /// --features wgpu or cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 pub fn run(args: EvalEmbedArgs) -> Result<()> {
@@ -53,7 +56,7 @@ pub fn run(args: EvalEmbedArgs) -> Result<()> {
         args.compressed.as_deref(),
         &texts,
         args.batch,
-        &Device::flex(),
+        &memtrain::device::parse_device(&args.device)?,
     )?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -86,6 +86,10 @@ struct Common {
     /// Seed of the weights and the batches.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Where to train: cpu (burn's Flex), wgpu, wgpu:cpu (a software adapter such as Mesa's
+    /// lavapipe), cuda or cuda:N; the GPU ones need a build with --features wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 impl Common {
@@ -100,6 +104,11 @@ impl Common {
         config.lr = self.lr;
         config.seed = self.seed;
         Ok(config)
+    }
+
+    /// The autodiff device `--device` names.
+    fn autodiff_device(&self) -> anyhow::Result<burn::tensor::Device> {
+        Ok(memtrain::device::parse_device(&self.device)?.autodiff())
     }
 }
 
@@ -164,6 +173,14 @@ fn message(e: &anyhow::Error, flags: &[String]) -> String {
 }
 
 fn main() -> ExitCode {
+    // burn 0.22 materializes a loaded optimizer state (`--resume`) on `Device::default()`,
+    // which in a build with a GPU feature is the GPU, and moves it to the parameters' device
+    // at the next step. Keep it on the host, so that a CPU run never starts a GPU runtime.
+    if std::env::var_os("BURN_DEVICE").is_none() {
+        // SAFETY: the first statement of `main`: no other thread exists yet to read the
+        // environment concurrently.
+        unsafe { std::env::set_var("BURN_DEVICE", "flex") };
+    }
     // Freed activations stay in the process for the next step (memtrain::memory::
     // keep_freed_memory: 13-16% of a `small` step was page faults); MEMTRAIN_KEEP_FREED_MEMORY=0
     // keeps the C allocator's defaults, for comparison.

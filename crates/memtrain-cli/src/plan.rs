@@ -3,7 +3,6 @@
 //! and optionally measurements and the capacity search.
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer, load_text};
 use memtrain::plan::{
@@ -93,7 +92,7 @@ fn remat_only(args: &PlanArgs, spec: &str) -> Result<()> {
     let budget = args.budget.parse::<Budget>()?.resolve(reference);
     let (text, _) = load_text(args.common.data.as_deref())?;
     let data = Dataset::new(&text, Tokenizer::Byte, config.seq)?;
-    let device = Device::flex().autodiff();
+    let device = args.common.autodiff_device()?;
     println!(
         "memtrain plan: preset {}, batch {}, seq {}, policy {policy}; budget {:.1} MiB ({:.1}% of {:.1} MiB kept without remat)",
         config.preset,
@@ -145,7 +144,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     let budget = args.budget.parse::<Budget>()?.resolve(plain_bytes);
     let (text, _) = load_text(args.common.data.as_deref())?;
     let data = Dataset::new(&text, Tokenizer::Byte, config.seq)?;
-    let device = Device::flex().autodiff();
+    let device = args.common.autodiff_device()?;
     println!(
         "memtrain plan: preset {}, batch {}, seq {}; budget {:.1} MiB ({:.1}% of plain burn's {:.1} MiB){}",
         config.preset,

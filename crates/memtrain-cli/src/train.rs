@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::memory::live_bytes;
@@ -94,7 +93,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .expect("static template"),
     );
     let mut tokens_per_step = 0.0;
-    let summary = fit(&options, &Device::flex().autodiff(), |event| {
+    let device = args.common.autodiff_device()?;
+    let summary = fit(&options, &device, |event| {
         match event {
         FitEvent::Planned {
             budget,

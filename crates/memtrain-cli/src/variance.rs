@@ -2,7 +2,6 @@
 //! weight gradient, against the minibatch gradient's own variance.
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer, load_text};
 use memtrain::policy::MemoryPolicy;
@@ -44,7 +43,7 @@ pub fn run(args: VarianceArgs) -> Result<()> {
     config.validate()?;
     let (text, _) = load_text(args.common.data.as_deref())?;
     let data = Dataset::new(&text, Tokenizer::Byte, config.seq).context("--data")?;
-    let device = Device::flex().autodiff();
+    let device = args.common.autodiff_device()?;
     let report = gradient_variance(
         &config,
         policy.block.linear,

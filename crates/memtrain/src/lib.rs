@@ -93,3 +93,14 @@ pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
 pub(crate) fn has_kernels(device: &burn::tensor::Device) -> bool {
     device::kernels(device) != device::Kernels::None
 }
+
+/// Whether memtrain's element-wise activation kernels take `x`: its device has them, and on
+/// Cube its dtype is f32 (the CubeCL kernels are f32 only; bf16 and the rest take burn's exact
+/// activation, which keeps its input).
+pub(crate) fn has_activation_kernels<const D: usize>(x: &burn::tensor::Tensor<D>) -> bool {
+    match device::kernels(&x.device()) {
+        device::Kernels::Flex => true,
+        device::Kernels::Cube => x.dtype() == burn::tensor::DType::F32,
+        device::Kernels::None => false,
+    }
+}

@@ -207,7 +207,7 @@ fn should_save_and_load_every_method_on_a_tiny_bert() {
     let err = save_compressed(&model, &manifest, &source, &source)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("--out"), "{err}");
+    assert!(err.contains("invalid out"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
 

@@ -1,9 +1,10 @@
-//! memtrain's ops on burn's Cube backend (wgpu here; Mesa's lavapipe in CI) against the same ops
-//! on Flex: forward values and every input gradient, the codes kept bit for bit, and the device
-//! meter against the formulas. Built with `--features wgpu`; shapes are small (lavapipe is a
-//! CPU emulating a GPU). Tolerances are f32's, scaled by the size of the reduction behind each
-//! value.
-#![cfg(feature = "wgpu")]
+//! memtrain's ops on burn's Cube backend against the same ops on Flex: forward values and every
+//! input gradient, the codes kept bit for bit, and the device meter against the formulas.
+//! Built with `--features wgpu` (CI: Mesa's lavapipe) or `--features cuda`; the device is
+//! `MEMTRAIN_TEST_DEVICE` (default `wgpu`; `scripts/gpu-check.sh` sets `cuda`). Shapes are small
+//! (lavapipe is a CPU emulating a GPU). Tolerances are f32's, scaled by the size of the
+//! reduction behind each value.
+#![cfg(feature = "cube")]
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -18,7 +19,8 @@ use memtrain::remat::backward_from;
 use memtrain::train::{TrainConfig, Trainer};
 
 fn gpu() -> Device {
-    memtrain::device::parse_device("wgpu").expect("a wgpu build")
+    let name = std::env::var("MEMTRAIN_TEST_DEVICE").unwrap_or_else(|_| "wgpu".into());
+    memtrain::device::parse_device(&name).expect("a build with the device's feature")
 }
 
 /// The same values on `device`.
@@ -121,10 +123,15 @@ fn should_match_flex_for_few_bit_activations_bit_for_bit() {
 fn should_match_flex_for_fused_attention_plain_and_packed() {
     let (cpu, gpu) = (Device::flex().autodiff(), gpu().autodiff());
     cpu.seed(3);
-    let (b, t, h, d) = (2, 37, 3, 16);
-    let qkv = Tensor::<4>::random([b, t, 3 * h, d], Distribution::Normal(0.0, 1.0), &cpu);
-    let w = Tensor::<4>::random([b, t, h, d], Distribution::Default, &cpu);
-    for causal in [true, false] {
+    // One partial tile; several tiles with a ragged last one (head size 64: 32-row tiles);
+    // head size 80 (16-row tiles).
+    for ((b, t, h, d), causal) in [(2, 37, 3, 16), (1, 70, 2, 64), (1, 40, 1, 80)]
+        .into_iter()
+        .flat_map(|shape| [(shape, true), (shape, false)])
+    {
+        let qkv = Tensor::<4>::random([b, t, 3 * h, d], Distribution::Normal(0.0, 1.0), &cpu);
+        let w = Tensor::<4>::random([b, t, h, d], Distribution::Default, &cpu);
+        let at = format!("[{b},{t},{h},{d}] causal={causal}");
         let params = AttentionParams {
             causal,
             ..AttentionParams::causal()
@@ -136,24 +143,42 @@ fn should_match_flex_for_fused_attention_plain_and_packed() {
             (values(y.inner()), values(x.grad(&g).unwrap()))
         };
         let ((y1, g1), (y2, g2)) = (packed(&cpu), packed(&gpu));
-        assert_close(&format!("packed causal={causal} forward"), &y1, &y2, 1e-5);
-        assert_close(&format!("packed causal={causal} dqkv"), &g1, &g2, 1e-4);
-        let split = |device: &Device| {
-            let part = |i: usize| {
-                on(&qkv, device)
-                    .slice([0..b, 0..t, i * h..(i + 1) * h, 0..d])
-                    .require_grad()
+        assert_close(&format!("packed {at} forward"), &y1, &y2, 1e-5);
+        assert_close(&format!("packed {at} dqkv"), &g1, &g2, 1e-4);
+        // An additive mask (the generic chunked path on Cube): a bias, -1e9 on every third key.
+        let bias = Tensor::<2>::random([t, t], Distribution::Normal(0.0, 1.0), &cpu)
+            .inner()
+            .mask_fill(
+                Tensor::<1, burn::tensor::Int>::arange(
+                    0..t as i64,
+                    &cpu.clone().without_autodiff(),
+                )
+                .remainder_scalar(3)
+                .equal_elem(1)
+                .reshape([1, t])
+                .expand([t, t]),
+                -1e9,
+            );
+        for masked in [false, true] {
+            let split = |device: &Device| {
+                let part = |i: usize| {
+                    on(&qkv, device)
+                        .slice([0..b, 0..t, i * h..(i + 1) * h, 0..d])
+                        .require_grad()
+                };
+                let (q, k, v) = (part(0), part(1), part(2));
+                let mask = masked.then(|| Tensor::from_data(bias.to_data(), device));
+                let y = fused_attention(q.clone(), k.clone(), v.clone(), mask, params);
+                let g = (y.clone() * on(&w, device)).sum().backward();
+                let grads = [&q, &k, &v].map(|t| values(t.grad(&g).unwrap()));
+                (values(y.inner()), grads)
             };
-            let (q, k, v) = (part(0), part(1), part(2));
-            let y = fused_attention(q.clone(), k.clone(), v.clone(), None, params);
-            let g = (y.clone() * on(&w, device)).sum().backward();
-            let grads = [&q, &k, &v].map(|t| values(t.grad(&g).unwrap()));
-            (values(y.inner()), grads)
-        };
-        let ((y1, g1), (y2, g2)) = (split(&cpu), split(&gpu));
-        assert_close(&format!("q,k,v causal={causal} forward"), &y1, &y2, 1e-5);
-        for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g1.iter().zip(&g2)) {
-            assert_close(&format!("causal={causal} {name}"), a, b, 1e-4);
+            let ((y1, g1), (y2, g2)) = (split(&cpu), split(&gpu));
+            let at = format!("{at} masked={masked}");
+            assert_close(&format!("q,k,v {at} forward"), &y1, &y2, 1e-5);
+            for (name, (a, b)) in ["dq", "dk", "dv"].iter().zip(g1.iter().zip(&g2)) {
+                assert_close(&format!("{at} {name}"), a, b, 1e-4);
+            }
         }
     }
 }

@@ -18,7 +18,8 @@ use memtrain::train::{TrainConfig, Trainer};
 static ALLOC: CountingAllocator = CountingAllocator;
 
 /// Host bookkeeping the meter sees per parameter tensor besides its data (autodiff leaf node,
-/// parameter id, optimizer map entry): measured at about 2.1 KiB, allowed 4 KiB.
+/// parameter id, optimizer map entry): measured at about 2.2 KiB (3.0 KiB in a build with a
+/// GPU feature, whose tensor types are larger), allowed 4 KiB.
 const PER_TENSOR_SLACK: usize = 4096;
 
 fn tensors_per_gpt(c: &GptConfig) -> usize {
@@ -114,7 +115,6 @@ fn should_match_param_and_adamw_formulas() {
         let mut trainer = Trainer::new(cfg, &device).unwrap();
         let batch = trainer.next_batch(&data);
         let r = trainer.step(&batch).memory;
-        let slack = PER_TENSOR_SLACK * tensors_per_gpt(&model);
         let (p, o) = (
             param_bytes(&model, &policy),
             optimizer_state_bytes(&model, &policy),
@@ -127,6 +127,8 @@ fn should_match_param_and_adamw_formulas() {
             shapes.len(),
             tensors_per_gpt(&model) + gpt::adapter_shapes(&model, &policy).len()
         );
+        // Per parameter tensor (adapters included): its struct, autodiff node and name.
+        let slack = PER_TENSOR_SLACK * shapes.len();
         assert_eq!(
             shapes
                 .iter()

@@ -297,6 +297,7 @@ impl InvertedKernel for CubeBackend {
         x: FloatTensor<Self>,
         func: ActFn,
     ) -> (FloatTensor<Self>, Option<IntTensor<Self>>) {
+        crate::memory::sample();
         check_f32(&x);
         let x = into_contiguous(x);
         let n = x.shape().num_elements();
@@ -320,6 +321,7 @@ impl InvertedKernel for CubeBackend {
             func.code(),
             with_bits,
         );
+        crate::memory::sample();
         (y, with_bits.then_some(bits))
     }
 
@@ -329,6 +331,7 @@ impl InvertedKernel for CubeBackend {
         dy: FloatTensor<Self>,
         func: ActFn,
     ) -> FloatTensor<Self> {
+        crate::memory::sample();
         check_f32(&dy);
         let y = into_contiguous(y);
         let n = y.shape().num_elements();
@@ -398,6 +401,7 @@ impl FewBitKernel for CubeBackend {
         x: FloatTensor<Self>,
         table: &FewBitTable,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
+        crate::memory::sample();
         check_f32(&x);
         let x = into_contiguous(x);
         let n = x.shape().num_elements();
@@ -421,6 +425,7 @@ impl FewBitKernel for CubeBackend {
             table.func.code(),
             table.bits,
         );
+        crate::memory::sample();
         (y, codes)
     }
 
@@ -429,6 +434,7 @@ impl FewBitKernel for CubeBackend {
         dy: FloatTensor<Self>,
         table: &FewBitTable,
     ) -> FloatTensor<Self> {
+        crate::memory::sample();
         check_f32(&dy);
         let n = dy.shape().num_elements();
         let client = dy.client.clone();

@@ -6,7 +6,8 @@
 //!
 //! Forward computes `y = f(x)` exactly and keeps the index of `x`'s interval in the optimal
 //! derivative table ([`super::quantize`]); backward returns `dy · levels[index]`. The kernels
-//! per backend are in `flex.rs`; on other backends the exact burn activation runs.
+//! per backend are in `flex.rs` (Flex) and `cube.rs` (Cube: wgpu, cuda; f32); elsewhere, and
+//! for non-f32 tensors on Cube, the exact burn activation runs.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +26,7 @@ use super::codes;
 use super::function::ActFn;
 use super::quantize::{FewBitTable, default_table};
 use crate::error::Result;
-use crate::has_kernels;
+use crate::has_activation_kernels;
 
 /// Tables in use by few-bit ops, by id (the id crosses the backend-extension boundary).
 fn registry() -> &'static Mutex<Vec<Arc<FewBitTable>>> {
@@ -156,8 +157,8 @@ impl FewBit {
     /// On a backend without memtrain's kernels (see [`crate::device`]): it keeps no codes.
     pub fn codes<const D: usize>(&self, x: Tensor<D>) -> Vec<u8> {
         assert!(
-            has_kernels(&x.device()),
-            "few-bit codes are kept on Flex and Cube devices only"
+            has_activation_kernels(&x),
+            "few-bit codes are kept on Flex and Cube devices only (f32 on Cube)"
         );
         let bytes = (x.shape().num_elements() * self.table.bits as usize).div_ceil(8);
         let codes = Tensor::<1, burn::tensor::Int>::from_dispatch(
@@ -168,7 +169,7 @@ impl FewBit {
 
     /// Applies the function element-wise, any shape.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if !has_kernels(&x.device()) {
+        if !has_activation_kernels(&x) {
             return self.table.func.exact(x);
         }
         Tensor::from_dispatch(<Dispatch as FewBitActivationBackend>::few_bit_activation(

@@ -5,8 +5,9 @@
 //! Training", <https://arxiv.org/abs/2407.15545>.
 //!
 //! The function's math and branch tables are in [`super::function`] and `branch.rs`; the
-//! kernels per backend in `flex.rs` (burn's Flex CPU backend). On other backends the exact
-//! burn activation runs (no saving).
+//! kernels per backend in `flex.rs` (burn's Flex CPU backend) and `cube.rs` (burn's Cube
+//! backend: wgpu, cuda; f32). Elsewhere, and for non-f32 tensors on Cube, the exact burn
+//! activation runs (no saving).
 
 use burn::backend::backend_extension;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -22,7 +23,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind, unary};
 use super::codes;
 use super::function::ActFn;
 use crate::error::{Error, Result};
-use crate::has_kernels;
+use crate::has_activation_kernels;
 
 /// The two halves of an inverted activation on one backend.
 pub trait InvertedKernel: Backend {
@@ -117,7 +118,7 @@ pub fn inverted_activation<const D: usize>(x: Tensor<D>, func: ActFn) -> Tensor<
         "{func:?} is not invertible; expected one of {:?}",
         ActFn::INVERTIBLE
     );
-    if !has_kernels(&x.device()) {
+    if !has_activation_kernels(&x) {
         return func.exact(x);
     }
     let code = func.code();
@@ -222,8 +223,8 @@ impl Inverted {
     /// On a backend without memtrain's kernels (see [`crate::device`]): it keeps no bits.
     pub fn branch_bits<const D: usize>(&self, x: Tensor<D>) -> Vec<u8> {
         assert!(
-            has_kernels(&x.device()),
-            "branch bits are kept on Flex and Cube devices only"
+            has_activation_kernels(&x),
+            "branch bits are kept on Flex and Cube devices only (f32 on Cube)"
         );
         if !self.func.needs_bit() {
             return Vec::new();

@@ -6,15 +6,18 @@
 //! scores tile by tile in backward (FlashAttention-2's backward: Dao, 2023,
 //! <https://arxiv.org/abs/2307.08691>; Rabe & Staats, 2021, <https://arxiv.org/abs/2112.05682>).
 //!
-//! Two implementations share one autodiff op:
+//! Three implementations share one autodiff op:
 //!
 //! - on Flex, a kernel over slices ([`kernel`]): tiles of [`kernel::BLOCK`] query rows, one
 //!   rayon task per (batch, head), products by the `gemm` crate, causal tiles skip the hidden
 //!   keys entirely;
+//! - on burn's Cube backend (features `wgpu`, `cuda`), CubeCL kernels (`cube.rs`): a
+//!   FlashAttention-2 forward (key and value tiles in shared memory, online softmax) and
+//!   `cubek-attention`'s FlashAttention backward, for f32 without a mask;
 //! - the same algorithm written with a backend's own tensor ops in chunks of [`CHUNK`] query
-//!   rows ([`generic`]), the default of [`FusedAttentionKernel`] for any backend that routes
-//!   the extension. Only Flex is routed in this release: elsewhere [`fused_attention`] falls
-//!   back to [`reference_attention`].
+//!   rows ([`generic`]), the default of [`FusedAttentionKernel`]: Cube takes it for a mask or
+//!   a dtype other than f32. On a backend without memtrain's kernels (see [`crate::device`])
+//!   [`fused_attention`] falls back to [`reference_attention`].
 //!
 //! Tensors are laid out `[batch, seq, heads, d_head]`, the layout a fused QKV projection
 //! produces, so `q`, `k` and `v` can be views into it and the output reshapes to
@@ -423,9 +426,9 @@ fn check_shapes(
 /// Gradients flow to `q`, `k` and `v`; the mask is treated as a constant. A query row whose
 /// keys are all hidden gets output 0 on Flex (the plain softmax would give NaN).
 ///
-/// The op is routed on Flex (with or without autodiff). On other backends this function
-/// falls back to [`reference_attention`]; the chunked [`generic`] implementation of
-/// [`FusedAttentionKernel`] is there for a backend that routes the extension.
+/// The op is routed on Flex and on burn's Cube backend (wgpu, cuda), with or without autodiff;
+/// see the [module documentation](self) for which implementation runs where. On other
+/// backends this function falls back to [`reference_attention`].
 ///
 /// # Memory
 ///

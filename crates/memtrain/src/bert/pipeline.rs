@@ -69,7 +69,8 @@ pub struct CompressSummary {
     pub seconds: f64,
 }
 
-/// Loads the model in `dir` and compresses its encoder linears as `params` says: one-shot
+/// Loads the model in `dir` onto `device` and compresses its encoder linears as `params` says
+/// (the decompositions themselves run on the host): one-shot
 /// ([`compress_bert`], calling `on_layer` after each layer), or in stages with distillation in
 /// between ([`compress_bert_iterative`], calling `on_progress` with a line of progress). The
 /// returned model runs without autodiff.
@@ -80,7 +81,9 @@ pub struct CompressSummary {
 ///
 /// # fn main() -> memtrain::Result<()> {
 /// let params = CompressParams::new(CompressMethod::Svd, 2.0);
-/// let (model, summary) = compress_model(Path::new("minilm/model"), &params, None, |_| {}, |_| {})?;
+/// let device = burn::tensor::Device::flex();
+/// let (model, summary) =
+///     compress_model(Path::new("minilm/model"), &params, None, &device, |_| {}, |_| {})?;
 /// println!("mean relative error {:.3}", summary.mean_rel_error);
 /// # Ok(())
 /// # }
@@ -94,18 +97,19 @@ pub fn compress_model(
     dir: &Path,
     params: &CompressParams,
     iterative: Option<Iterative>,
+    device: &Device,
     mut on_layer: impl FnMut(&LayerReport),
     on_progress: impl FnMut(&str),
 ) -> Result<(Bert, CompressSummary)> {
     params.validate()?;
-    let plain = Device::flex();
+    let plain = device.clone().without_autodiff();
     let original = Bert::load(dir, &plain)?;
     let model_params_before = original.num_params();
     let start = Instant::now();
     let (model, layers, stages, schedule) = match iterative {
         Some(it) => {
             let tokenizer = BertTokenizer::from_dir(dir)?;
-            let autodiff = Device::flex().autodiff();
+            let autodiff = plain.clone().autodiff();
             let student = Bert::load(dir, &autodiff)?;
             let (model, layers, stages) = compress_bert_iterative(
                 student,

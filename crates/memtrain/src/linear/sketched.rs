@@ -369,7 +369,8 @@ impl SketchedLinearConfig {
 /// instead of the input's `4 n d_input` (a saving only where nothing else keeps the input).
 /// The sketch itself is regenerated from a seed, never stored.
 ///
-/// On backends other than Flex the layer computes the exact gradient (no saving).
+/// On backends without memtrain's kernels (see [`crate::device`]; Flex and Cube have them)
+/// the layer computes the exact gradient (no saving).
 #[derive(Module, Debug)]
 pub struct SketchedLinear {
     /// `[d_input, d_output]`.

@@ -399,7 +399,8 @@ impl TtLinearConfig {
 /// keeps (and nothing when another op already keeps the same tensor); the cores are
 /// parameters. Backward builds `W` and `dW` (`4 d_input d_output` bytes each) for the moment.
 ///
-/// On backends other than Flex the forward is [`TtLinear::forward_reference`].
+/// On backends without memtrain's kernels (see [`crate::device`]; Flex and Cube have them) the
+/// forward is [`TtLinear::forward_reference`].
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};

@@ -181,7 +181,9 @@ impl<B: Backend, C: CheckpointStrategy> OutputLayerNormBackend for Autodiff<B, C
 /// normalised input, `8 n d` bytes, plus `8 n` bytes of row statistics. The allocator measures
 /// both in the GPT (`tests/memory.rs`, `should_match_the_activation_estimate_output_layernorm`).
 ///
-/// On backends other than Flex the forward and backward are burn's own ops (no saving).
+/// On Flex a slice kernel computes it; on burn's Cube backend (wgpu, cuda) burn's own Cube ops do,
+/// under the same backward that keeps the same bytes. On backends without memtrain's kernels (see
+/// [`crate::device`]) the forward and backward are burn's own ops (no saving).
 #[derive(Module, Debug)]
 pub struct OutputLayerNorm {
     /// Scale `[d]`.

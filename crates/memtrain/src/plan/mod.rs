@@ -46,7 +46,8 @@ use crate::policy::{BlockPolicy, MemoryPolicy, RematPolicy};
 use crate::remat::{Schedule, StageCost, optimal, simulate};
 
 /// The candidate block variants: [`BlockPolicy::candidates`] (every combination of the exact
-/// savers, and with `approx` the approximate variants on top of the leanest).
+/// savers, and with `approx` the approximate variants on top of the leanest). Off Flex the
+/// planner drops those with `linear=gemm` (there it is burn's linear).
 pub fn candidates(approx: bool) -> Vec<BlockPolicy> {
     BlockPolicy::candidates(approx)
 }
@@ -475,7 +476,11 @@ pub fn make_plan(
         model_config.n_layers,
     );
     let batch = batch_for(data, plain.seed, plain.batch, plain.seq, device);
-    let cands = candidates(approx);
+    let mut cands = candidates(approx);
+    if !crate::on_flex(device) {
+        // The gemm linear is a Flex kernel; elsewhere it is burn's linear, a duplicate.
+        cands.retain(|c| c.linear != crate::linear::LinearPolicy::Gemm);
+    }
     let variants = profile_variants(&model_config, &batch, &cands, PROFILE_REPS, device)?;
     let (plan, uniform) = solve(&variants, model_config.n_layers, budget, constant)?;
     Ok(PlanReport {

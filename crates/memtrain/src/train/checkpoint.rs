@@ -95,6 +95,11 @@ impl Trainer {
 
     /// Loads the checkpoint `out/latest` names, onto `device`.
     ///
+    /// burn 0.22 loads the AdamW state onto `Device::default()` and moves it to `device` at
+    /// the next step; in a build with a GPU feature that default is the GPU, so a CPU program
+    /// built so sets `BURN_DEVICE=flex` (the `memtrain` binary does) to keep the state on the
+    /// host.
+    ///
     /// # Errors
     ///
     /// [`Error::Checkpoint`] naming the file when the directory, `latest`, the state, the

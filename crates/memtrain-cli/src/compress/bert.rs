@@ -1,0 +1,142 @@
+//! `memtrain compress --model DIR`: a pretrained BERT factorized by a parameter ratio.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use memtrain::bert::{
+    CompressMethod, CompressParams, CompressedManifest, Iterative, IterativeParams, LayerReport,
+    compress_model, distill_lines, save_compressed,
+};
+
+use super::{CompressArgs, DEFAULT_DATA};
+
+fn print_row(r: &LayerReport) {
+    println!(
+        "{:<40} {:>9} {:>5} {:>8} {:>8} {:>6.2}x {:>9.4} {:>9} {:>8.2}",
+        r.name,
+        format!("{}x{}", r.shape[0], r.shape[1]),
+        r.rank,
+        r.params_before,
+        r.params_after,
+        r.params_before as f64 / r.params_after as f64,
+        r.rel_error,
+        r.ptq_rel_error
+            .map_or("-".to_string(), |e| format!("{e:.4}")),
+        r.seconds
+    );
+}
+
+pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
+    let gpt_flags = [
+        (args.rank.is_some(), "--rank"),
+        (args.eps.is_some(), "--eps"),
+        (args.all, "--all"),
+    ];
+    if let Some((_, flag)) = gpt_flags.iter().find(|f| f.0) {
+        bail!("{flag} applies to --from (a GPT checkpoint); with --model use --method and --ratio");
+    }
+    let method: CompressMethod = match &args.method {
+        Some(m) => m.parse().context("--method")?,
+        None => bail!("missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS or ttm"),
+    };
+    let Some(ratio) = args.ratio else {
+        bail!("missing --ratio: expected a parameter reduction ratio >= 1, e.g. 2 or 4");
+    };
+    let params = CompressParams {
+        cp_iters: args.cp_iters,
+        ..CompressParams::new(method, ratio)
+    };
+    params.validate()?;
+    let it = IterativeParams {
+        stages: args.stages,
+        batch: args.batch,
+        lr: args.lr,
+        ..IterativeParams::new(args.steps)
+    };
+    let text = if !args.iterative {
+        None
+    } else {
+        let data = match &args.data {
+            Some(p) => p.clone(),
+            None if Path::new(DEFAULT_DATA).is_file() => PathBuf::from(DEFAULT_DATA),
+            None => bail!(
+                "missing --data: --iterative distills on text lines and the default {DEFAULT_DATA} does not exist"
+            ),
+        };
+        let text = memtrain::data::read_text(&data).context("--data")?;
+        if distill_lines(&text).is_empty() {
+            bail!(
+                "--data {}: no non-empty lines after the {} held out for eval-embed",
+                data.display(),
+                memtrain::bert::HELD_OUT_LINES
+            );
+        }
+        Some(text)
+    };
+    let lines: Vec<&str> = text.as_deref().map(distill_lines).unwrap_or_default();
+    let iterative = args.iterative.then_some(Iterative {
+        params: it,
+        lines: &lines,
+    });
+    if !args.json {
+        let schedule = match iterative {
+            Some(_) => it.describe(ratio),
+            None => "one-shot".to_string(),
+        };
+        println!(
+            "memtrain compress: {} with {method} at ratio {ratio} ({schedule})",
+            dir.display()
+        );
+        println!(
+            "{:<40} {:>9} {:>5} {:>8} {:>8} {:>7} {:>9} {:>9} {:>8}",
+            "layer", "shape", "rank", "before", "after", "ratio", "rel.err", "ptq err", "seconds"
+        );
+    }
+    let json = args.json;
+    let (model, summary) = compress_model(
+        dir,
+        &params,
+        iterative,
+        &memtrain::device::parse_device(&args.device)?,
+        |r| {
+            if !json {
+                print_row(r)
+            }
+        },
+        |msg| eprintln!("{msg}"),
+    )
+    .with_context(|| format!("compressing {}", dir.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "encoder linears: {} -> {} weight parameters ({:.2}x fewer), mean rel. error {:.4}{}; model {} -> {} parameters; {:.1} s",
+            summary.linear_params_before,
+            summary.linear_params_after,
+            summary.linear_params_before as f64 / summary.linear_params_after as f64,
+            summary.mean_rel_error,
+            summary
+                .mean_ptq_rel_error
+                .map_or(String::new(), |e| format!(
+                    " (CP-ALS then quantize: {e:.4})"
+                )),
+            summary.model_params_before,
+            summary.model_params_after,
+            summary.seconds
+        );
+    }
+    if let Some(out) = &args.out {
+        let manifest = CompressedManifest::describe(&model, method, ratio, summary.schedule);
+        let written = save_compressed(&model, &manifest, dir, out)
+            .with_context(|| format!("--out {}", out.display()))?;
+        if !args.json {
+            println!(
+                "wrote {} (evaluate with: memtrain eval-embed --model {} --compressed {} --data FILE)",
+                written.display(),
+                dir.display(),
+                written.display()
+            );
+        }
+    }
+    Ok(())
+}
