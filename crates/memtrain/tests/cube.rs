@@ -289,3 +289,49 @@ fn should_meter_the_device_within_five_percent_of_the_formula() {
         plain.loss
     );
 }
+
+/// What has no kernel of its own runs on the device unchanged: from the same weights and
+/// batches, Cube gives Flex's losses step after step (each the loss before an update, so the
+/// updates are compared too). The sketched linear is left to the op test above: its sketch is
+/// seeded by a hash of its input's bits, which the devices round differently.
+#[test]
+fn should_train_remat_tt_adapters_and_optimizers_on_the_device_as_on_flex() {
+    let data = Dataset::new(&synthetic_corpus(3000, 1), Tokenizer::Byte, 64).unwrap();
+    let (cpu, gpu) = (Device::flex().autodiff(), gpu().autodiff());
+    for spec in [
+        "remat=every:1,act=inverted,norm=output,attn=memeff",
+        "act=fewbit:2",
+        "weights=ttm:4",
+        "adapt=lora:4",
+        "adapt=lotr:4",
+        "optim=naggs",
+        "optim=galore:4:1",
+    ] {
+        let mut config = TrainConfig::new(Preset::Tiny);
+        config.batch = 4;
+        config.policy = spec.parse().unwrap();
+        let model = config
+            .model_config()
+            .init_seeded(&config.policy, &cpu, 7)
+            .unwrap();
+        let losses = |device: &Device| {
+            let mut trainer =
+                Trainer::from_model(config.clone(), model.clone().to_device(device), 0, device)
+                    .unwrap();
+            (0..3)
+                .map(|_| {
+                    let batch = trainer.next_batch(&data);
+                    trainer.try_step(&batch).unwrap().loss
+                })
+                .collect::<Vec<f32>>()
+        };
+        let (flex, cube) = (losses(&cpu), losses(&gpu));
+        eprintln!("{spec}: Flex {flex:?}, Cube {cube:?}");
+        for (a, b) in flex.iter().zip(&cube) {
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "{spec}: Flex {flex:?}, Cube {cube:?}"
+            );
+        }
+    }
+}
