@@ -23,8 +23,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     steps: usize,
     /// Plan for this activation budget (a size, or a fraction of plain burn's activation
-    /// bytes) and bench plain burn, the best uniform policy that fits and the plan, instead
-    /// of --policies.
+    /// bytes) and bench plain burn, the best uniform policy that fits and the plan (not
+    /// with --policies).
     #[arg(long)]
     budget: Option<String>,
     /// With --budget: let the planner use approximate variants ("approx").
@@ -141,6 +141,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     config.seed = shape.seed;
     config.lr = shape.lr;
     config.data = args.common.data.clone();
+    if args.budget.is_some() && crate::given("--policies") {
+        bail!(
+            "invalid --policies: got {:?} with --budget, expected one of the two (--budget benches plain burn, the best uniform policy and the plan)",
+            args.policies
+        );
+    }
     config.budget = crate::fit_budget(args.budget.as_deref(), args.allow.as_deref())?;
     let count = if config.budget.is_some() {
         3

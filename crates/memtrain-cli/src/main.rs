@@ -134,6 +134,12 @@ fn fit_budget(budget: Option<&str>, allow: Option<&str>) -> anyhow::Result<Optio
         .transpose()
 }
 
+/// Whether the user gave `flag` (`--batch 3` or `--batch=3`) on the command line, as opposed
+/// to its default.
+fn given(flag: &str) -> bool {
+    std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+}
+
 /// The long flags of the subcommand the user ran (`batch`, `max-seq`, ...).
 fn flags_of(args: &[String]) -> Vec<String> {
     let mut command = Cli::command();

@@ -6,7 +6,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::memory::live_bytes;
+use memtrain::policy::MemoryPolicy;
 use memtrain::run::{FitEvent, FitOptions, Start, fit};
+use memtrain::train::TrainConfig;
 
 use crate::Common;
 use crate::output::{mib, mib_usize, print_report};
@@ -53,11 +55,21 @@ pub struct TrainArgs {
     /// With --budget: let the planner use approximate variants ("approx").
     #[arg(long, requires = "budget")]
     allow: Option<String>,
+    /// Replace the run already in --out (its checkpoints, latest and metrics.csv) instead of
+    /// refusing to start a fresh run there.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Checkpoints to keep in --out (the newest; the one `latest` names is never removed).
+    #[arg(long, default_value_t = memtrain::train::DEFAULT_KEEP)]
+    keep: usize,
 }
 
 fn options(args: &TrainArgs) -> Result<FitOptions> {
     if args.steps == 0 {
         bail!("invalid --steps: got 0, expected a positive integer");
+    }
+    if args.keep == 0 {
+        bail!("invalid --keep: got 0, expected at least 1 checkpoint to keep");
     }
     let mut config = args.common.config(16)?;
     let start = match (&args.init_from, args.resume) {
@@ -65,6 +77,15 @@ fn options(args: &TrainArgs) -> Result<FitOptions> {
         (Some(dir), false) => Start::InitFrom(dir.clone()),
         (None, false) => Start::Fresh,
     };
+    if start != Start::Resume && !args.overwrite && memtrain::train::holds_run(&args.out) {
+        let latest = std::fs::read_to_string(args.out.join(memtrain::train::LATEST))
+            .map(|l| format!(", latest {}", l.trim()))
+            .unwrap_or_default();
+        bail!(
+            "invalid --out: got {:?}, expected a directory without a run (it holds one{latest}): pass --resume to continue it or --overwrite to replace it",
+            args.out
+        );
+    }
     if start != Start::Resume {
         config.policy = args.policy.parse().context("--policy")?;
         config.tokenizer = args.tokenizer.parse()?;
@@ -80,7 +101,82 @@ fn options(args: &TrainArgs) -> Result<FitOptions> {
         eval_every: args.eval_every,
         eval_batches: args.eval_batches,
         budget: crate::fit_budget(args.budget.as_deref(), args.allow.as_deref())?,
+        overwrite: args.overwrite,
+        keep: args.keep,
     })
+}
+
+/// One warning line for each flag given with `--resume` whose value the checkpoint overrides.
+fn warn_ignored(args: &TrainArgs, resumed: &TrainConfig) {
+    let c = &args.common;
+    let policy = args.policy.parse::<MemoryPolicy>().ok();
+    let differs = [
+        (
+            "--preset",
+            c.preset.clone(),
+            resumed.preset.to_string(),
+            c.preset != resumed.preset.to_string(),
+        ),
+        (
+            "--batch",
+            opt(c.batch),
+            resumed.batch.to_string(),
+            c.batch.is_some_and(|b| b != resumed.batch),
+        ),
+        (
+            "--seq",
+            opt(c.seq),
+            resumed.seq.to_string(),
+            c.seq.is_some_and(|s| s != resumed.seq),
+        ),
+        (
+            "--max-seq",
+            opt(c.max_seq),
+            opt(resumed.max_seq),
+            c.max_seq.is_some() && c.max_seq != resumed.max_seq,
+        ),
+        (
+            "--lr",
+            c.lr.to_string(),
+            resumed.lr.to_string(),
+            c.lr != resumed.lr,
+        ),
+        (
+            "--seed",
+            c.seed.to_string(),
+            resumed.seed.to_string(),
+            c.seed != resumed.seed,
+        ),
+        (
+            "--warmup",
+            args.warmup.to_string(),
+            resumed.warmup.to_string(),
+            args.warmup != resumed.warmup,
+        ),
+        (
+            "--tokenizer",
+            args.tokenizer.clone(),
+            format!("{:?}", resumed.tokenizer).to_lowercase(),
+            args.tokenizer.parse::<memtrain::data::Tokenizer>().ok() != Some(resumed.tokenizer),
+        ),
+        (
+            "--policy",
+            args.policy.clone(),
+            resumed.policy.to_string(),
+            policy.as_ref() != Some(&resumed.policy),
+        ),
+    ];
+    for (flag, got, kept, differ) in differs {
+        if differ && crate::given(flag) {
+            eprintln!(
+                "warning: {flag} {got} ignored: --resume continues with the checkpoint's {kept}"
+            );
+        }
+    }
+}
+
+fn opt(v: Option<usize>) -> String {
+    v.map_or_else(|| "default".to_string(), |v| v.to_string())
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -115,6 +211,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
         } => {
             tokens_per_step = (config.batch * config.seq) as f64;
             bar.set_position(step);
+            if options.start == Start::Resume {
+                warn_ignored(&args, config);
+                println!("memtrain train: resuming from step {step} of {}", options.out.display());
+            }
             println!(
                 "memtrain train: preset {} ({params} parameters), batch {}, seq {}, policy {}, {train_tokens} train / {valid_tokens} validation tokens",
                 config.preset, config.batch, config.seq, config.policy

@@ -70,6 +70,11 @@ fn should_reject_bad_bench_arguments() {
             vec!["bench", "--preset", "tiny", "--seq", "1000"],
             "--seq: got \"1000\"",
         ),
+        // Was: the budget's plain/uniform/plan rows silently replaced the policies.
+        (
+            vec!["bench", "--budget", "1/2", "--policies", "act=inverted"],
+            "--policies",
+        ),
     ] {
         run_err(&args, needle);
     }

@@ -308,3 +308,203 @@ fn should_fine_tune_with_adapters_from_a_checkpoint() {
         assert_user_error(&train(&dir.join("bad"), &a), needle);
     }
 }
+
+// Issue 21: inputs that used to panic or mislead. Each test below failed on the code before
+// the fix (the panic or the silent behaviour is quoted).
+
+/// Was: `assert!` in GaLore's projector on the first step ("GaLore rank 8 exceeds the smaller
+/// side of a [128, 4] matrix"): LoRA's factors are the trained matrices.
+#[test]
+fn should_reject_a_galore_rank_above_an_adapter_rank() {
+    let dir = scratch("galore-lora");
+    for policy in ["optim=galore:8,adapt=lora:4", "optim=galore:8,adapt=lotr:4"] {
+        let out = train(&dir.join("out"), &["--steps", "1", "--policy", policy]);
+        assert_user_error(&out, "GaLore rank");
+    }
+}
+
+/// Was: GaLore `panic!`ed on the NaN gradient at a projector refresh.
+#[test]
+fn should_stop_with_an_error_when_the_loss_diverges() {
+    let dir = scratch("diverge");
+    for policy in ["optim=galore:4:1", "optim=adamw"] {
+        let out = dir.join(policy.replace([':', '='], "-"));
+        let run = train(
+            &out,
+            &[
+                "--steps",
+                "8",
+                "--eval-every",
+                "1",
+                "--warmup",
+                "0",
+                "--lr",
+                "1e30",
+                "--policy",
+                policy,
+            ],
+        );
+        assert_user_error(&run, "diverged at step");
+        // What `latest` names is complete, and the run resumes from it (and diverges again).
+        let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+        assert!(out.join(latest.trim()).join("state.json").is_file());
+        assert_user_error(&train(&out, &["--steps", "8", "--resume"]), "diverged");
+    }
+}
+
+/// Was: `expect` on a zero NAG-GS constant ("NaggsConfig: mu positive") and on a sketch
+/// ratio out of range, reached by a hand-edited `state.json`.
+#[test]
+fn should_reject_a_hand_edited_policy_in_state_json() {
+    let dir = scratch("state-policy");
+    let out = dir.join("run");
+    let ok = train(
+        &out,
+        &["--steps", "1", "--policy", "optim=naggs,linear=sketch:0.5"],
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+    let state = out.join(latest.trim()).join("state.json");
+    let good = std::fs::read_to_string(&state).unwrap();
+    for (from, to) in [
+        ("\"mu_bp\": 10000", "\"mu_bp\": 0"),
+        ("\"gamma_bp\": 10000", "\"gamma_bp\": 0"),
+        ("\"ratio_bp\": 5000", "\"ratio_bp\": 60000"),
+        ("\"ratio_bp\": 5000", "\"ratio_bp\": 0"),
+    ] {
+        assert!(good.contains(from), "{from} not in {good}");
+        std::fs::write(&state, good.replace(from, to)).unwrap();
+        assert_user_error(&train(&out, &["--steps", "2", "--resume"]), "state.json");
+    }
+    std::fs::write(&state, good).unwrap();
+}
+
+/// Was: the allocation aborted the process ("memory allocation of ... failed").
+#[test]
+fn should_refuse_a_model_larger_than_the_machine_before_building_it() {
+    let dir = scratch("huge");
+    let out = dir.join("out");
+    let out = out.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--max-seq", "4000000000", "--seq", "16"], "--max-seq"),
+        (vec!["--batch", "1000000000000"], "batch"),
+        (vec!["--batch", "18446744073709551615"], "batch"),
+    ] {
+        let mut all = vec!["train", "--out", out, "--steps", "1"];
+        all.extend(args);
+        let run = run(&all);
+        assert_user_error(&run, needle);
+        assert_user_error(&run, "memory");
+    }
+    for args in [
+        vec!["bench", "--batch", "1000000000000", "--steps", "1"],
+        vec!["plan", "--batch", "1000000000000", "--budget", "1/2"],
+    ] {
+        assert_user_error(&run(&args), "memory");
+    }
+}
+
+/// Was: a second step-0 block in `metrics.csv`, the new checkpoint pruned at once and
+/// `latest` naming a deleted directory.
+#[test]
+fn should_refuse_a_fresh_run_into_a_used_directory() {
+    let dir = scratch("used");
+    let out = dir.join("run1");
+    let first = train(&out, &["--steps", "3", "--eval-every", "1"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_user_error(&train(&out, &["--steps", "2"]), "--overwrite");
+    assert_eq!(
+        std::fs::read_to_string(out.join("metrics.csv")).unwrap(),
+        metrics,
+        "a refused run touched metrics.csv"
+    );
+    // --overwrite replaces the run: one step-0 row, `latest` resolves, resume works.
+    let again = train(
+        &out,
+        &[
+            "--steps",
+            "2",
+            "--overwrite",
+            "--keep",
+            "1",
+            "--eval-every",
+            "1",
+        ],
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    assert_eq!(
+        metrics.lines().filter(|l| l.starts_with("0,")).count(),
+        1,
+        "{metrics}"
+    );
+    let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+    assert_eq!(latest.trim(), "step-000002");
+    let steps: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    assert_eq!(steps, ["step-000002"], "--keep 1");
+    let resumed = train(&out, &["--steps", "3", "--resume"]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_user_error(&train(&out, &["--steps", "3", "--keep", "0"]), "--keep");
+}
+
+/// Was: silence; the checkpoint's batch and learning rate ran.
+#[test]
+fn should_say_what_a_resume_ignores() {
+    let dir = scratch("resume-flags");
+    let out = dir.join("run");
+    assert!(train(&out, &["--steps", "1"]).status.success());
+    let out_arg = out.to_str().unwrap();
+    let resumed = run(&[
+        "train",
+        "--out",
+        out_arg,
+        "--steps",
+        "2",
+        "--resume",
+        "--batch",
+        "3",
+        "--lr",
+        "0.5",
+        "--seq",
+        "16",
+        "--eval-batches",
+        "1",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stdout.contains("resuming from step 1"), "{stdout}");
+    for flag in ["--batch 3", "--lr 0.5"] {
+        assert!(
+            stderr.contains(flag) && stderr.contains("ignored"),
+            "{flag}: {stderr}"
+        );
+    }
+    // `--seq 16` is the checkpoint's own: nothing to warn about.
+    assert!(!stderr.contains("--seq"), "{stderr}");
+}

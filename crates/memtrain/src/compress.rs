@@ -197,7 +197,7 @@ pub fn compress_checkpoint(
             u32::try_from(rank).map_err(|_| Error::config("rank", rank, "a rank below 2^32"))?;
         config.policy = config.policy.with_weights(WeightsPolicy::Ttm { rank, all });
         let trainer = Trainer::from_model(config, compressed, state.step, device)?;
-        written = Some(trainer.save_checkpoint(out, &state.data)?);
+        written = Some(trainer.save_checkpoint(out, &state.data, crate::train::DEFAULT_KEEP)?);
     }
     Ok(CheckpointCompression {
         layers,

@@ -34,6 +34,17 @@ pub enum Error {
         /// Why it failed.
         reason: String,
     },
+    /// The training loss became NaN or infinite: the step is not applied, so the model and
+    /// optimizer keep their state from before it, and a run stops without a checkpoint of it.
+    #[error(
+        "the loss diverged at step {step} (loss {loss}); the model is left as it was before that step: lower the learning rate or raise the warm-up"
+    )]
+    Diverged {
+        /// The step (1-based) whose loss was not finite.
+        step: u64,
+        /// The loss it computed.
+        loss: f32,
+    },
     /// A device (wgpu, cuda) reported a failure while running.
     #[error("device error: {reason}")]
     Device {

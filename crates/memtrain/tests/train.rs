@@ -147,3 +147,101 @@ fn should_run_a_given_remat_plan_and_refuse_a_mismatched_one() {
     let err = plain.use_remat_plan(keep).unwrap_err().to_string();
     assert!(err.contains("remat"), "{err}");
 }
+
+fn tiny_trainer() -> (Trainer, Dataset) {
+    let mut config = TrainConfig::new(Preset::Tiny);
+    config.batch = 2;
+    config.seq = 16;
+    let data = Dataset::new(&synthetic_corpus(2000, 1), Tokenizer::Byte, 16).unwrap();
+    (Trainer::new(config, &Device::flex().autodiff()).unwrap(), data)
+}
+
+fn latest_dir(out: &std::path::Path) -> std::path::PathBuf {
+    let name = std::fs::read_to_string(out.join(memtrain::train::LATEST)).unwrap();
+    out.join(name.trim())
+}
+
+fn dirs(out: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Was: a second save of the same step deleted the directory `latest` named before renaming
+/// the new one in (a kill between the two left `latest` naming nothing); and pruning sorted
+/// by name and kept two, deleting the checkpoint it had just written when older runs' higher
+/// steps were in the directory.
+#[test]
+fn should_never_remove_the_checkpoint_latest_names() {
+    let out = std::env::temp_dir().join(format!("memtrain-latest-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let (mut trainer, data) = tiny_trainer();
+    let source = memtrain::data::DataSource::Builtin;
+    let batch = trainer.next_batch(&data);
+    trainer.step(&batch);
+    let first = trainer.save_checkpoint(&out, &source, 2).unwrap();
+    let first_model = std::fs::read(first.join("model.safetensors")).unwrap();
+    // The same step again: a new directory; the first is never replaced in place.
+    let again = trainer.save_checkpoint(&out, &source, 2).unwrap();
+    assert_ne!(first, again);
+    assert_eq!(latest_dir(&out), again);
+    assert_eq!(std::fs::read(first.join("model.safetensors")).unwrap(), first_model);
+    assert_eq!(dirs(&out), ["step-000001", "step-000001.1"]);
+    // Another run's later checkpoints in the same directory: the new one is still kept.
+    for stale in ["step-000080", "step-000100"] {
+        std::fs::create_dir_all(out.join(stale)).unwrap();
+    }
+    let batch = trainer.next_batch(&data);
+    trainer.step(&batch);
+    let new = trainer.save_checkpoint(&out, &source, 2).unwrap();
+    assert_eq!(latest_dir(&out), new);
+    assert!(new.join("state.json").is_file());
+    assert_eq!(dirs(&out), ["step-000002", "step-000100"]);
+    // keep 1: only what latest names.
+    trainer.save_checkpoint(&out, &source, 1).unwrap();
+    assert_eq!(dirs(&out), ["step-000002.1"]);
+    assert!(trainer.save_checkpoint(&out, &source, 0).is_err());
+    let (resumed, state) = Trainer::resume(&out, &Device::flex().autodiff()).unwrap();
+    assert_eq!((resumed.step_count(), state.step), (2, 2));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Was: a NaN loss went into the update (and GaLore's projector refresh panicked on it).
+#[test]
+fn should_refuse_to_apply_a_step_whose_loss_is_not_finite() {
+    for spec in ["", "optim=galore:4:1"] {
+        let mut config = TrainConfig::new(Preset::Tiny);
+        config.batch = 2;
+        config.seq = 16;
+        config.lr = 1e30;
+        config.warmup = 0;
+        config.policy = spec.parse().unwrap();
+        let data = Dataset::new(&synthetic_corpus(2000, 1), Tokenizer::Byte, 16).unwrap();
+        let mut trainer = Trainer::new(config, &Device::flex().autodiff()).unwrap();
+        let mut diverged = None;
+        for _ in 0..6 {
+            let batch = trainer.next_batch(&data);
+            match trainer.try_step(&batch) {
+                Ok(stats) => assert!(stats.loss.is_finite()),
+                Err(e) => {
+                    diverged = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = diverged.unwrap_or_else(|| panic!("{spec:?}: lr 1e30 did not diverge"));
+        let step = trainer.step_count();
+        assert!(
+            matches!(e, memtrain::Error::Diverged { step: s, .. } if s == step + 1),
+            "{spec:?}: {e}"
+        );
+        // The failed step was not applied: the count stays, and it fails the same way again.
+        let batch = trainer.next_batch(&data);
+        assert!(trainer.try_step(&batch).is_err());
+        assert_eq!(trainer.step_count(), step);
+    }
+}

@@ -134,10 +134,9 @@ impl GaloreConfig {
 /// instead of AdamW's `2 m n`; other parameters `2 numel`
 /// ([`super::OptimPolicy::state_bytes`]).
 ///
-/// # Panics
-///
-/// [`Optimizer::step`] panics on a matrix whose smaller side is below the rank (check with
-/// [`GaloreConfig::check`] first), or a gradient with NaN entries.
+/// A matrix whose smaller side is below the rank is projected with that side's rank (check
+/// with [`GaloreConfig::check`] to refuse it instead); a gradient whose SVD fails (NaN
+/// entries) gives a NaN update, which the trainer reports as a diverged loss at the next step.
 #[derive(Debug, Clone)]
 pub struct Galore {
     config: GaloreConfig,
@@ -186,16 +185,19 @@ fn to_rank<const A: usize, const B: usize>(t: Tensor<A>) -> Tensor<B> {
 }
 
 impl Galore {
-    /// The projector `P` from the gradient `g [m, n]`.
+    /// The projector `P` from the gradient `g [m, n]`, of rank `min(r, m, n)` (a matrix
+    /// smaller than the rank is projected onto all of it; [`GaloreConfig::check`] refuses
+    /// such a rank up front). A gradient whose SVD fails (NaN or infinite entries) gives a NaN
+    /// projector: the update poisons the weights, and the next loss says so
+    /// ([`crate::Error::Diverged`] from the trainer) instead of a panic here.
     fn projector(&self, g: Tensor<2>) -> Tensor<2> {
         let [m, n] = g.dims();
-        let r = self.config.rank;
-        assert!(
-            r <= m.min(n),
-            "GaLore rank {r} exceeds the smaller side of a [{m}, {n}] matrix"
-        );
-        let (u, _, vt) =
-            memtrain_tt::linalg::svd(g).unwrap_or_else(|e| panic!("GaLore projector: {e}"));
+        let r = self.config.rank.min(m).min(n);
+        let shape = if m >= n { [r, n] } else { [m, r] };
+        let device = g.device();
+        let Ok((u, _, vt)) = memtrain_tt::linalg::svd(g) else {
+            return Tensor::full(shape, f32::NAN, &device);
+        };
         // Compact: the slice alone would keep the whole `[k, k]` factor alive.
         memtrain_tt::linalg::compact(if m >= n {
             vt.slice([0..r, 0..n])

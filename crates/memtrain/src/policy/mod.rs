@@ -164,17 +164,48 @@ pub struct MemoryPolicy {
 pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim, adapt";
 
 impl MemoryPolicy {
-    /// Checks values a SPEC cannot express wrongly but a deserialized policy can.
+    /// Checks values a SPEC cannot express wrongly but a deserialized policy (a hand-edited
+    /// `state.json`) can: each key's value must parse back from its own canonical SPEC, which
+    /// applies every range check of the parser (few-bit widths, sketch ratios in (0, 1],
+    /// positive NAG-GS constants and GaLore scales, ranks of at least 1, ...).
+    ///
+    /// ```
+    /// use memtrain::policy::MemoryPolicy;
+    /// let mut p: MemoryPolicy = "act=fewbit:2".parse().unwrap();
+    /// assert!(p.validate().is_ok());
+    /// p.block.act = memtrain::policy::ActPolicy::FewBit(0);
+    /// assert!(p.validate().unwrap_err().to_string().contains("fewbit:0"));
+    /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] for a few-bit width outside 1..=8.
+    /// [`Error::Config`] naming the key's value, as the parser would.
     pub fn validate(&self) -> Result<()> {
-        for block in std::iter::once(&self.block).chain(self.overrides.values()) {
-            if let ActPolicy::FewBit(b) = block.act {
-                crate::activation::validate_bits(u32::from(b))?;
+        fn round_trip<T: fmt::Display + PartialEq>(
+            key: &str,
+            value: &T,
+            parse: fn(&str) -> Result<T>,
+        ) -> Result<()> {
+            let text = value.to_string();
+            if parse(&text)? != *value {
+                return Err(Error::config(
+                    format!("policy {key}"),
+                    text,
+                    "a value that its own SPEC gives back",
+                ));
             }
+            Ok(())
         }
+        for block in std::iter::once(&self.block).chain(self.overrides.values()) {
+            round_trip(ActPolicy::KEY, &block.act, ActPolicy::parse)?;
+            round_trip(NormPolicy::KEY, &block.norm, NormPolicy::parse)?;
+            round_trip(LinearPolicy::KEY, &block.linear, LinearPolicy::parse)?;
+            round_trip(AttnPolicy::KEY, &block.attn, AttnPolicy::parse)?;
+            round_trip(WeightsPolicy::KEY, &block.weights, WeightsPolicy::parse)?;
+        }
+        round_trip(RematPolicy::KEY, &self.remat, RematPolicy::parse)?;
+        round_trip(OptimPolicy::KEY, &self.optim, OptimPolicy::parse)?;
+        round_trip(AdaptPolicy::KEY, &self.adapt, AdaptPolicy::parse)?;
         Ok(())
     }
 

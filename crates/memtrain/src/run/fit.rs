@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::plan::make_plan;
 use crate::policy::{Budget, MemoryPolicy};
 use crate::remat;
-use crate::train::{StepStats, TrainConfig, Trainer};
+use crate::train::{DEFAULT_KEEP, StepStats, TrainConfig, Trainer, holds_run, prepare_fresh_out};
 
 /// Where a run starts.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +62,11 @@ pub struct FitOptions {
     /// policy keys the planner does not choose (weights, optim, adapt) are kept
     /// ([`MemoryPolicy::with_planned`]).
     pub budget: Option<FitBudget>,
+    /// A fresh or fine-tuning run into an `out` that already holds a run replaces that run's
+    /// files instead of failing ([`crate::train::prepare_fresh_out`]).
+    pub overwrite: bool,
+    /// Checkpoints kept in `out` (the newest by step; at least 1).
+    pub keep: usize,
 }
 
 impl FitOptions {
@@ -77,6 +82,8 @@ impl FitOptions {
             eval_every: 500,
             eval_batches: 8,
             budget: None,
+            overwrite: false,
+            keep: DEFAULT_KEEP,
         }
     }
 }
@@ -280,10 +287,11 @@ fn append_metrics(out: &Path, row: &str) -> Result<()> {
 /// # Errors
 ///
 /// [`Error::Config`] naming the option: `steps` zero or not beyond a resumed checkpoint's
-/// step, a bad configuration ([`TrainConfig::validate`]), `data` that differs from what a
+/// step, `keep` zero, a fresh run into an `out` that holds a run without `overwrite`, a bad configuration ([`TrainConfig::validate`]), `data` that differs from what a
 /// resumed checkpoint trained on, an `init_from` checkpoint of another geometry or with
 /// adapters, a budget below the smallest feasible one; [`Error::Data`] for unusable text;
-/// [`Error::Checkpoint`] and [`Error::Io`] for checkpoints and files.
+/// [`Error::Checkpoint`] and [`Error::Io`] for checkpoints and files; [`Error::Diverged`] when
+/// the loss becomes NaN or infinite (no checkpoint of that step is written).
 pub fn fit(
     options: &FitOptions,
     device: &Device,
@@ -291,6 +299,14 @@ pub fn fit(
 ) -> Result<FitSummary> {
     if options.steps == 0 {
         return Err(Error::config("steps", 0, "a positive integer"));
+    }
+    if options.keep == 0 {
+        return Err(Error::config("keep", 0, "at least 1 checkpoint to keep"));
+    }
+    let fresh = options.start != Start::Resume;
+    if fresh && !options.overwrite && holds_run(&options.out) {
+        // Refused before the data, the planner and the model: the run's files stay as they are.
+        prepare_fresh_out(&options.out, false)?;
     }
     let (mut trainer, text, source) = start(options, device, &mut on_event)?;
     let config = trainer.config().clone();
@@ -303,6 +319,9 @@ pub fn fit(
             options.steps,
             format!("more than the checkpoint's step {first}"),
         ));
+    }
+    if fresh {
+        prepare_fresh_out(&options.out, options.overwrite)?;
     }
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
     on_event(FitEvent::Started {
@@ -346,7 +365,7 @@ pub fn fit(
                 val_loss,
             });
             append_metrics(&options.out, &format!("{step},{},{val_loss}", stats.loss))?;
-            let dir = trainer.save_checkpoint(&options.out, &source)?;
+            let dir = trainer.save_checkpoint(&options.out, &source, options.keep)?;
             on_event(FitEvent::Checkpoint(&dir));
         }
         last = Some(stats);

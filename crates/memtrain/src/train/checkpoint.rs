@@ -11,7 +11,10 @@
 //!
 //! A checkpoint directory is complete before it gets its final name, and `latest` is replaced
 //! atomically after that, so a run killed at any instant leaves the previous checkpoint
-//! intact and never a half-written one under a final name.
+//! intact and never a half-written one under a final name. No existing directory is ever
+//! replaced: a step saved twice gets a new name (`step-000200.1`), so `latest` never names a
+//! directory that is being removed. Pruning keeps the newest `keep` checkpoints by step and
+//! never the one `latest` names.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -28,8 +31,10 @@ pub const LATEST: &str = "latest";
 const MODEL: &str = "model.safetensors";
 const OPTIM: &str = "optimizer.bpk";
 const STATE: &str = "state.json";
+const METRICS: &str = "metrics.csv";
 const FORMAT: u32 = 1;
-const KEEP: usize = 2;
+/// Checkpoints a run keeps by default (`--keep`).
+pub const DEFAULT_KEEP: usize = 2;
 
 /// The non-tensor part of a checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,15 +55,26 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 impl Trainer {
-    /// Writes a checkpoint under `out` and points `out/latest` at it; returns its directory.
+    /// Writes a checkpoint under `out`, points `out/latest` at it and removes all but the
+    /// newest `keep` checkpoints (never the one `latest` names); returns its directory.
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] or [`Error::Checkpoint`] when a file cannot be written; the previous
-    /// checkpoint stays valid.
-    pub fn save_checkpoint(&self, out: &Path, data: &DataSource) -> Result<PathBuf> {
+    /// [`Error::Config`] for `keep` 0; [`Error::Io`] or [`Error::Checkpoint`] when a file
+    /// cannot be written; the previous checkpoint stays valid.
+    pub fn save_checkpoint(&self, out: &Path, data: &DataSource, keep: usize) -> Result<PathBuf> {
+        if keep == 0 {
+            return Err(Error::config("keep", 0, "at least 1 checkpoint to keep"));
+        }
         fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let name = format!("step-{:06}", self.step);
+        let base = format!("step-{:06}", self.step);
+        let name = (0..)
+            .map(|i| match i {
+                0 => base.clone(),
+                i => format!("{base}.{i}"),
+            })
+            .find(|n| !out.join(n).exists())
+            .expect("some suffix is free");
         let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
         let dst = out.join(&name);
         if tmp.exists() {
@@ -82,14 +98,11 @@ impl Trainer {
         let json = serde_json::to_vec_pretty(&state).expect("the state always serializes");
         write_file(&tmp.join(STATE), &json)?;
 
-        if dst.exists() {
-            fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
-        }
         fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
         let latest_tmp = out.join(format!(".{LATEST}.tmp-{}", std::process::id()));
         write_file(&latest_tmp, name.as_bytes())?;
         fs::rename(&latest_tmp, out.join(LATEST)).map_err(|e| Error::io(out.join(LATEST), e))?;
-        prune(out, KEEP);
+        prune(out, keep, &name);
         Ok(dst)
     }
 
@@ -171,24 +184,92 @@ impl Trainer {
     }
 }
 
-/// Removes all but the newest `keep` complete checkpoints and any stale temporaries.
-fn prune(out: &Path, keep: usize) {
+/// The step and save count a checkpoint directory's name encodes (`step-000200` is
+/// `(200, 0)`, `step-000200.1` is `(200, 1)`).
+fn checkpoint_order(name: &str) -> Option<(u64, u64)> {
+    let rest = name.strip_prefix("step-")?;
+    let (step, again) = rest.split_once('.').unwrap_or((rest, "0"));
+    Some((step.parse().ok()?, again.parse().ok()?))
+}
+
+/// Removes all but the newest `keep` complete checkpoints (by step, then by save) and any
+/// stale temporaries; `latest` (the one just written) is always kept.
+fn prune(out: &Path, keep: usize, latest: &str) {
     let Ok(entries) = fs::read_dir(out) else {
         return;
     };
-    let mut steps: Vec<PathBuf> = Vec::new();
+    let mut steps: Vec<((u64, u64), PathBuf)> = Vec::new();
+    let ours = format!("-{}", std::process::id());
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("step-") {
-            steps.push(entry.path());
-        } else if name.starts_with(".step-") && !name.ends_with(&format!("-{}", std::process::id()))
-        {
+        if name == latest {
+            continue;
+        }
+        if let Some(order) = checkpoint_order(&name) {
+            steps.push((order, entry.path()));
+        } else if name.starts_with(".step-") && !name.ends_with(&ours) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
     steps.sort();
-    let excess = steps.len().saturating_sub(keep);
-    for old in &steps[..excess] {
+    let excess = steps.len().saturating_sub(keep - 1);
+    for (_, old) in &steps[..excess] {
         let _ = fs::remove_dir_all(old);
     }
+}
+
+/// Whether `out` holds a memtrain run: `latest`, `metrics.csv` or a checkpoint directory.
+pub fn holds_run(out: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(out) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        name == LATEST || name == METRICS || checkpoint_order(&name).is_some()
+    })
+}
+
+/// Makes `out` ready for a fresh run: an error when it holds a run ([`holds_run`]) unless
+/// `overwrite`, which removes that run's files (`latest`, `metrics.csv`, checkpoint
+/// directories and temporaries; nothing else in `out` is touched).
+///
+/// # Errors
+///
+/// [`Error::Config`] naming `out` when it holds a run and `overwrite` is false; [`Error::Io`]
+/// when a file cannot be removed.
+pub fn prepare_fresh_out(out: &Path, overwrite: bool) -> Result<()> {
+    if !holds_run(out) {
+        return Ok(());
+    }
+    if !overwrite {
+        let latest = fs::read_to_string(out.join(LATEST)).unwrap_or_default();
+        return Err(Error::config(
+            "out",
+            out.display(),
+            format!(
+                "a directory without a run (it holds one{}): resume it, or overwrite it",
+                match latest.trim() {
+                    "" => String::new(),
+                    l => format!(", latest {l}"),
+                }
+            ),
+        ));
+    }
+    // `latest` first: a kill part-way leaves no name pointing at a removed checkpoint.
+    for entry in fs::read_dir(out).map_err(|e| Error::io(out, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == LATEST {
+            fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    for entry in fs::read_dir(out).map_err(|e| Error::io(out, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name == METRICS || name.starts_with(&format!(".{LATEST}.tmp-")) {
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        } else if checkpoint_order(&name).is_some() || name.starts_with(".step-") {
+            fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
 }

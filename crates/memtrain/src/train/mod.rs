@@ -11,7 +11,7 @@ use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-pub use checkpoint::{CheckpointState, LATEST};
+pub use checkpoint::{CheckpointState, DEFAULT_KEEP, LATEST, holds_run, prepare_fresh_out};
 pub use variance::{VarianceReport, gradient_variance};
 
 use crate::data::{Batch, Dataset, Tokenizer};
@@ -78,7 +78,9 @@ impl TrainConfig {
     /// # Errors
     ///
     /// [`Error::Config`] naming the bad value: `batch` or `seq` zero, `seq` above the preset's
-    /// `max_seq`, a learning rate that is not a positive finite number.
+    /// `max_seq`, a learning rate that is not a positive finite number, a policy value out of
+    /// range ([`MemoryPolicy::validate`]), a GaLore rank above the smaller side of a matrix
+    /// that trains (an adapter's rank included).
     pub fn validate(&self) -> Result<()> {
         let max_seq = self.model_config().max_seq;
         if self.max_seq == Some(0) {
@@ -103,12 +105,63 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::config("lr", self.lr, "a positive finite number"));
         }
+        self.policy.validate()?;
+        self.check_fits_memory()?;
         if let Some(galore) = self.policy.optim.galore() {
-            // The matrices: wte [vocab, d], wpe [max_seq, d] and the blocks' dense linears.
-            let c = self.model_config();
-            galore.check(c.d_model.min(c.vocab_size).min(c.max_seq))?;
+            // GaLore projects the 2-D parameters that train: wte, wpe and the blocks' dense
+            // linears, or the adapters' factors when the base is frozen.
+            let min_side = crate::model::trainable_shapes(&self.model_config(), &self.policy)
+                .iter()
+                .filter(|s| s.len() == 2)
+                .map(|s| s[0].min(s[1]))
+                .min()
+                .unwrap_or(usize::MAX);
+            galore.check(min_side)?;
         }
         Ok(())
+    }
+
+    /// A lower bound of a training step's bytes, computed in `f64` so that no size overflows:
+    /// parameters and their gradients, one layer's residual stream and the logits (both exist
+    /// at some instant under every policy, remat included). Returns `(bound, of which the
+    /// part that grows with batch × seq)`.
+    pub fn step_bytes_lower_bound(&self) -> (f64, f64) {
+        let c = self.model_config();
+        let (d, vocab) = (c.d_model as f64, c.vocab_size as f64);
+        let params = (vocab + c.max_seq as f64) * d + c.n_layers as f64 * 12.0 * d * d;
+        let tokens = self.batch as f64 * self.seq as f64;
+        let per_token = tokens * (d + vocab) * 4.0;
+        (2.0 * 4.0 * params + per_token, per_token)
+    }
+
+    /// Refuses a step that cannot fit this machine's physical memory
+    /// ([`TrainConfig::step_bytes_lower_bound`] above [`crate::memory::physical_bytes`]), before
+    /// anything is allocated: a huge `batch` or `max_seq` is an error, not an aborted process.
+    /// The bound is the host's memory on every device (a GPU's memory is not known before
+    /// the device starts).
+    fn check_fits_memory(&self) -> Result<()> {
+        let Some(machine) = crate::memory::physical_bytes() else {
+            return Ok(());
+        };
+        let (bound, per_token) = self.step_bytes_lower_bound();
+        if bound <= machine as f64 {
+            return Ok(());
+        }
+        let gib = |b: f64| b / (1u64 << 30) as f64;
+        let expected = format!(
+            "a step that fits this machine's {:.1} GiB of memory (it needs at least {:.1} GiB: parameters, gradients, one layer's activations and the logits)",
+            gib(machine as f64),
+            gib(bound)
+        );
+        Err(if per_token > machine as f64 / 2.0 {
+            Error::config(
+                "batch",
+                format!("{} with seq {}", self.batch, self.seq),
+                expected,
+            )
+        } else {
+            Error::config("max_seq", self.model_config().max_seq, expected)
+        })
     }
 
     /// The learning rate of step `step` (0-based).
@@ -262,12 +315,12 @@ impl Trainer {
     /// the model minus before.
     pub fn step(&mut self, batch: &Batch) -> StepStats {
         self.try_step(batch)
-            .expect("Trainer::new checked the policy; use try_step for a remat budget")
+            .expect("a step failed (remat budget or diverged loss); use try_step for the error")
     }
 
     /// [`Trainer::step`], returning an error instead of panicking when the policy's remat
     /// budget is below the smallest feasible one (known only once the first batch has
-    /// been profiled).
+    /// been profiled) or the loss is not finite.
     ///
     /// Under `remat=...` the step runs [`crate::remat::step`] on the schedule made on the
     /// first call, and `activation_bytes` is the chain's measured peak (what it keeps,
@@ -276,7 +329,8 @@ impl Trainer {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] from [`crate::remat::plan`].
+    /// [`Error::Config`] from [`crate::remat::plan`]; [`Error::Diverged`] when the loss is NaN
+    /// or infinite, in which case the update is not applied and the step count stays.
     pub fn try_step(&mut self, batch: &Batch) -> Result<StepStats> {
         if !self.warm {
             let loss = self
@@ -309,6 +363,15 @@ impl Trainer {
             }
         };
         let grad_bytes = region.live().max(0) as u64;
+        if !loss.is_finite() {
+            // Stop before the update: NaN gradients would poison the weights (and GaLore's
+            // projector refresh), and the step counter stays at the last good step.
+            drop(grads);
+            return Err(Error::Diverged {
+                step: self.step + 1,
+                loss,
+            });
+        }
         let model = self
             .model
             .take()
