@@ -2,8 +2,10 @@
 //! the op against burn's exact activations, and finite differences in f64.
 
 use burn::tensor::activation::{gelu, sigmoid, silu, softplus};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use memtrain::activation::{ActFn, InvertedConfig, inverted_activation};
+
+mod common;
 
 /// Inputs: a 1e-3 grid over [-10, 10] and 1e5 N(0, 1) samples (seeded).
 fn inputs() -> Vec<f32> {
@@ -99,31 +101,35 @@ fn should_match_burn_exact_activations_output_and_gradient() {
     ];
     for (func, exact) in cases {
         let layer = InvertedConfig::new(func).init().unwrap();
-        let module = |x| layer.forward(x);
         let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
             let x = x0.clone().require_grad();
             let y = f(x.clone());
             let g = (y.clone() * w.clone()).sum().backward();
             (y.inner(), x.grad(&g).unwrap())
         };
-        let (y1, g1) = run(&exact);
-        let (y2, g2) = run(&module);
-        let (y3, _) = run(&|x| inverted_activation(x, func));
-        assert!(
-            y2.clone().all_close(y1, Some(1e-5), Some(1e-6)),
-            "{func:?} output"
-        );
-        assert!(
-            y3.all_close(y2, Some(0.0), Some(0.0)),
-            "{func:?}: module and function differ"
-        );
-        // The recovered derivative is within 1e-4 absolute (f32 rounding of y near the
-        // minimum) and 1e-5 relative elsewhere; the weights w are below 1.
-        let diff = (g2.clone() - g1.clone()).abs().max().into_scalar::<f32>();
-        assert!(
-            g2.all_close(g1, Some(1e-4), Some(1e-4)),
-            "{func:?} gradient: max difference {diff}"
-        );
+        let (y_exact, g_exact) = run(&exact);
+        // The layer and the free function, each against burn's activation.
+        let ours: [(&str, &dyn Fn(Tensor<3>) -> Tensor<3>); 2] = [
+            ("module", &|x| layer.forward(x)),
+            ("function", &|x| inverted_activation(x, func)),
+        ];
+        for (name, f) in ours {
+            let (y, g) = run(f);
+            assert!(
+                y.all_close(y_exact.clone(), Some(1e-5), Some(1e-6)),
+                "{func:?} {name}: output"
+            );
+            // The recovered derivative is within 1e-4 absolute (f32 rounding of y near the
+            // minimum) and 1e-5 relative elsewhere; the weights w are below 1.
+            let diff = (g.clone() - g_exact.clone())
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(
+                g.all_close(g_exact.clone(), Some(1e-4), Some(1e-4)),
+                "{func:?} {name}: gradient, max difference {diff}"
+            );
+        }
     }
 }
 
@@ -138,5 +144,50 @@ fn should_refuse_a_function_it_cannot_invert() {
     ] {
         let e = InvertedConfig::new(func).init().unwrap_err().to_string();
         assert!(e.contains(func.name()) && e.contains("gelu"), "{e}");
+    }
+}
+
+/// The op's backward in f64 (output kept, derivative recovered from it and the branch bit)
+/// against central differences of `L(x) = Σ w ∘ f(x)` in plain f64. Inputs include points just
+/// either side of GELU's and SiLU's minimum, where a wrong branch bit flips the derivative's
+/// sign. Tolerance: the branch tables' documented accuracy (max absolute error below 1e-4,
+/// relative 1e-5 away from the minimum) with |w| < 1.
+#[test]
+fn should_match_central_differences_in_f64() {
+    let device = Device::flex().autodiff();
+    let mut state = 21u64;
+    for func in ActFn::INVERTIBLE {
+        let mut xs: Vec<f64> = common::uniform(&mut state, 48)
+            .iter()
+            .map(|u| 6.0 * u)
+            .collect();
+        xs.extend([-9.0, 9.0]);
+        if let Some(m) = func.argmin() {
+            xs.extend([m - 0.5, m - 1e-2, m + 1e-2, m + 0.5]);
+        }
+        let ws = common::uniform(&mut state, xs.len());
+        let f64s = (&device, DType::F64);
+        let n = xs.len();
+        let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), f64s).require_grad();
+        let w = Tensor::<1>::from_data(TensorData::new(ws.clone(), [n]), f64s);
+        let y = inverted_activation(x.clone(), func);
+        assert_eq!(y.dtype(), DType::F64, "{func:?}");
+        let ys: Vec<f64> = y.clone().inner().into_data().iter::<f64>().collect();
+        for (i, (&got, &x)) in ys.iter().zip(&xs).enumerate() {
+            let want = func.f(x);
+            assert!(
+                (got - want).abs() <= 1e-12 * (1.0 + want.abs()),
+                "{func:?}: y[{i}] = {got}, f({x}) = {want}"
+            );
+        }
+        let grads = (y * w).sum().backward();
+        let dx: Vec<f64> = x.grad(&grads).unwrap().into_data().iter::<f64>().collect();
+        common::assert_matches_central_differences(
+            &[xs],
+            &[dx],
+            |p| p[0].iter().zip(&ws).map(|(&x, w)| w * func.f(x)).sum(),
+            (1e-5, 1e-4, 1e-4),
+            &format!("inverted {func:?} in f64"),
+        );
     }
 }

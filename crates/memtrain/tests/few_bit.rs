@@ -2,8 +2,11 @@
 //! against the measured gradient error (statistics), and the CLI-facing validation.
 
 use burn::tensor::activation::{gelu, relu};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use memtrain::activation::{ActFn, FewBitConfig, QuantizeParams, Weight, quantize_derivative};
+
+#[allow(dead_code)] // uses `uniform` only
+mod common;
 
 fn grad_of(
     act: &dyn Fn(Tensor<1>) -> Tensor<1>,
@@ -29,10 +32,15 @@ fn should_give_relu_exactly_at_one_bit() {
     );
     let xs = [-3.0f32, -0.5, 0.25, 2.0];
     let (y, dx) = grad_of(&|x| act.forward(x), &xs, &device);
-    assert_eq!(y, vec![0.0, 0.0, 0.25, 2.0]);
-    assert_eq!(dx, vec![0.0, 0.0, 1.0, 1.0]);
+    let close = |a: &[f32], b: &[f32], what: &str| {
+        for (i, (u, v)) in a.iter().zip(b).enumerate() {
+            assert!((u - v).abs() <= 1e-7, "{what}[{i}]: {u} vs {v}");
+        }
+    };
+    close(&y, &[0.0, 0.0, 0.25, 2.0], "y");
+    close(&dx, &[0.0, 0.0, 1.0, 1.0], "dx");
     let (_, exact) = grad_of(&relu, &xs, &device);
-    assert_eq!(dx, exact);
+    close(&dx, &exact, "dx against burn's ReLU");
 }
 
 #[test]
@@ -135,5 +143,70 @@ fn should_reject_bad_bits_at_config_time() {
             .unwrap_err()
             .to_string();
         assert!(e.contains(&bits.to_string()) && e.contains("1..=8"), "{e}");
+    }
+}
+
+/// In f64 the op's gradient is `dy · q(x)` with `q` the piecewise-constant derivative of its
+/// table, and `q` on each interval `[a, b]` is the mean of `f'` there (the uniform-weight L2
+/// optimum), i.e. the secant slope `(f(b) - f(a)) / (b - a)`, a central difference of `f` in
+/// f64. Inputs: random points, every inner border and its two f64 neighbours (the border
+/// belongs to the interval on its right, as `FewBitTable::code` says), and points beyond the
+/// grid's range. Tolerances: 1e-12 against `q` itself (one product), 1e-5 against the secant
+/// (the levels are midpoint sums over grid cells of width h = 20/4096: error about
+/// h² |f'''| / 24).
+#[test]
+fn should_use_the_piecewise_constant_derivative_of_its_table_in_f64() {
+    let device = Device::flex().autodiff();
+    let mut state = 5u64;
+    for func in [ActFn::Gelu, ActFn::Silu, ActFn::Tanh] {
+        for bits in [1, 2, 3, 4] {
+            let act = FewBitConfig::new(func, bits).init().unwrap();
+            let t = act.table().clone();
+            let inner = &t.borders[1..t.borders.len() - 1];
+            let mut xs: Vec<f64> = common::uniform(&mut state, 40)
+                .iter()
+                .map(|u| 5.0 * u)
+                .collect();
+            for &b in inner {
+                xs.extend([b.next_down(), b, b.next_up()]);
+            }
+            xs.extend([-12.0, 12.5]);
+            let n = xs.len();
+            let ws = common::uniform(&mut state, n);
+            let f64s = (&device, DType::F64);
+            let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [n]), f64s).require_grad();
+            let w = Tensor::<1>::from_data(TensorData::new(ws.clone(), [n]), f64s);
+            let y = act.forward(x.clone());
+            assert_eq!(y.dtype(), DType::F64);
+            let ys: Vec<f64> = y.clone().inner().into_data().iter::<f64>().collect();
+            let grads = (y * w).sum().backward();
+            let dx: Vec<f64> = x.grad(&grads).unwrap().into_data().iter::<f64>().collect();
+            for i in 0..n {
+                let (x, w) = (xs[i], ws[i]);
+                let what = format!("{func:?} at {bits} bits, x = {x:e}");
+                let fx = func.f(x);
+                assert!(
+                    (ys[i] - fx).abs() <= 1e-12 * (1.0 + fx.abs()),
+                    "{what}: y {} vs f(x) {fx}",
+                    ys[i]
+                );
+                let c = t.code(x);
+                let q = t.levels[c];
+                assert!(
+                    (dx[i] - w * q).abs() <= 1e-12 * (1.0 + q.abs()),
+                    "{what}: dx {} vs w q(x) {} (interval {c})",
+                    dx[i],
+                    w * q
+                );
+                let (a, b) = (t.borders[c], t.borders[c + 1]);
+                let secant = (func.f(b) - func.f(a)) / (b - a);
+                assert!(
+                    (dx[i] - w * secant).abs() <= 1e-5,
+                    "{what}: dx {} vs w × secant on [{a}, {b}] {}",
+                    dx[i],
+                    w * secant
+                );
+            }
+        }
     }
 }

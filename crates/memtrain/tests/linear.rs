@@ -31,16 +31,24 @@ fn should_give_hand_computed_values_and_gradients() {
     let w = Tensor::<2>::from_data([[1.0, 0.0, 2.0], [0.0, 1.0, 3.0]], &device).require_grad();
     let b = Tensor::<1>::from_data([1.0, -1.0, 0.5], &device).require_grad();
     let y = gemm_linear(x.clone(), w.clone(), b.clone());
-    assert_eq!(vec_of(y.clone()), [2.0, 1.0, 8.5]);
+    // Exact in f32 (small integers and halves): the tolerance only avoids `==`.
+    assert_close(&vec_of(y.clone()), &[2.0, 1.0, 8.5], 1e-6, "y");
     // L = y · [1, 2, 3]: dx = W [1, 2, 3] = [7, 11], dW = xᵀ [1, 2, 3], db = [1, 2, 3].
     let weights = Tensor::<2>::from_data([[1.0, 2.0, 3.0]], &device);
     let grads = (y * weights).sum().backward();
-    assert_eq!(vec_of(x.grad(&grads).unwrap()), [7.0, 11.0]);
-    assert_eq!(
-        vec_of(w.grad(&grads).unwrap()),
-        [1.0, 2.0, 3.0, 2.0, 4.0, 6.0]
+    assert_close(&vec_of(x.grad(&grads).unwrap()), &[7.0, 11.0], 1e-6, "dx");
+    assert_close(
+        &vec_of(w.grad(&grads).unwrap()),
+        &[1.0, 2.0, 3.0, 2.0, 4.0, 6.0],
+        1e-6,
+        "dW",
     );
-    assert_eq!(vec_of(b.grad(&grads).unwrap()), [1.0, 2.0, 3.0]);
+    assert_close(
+        &vec_of(b.grad(&grads).unwrap()),
+        &[1.0, 2.0, 3.0],
+        1e-6,
+        "db",
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@ use burn::nn::LayerNormConfig;
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use memtrain::norm::{OutputLayerNorm, OutputLayerNormConfig};
 
+mod common;
+
 fn setup(device: &Device, d: usize, gamma: Vec<f32>) -> (OutputLayerNorm, burn::nn::LayerNorm) {
     let mut ours = OutputLayerNormConfig::new(d).init(device).unwrap();
     let beta: Vec<f32> = (0..d).map(|i| (i as f32 * 0.37).sin() * 0.5).collect();
@@ -137,6 +139,67 @@ fn should_match_finite_differences_in_f64() {
             (numeric - analytic[i]).abs() <= 1e-7 + 1e-6 * numeric.abs(),
             "element {i}: analytic {} numeric {numeric}",
             analytic[i]
+        );
+    }
+}
+
+/// Every gradient (`dx`, `dγ`, `dβ`) against central differences of `L = Σ w ∘ LayerNorm(x)`
+/// in plain f64, both when `x̂` is recovered from the output (every `γ_j` away from zero) and
+/// when the op keeps it (one `γ_j = 0`). Tolerance 1e-8 absolute + 1e-6 relative.
+#[test]
+fn should_match_finite_differences_in_f64_for_every_parameter() {
+    let device = Device::flex().autodiff();
+    let f64s = (&device, DType::F64);
+    let (n, d) = (4, 6);
+    let mut state = 41u64;
+    let mut rnd = |len: usize| common::uniform(&mut state, len);
+    let (xs, ws, beta) = (
+        rnd(n * d)
+            .iter()
+            .map(|v| 2.0 * v + 0.3)
+            .collect::<Vec<f64>>(),
+        rnd(n * d),
+        rnd(d),
+    );
+    let scales: Vec<f64> = rnd(d).iter().map(|v| 0.5 + v.abs()).collect();
+    let mut with_zero = scales.clone();
+    with_zero[2] = 0.0;
+    let loss = |p: &[Vec<f64>]| -> f64 {
+        let (x, gamma, beta) = (&p[0], &p[1], &p[2]);
+        let mut total = 0.0;
+        for r in 0..n {
+            let row = &x[r * d..(r + 1) * d];
+            let mean = row.iter().sum::<f64>() / d as f64;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d as f64;
+            let rstd = 1.0 / (var + 1e-5).sqrt();
+            for j in 0..d {
+                total += ws[r * d + j] * ((row[j] - mean) * rstd * gamma[j] + beta[j]);
+            }
+        }
+        total
+    };
+    for gamma in [scales, with_zero] {
+        let t1 = |v: &[f64]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [d]), f64s);
+        let mut ln = OutputLayerNormConfig::new(d).init(&device).unwrap();
+        ln.gamma = burn::module::Param::from_tensor(t1(&gamma));
+        ln.beta = burn::module::Param::from_tensor(t1(&beta));
+        let x = Tensor::<2>::from_data(TensorData::new(xs.clone(), [n, d]), f64s).require_grad();
+        let w = Tensor::<2>::from_data(TensorData::new(ws.clone(), [n, d]), f64s);
+        let y = ln.forward(x.clone());
+        assert_eq!(y.dtype(), DType::F64);
+        let grads = (y * w).sum().backward();
+        let vals = |t: Tensor<1>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+        let analytic = [
+            x.grad(&grads).unwrap().into_data().iter::<f64>().collect(),
+            vals(ln.gamma.grad(&grads).unwrap()),
+            vals(ln.beta.grad(&grads).unwrap()),
+        ];
+        common::assert_matches_central_differences(
+            &[xs.clone(), gamma.clone(), beta.clone()],
+            &analytic,
+            loss,
+            (1e-6, 1e-8, 1e-6),
+            &format!("output LayerNorm, γ = {gamma:?} (inputs: x, γ, β)"),
         );
     }
 }

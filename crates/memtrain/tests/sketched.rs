@@ -1,9 +1,12 @@
 //! Sketched linear backward: exact dX and db, unbiased dW (statistics over seeds), and the
 //! Gaussian and row-sampling sketches' variances against their closed forms.
 
+use burn::module::Param;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 use memtrain::linear::{SketchKind, SketchedLinearConfig, sketch_rows};
+
+mod common;
 
 const N: usize = 32;
 const D_IN: usize = 4;
@@ -165,4 +168,96 @@ fn should_reject_a_bad_ratio_or_shape() {
         .init_from(LinearConfig::new(4, 3).init(&device))
         .unwrap_err();
     assert!(e.to_string().contains("[4, 3]"), "{e}");
+}
+
+/// In f64: `dX` and `db` (exact by design) against central differences of
+/// `L = Σ g ∘ (X W + b)` in plain f64 (tolerance 1e-8 absolute + 1e-7 relative), and `dW`
+/// (unbiased by design) averaged over 1000 sketches within 4 standard errors of its central
+/// differences, for every sketch kind. One draw must differ from the exact `dW`: the f64 path
+/// does sketch.
+#[test]
+fn should_match_central_differences_in_f64() {
+    let device = Device::flex().autodiff();
+    let f64s = (&device, DType::F64);
+    let mut state = 23u64;
+    let mut rnd = |len: usize| common::uniform(&mut state, len);
+    let (xs, ws, bs, gs) = (rnd(N * D_IN), rnd(D_IN * D_OUT), rnd(D_OUT), rnd(N * D_OUT));
+    let loss = |p: &[Vec<f64>]| -> f64 {
+        let (x, w, b) = (&p[0], &p[1], &p[2]);
+        let mut total = 0.0;
+        for r in 0..N {
+            for o in 0..D_OUT {
+                let y = b[o]
+                    + (0..D_IN)
+                        .map(|i| x[r * D_IN + i] * w[i * D_OUT + o])
+                        .sum::<f64>();
+                total += gs[r * D_OUT + o] * y;
+            }
+        }
+        total
+    };
+    let inputs = [xs.clone(), ws.clone(), bs.clone()];
+    let dw_numeric = common::central_differences(&inputs, 1, loss, 1e-6);
+    let t2 =
+        |v: &[f64], s: [usize; 2]| Tensor::<2>::from_data(TensorData::new(v.to_vec(), s), f64s);
+    let linear = Linear {
+        weight: Param::from_tensor(t2(&ws, [D_IN, D_OUT])),
+        bias: Some(Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(bs.clone(), [D_OUT]),
+            f64s,
+        ))),
+    };
+    let g = t2(&gs, [N, D_OUT]);
+    let vals = |t: Tensor<2>| -> Vec<f64> { t.into_data().iter::<f64>().collect() };
+    let trials = 1000;
+    for kind in SketchKind::ALL {
+        let run = |salt: u64| {
+            let layer = SketchedLinearConfig::new(D_IN, D_OUT, RATIO)
+                .with_kind(kind)
+                .with_salt(salt)
+                .init_from(linear.clone())
+                .unwrap();
+            let x = t2(&xs, [N, D_IN]).require_grad();
+            let y = layer.forward(x.clone());
+            assert_eq!(y.dtype(), DType::F64);
+            let grads = (y * g.clone()).sum().backward();
+            (
+                vals(x.grad(&grads).unwrap()),
+                vals(layer.weight.grad(&grads).unwrap()),
+                layer
+                    .bias
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .iter::<f64>()
+                    .collect::<Vec<f64>>(),
+            )
+        };
+        let (dx, dw, db) = run(0);
+        common::assert_matches_central_differences(
+            &[xs.clone(), bs.clone()],
+            &[dx, db],
+            |p| loss(&[p[0].clone(), ws.clone(), p[1].clone()]),
+            (1e-6, 1e-8, 1e-7),
+            &format!("{kind:?} dX, db"),
+        );
+        assert!(
+            dw.iter()
+                .zip(&dw_numeric)
+                .any(|(a, b)| (a - b).abs() > 1e-3),
+            "{kind:?}: dW exact, not sketched?"
+        );
+        let samples: Vec<Vec<f64>> = (0..trials).map(|s| run(s as u64 + 1).1).collect();
+        for (e, &want) in dw_numeric.iter().enumerate() {
+            let v: Vec<f64> = samples.iter().map(|s| s[e]).collect();
+            let mean = v.iter().sum::<f64>() / trials as f64;
+            let var = v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (trials - 1) as f64;
+            let se = (var / trials as f64).sqrt();
+            assert!(
+                (mean - want).abs() <= 4.0 * se,
+                "{kind:?} dW[{e}]: mean of {trials} sketches {mean}, central differences {want} \
+                 (standard error {se})"
+            );
+        }
+    }
 }

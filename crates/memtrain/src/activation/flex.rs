@@ -1,11 +1,17 @@
 //! The activation kernels on burn's Flex CPU backend: inverted and few-bit, forward and
 //! backward, parallel over chunks of elements; the backwards scale the incoming gradient in
 //! place when they hold its only reference.
+//!
+//! The kernels run in f32 (training) and in f64 (gradient checks: the same code paths, with
+//! the inverted op's derivative still read from its f32 branch tables, and the few-bit op's
+//! borders and levels in f64); other float types (f16, bf16) go through f32 and back.
+
+use std::ops::MulAssign;
 
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Flex, TensorMetadata};
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Element, TensorData};
 use rayon::prelude::*;
 
 use super::codes;
@@ -17,27 +23,59 @@ use super::quantize::FewBitTable;
 /// Elements per parallel task (a multiple of 8, so tasks own whole bytes of branch bits).
 const TASK: usize = 1 << 15;
 
-fn f32_slice(t: &FloatTensor<Flex>) -> &[f32] {
+/// The element types the kernels run in natively: f32 and f64.
+trait Real: Element + bytemuck::Pod + PartialOrd + MulAssign + Send + Sync {
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Real for f32 {
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+}
+
+impl Real for f64 {
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+fn slice_of<T: Real>(t: &FloatTensor<Flex>) -> &[T] {
     assert_eq!(
         t.dtype(),
-        DType::F32,
-        "inverted activations run in f32, got {:?}",
+        T::dtype(),
+        "activation kernel in {:?}, got a {:?} tensor",
+        T::dtype(),
         t.dtype()
     );
-    t.as_slice::<f32>().expect("made contiguous by the caller")
+    t.as_slice::<T>().expect("made contiguous by the caller")
+}
+
+fn cast(t: FloatTensor<Flex>, dtype: DType) -> FloatTensor<Flex> {
+    Flex::float_cast(t, dtype.into())
 }
 
 /// `dx[k] = dy[k] · d(k)` over the elements of `dy` in row-major order. Written over `dy`'s
 /// own buffer when the backward pass holds its only reference (the gradient the next layer's
 /// backward just produced), so an activation's backward allocates nothing; into a new buffer
 /// otherwise.
-fn scale_gradient(mut dy: FloatTensor<Flex>, d: impl Fn(usize) -> f32 + Sync) -> FloatTensor<Flex> {
+fn scale_gradient<T: Real>(
+    mut dy: FloatTensor<Flex>,
+    d: impl Fn(usize) -> T + Sync,
+) -> FloatTensor<Flex> {
     let n = dy.shape().num_elements();
-    let whole = dy.dtype() == DType::F32
+    let whole = dy.dtype() == T::dtype()
         && dy.is_contiguous()
         && dy.layout().start_offset() == 0
-        && dy.bytes().len() == 4 * n;
-    if whole && let Some(g) = dy.try_storage_mut::<f32>() {
+        && dy.bytes().len() == std::mem::size_of::<T>() * n;
+    if whole && let Some(g) = dy.try_storage_mut::<T>() {
         g.par_chunks_mut(TASK).enumerate().for_each(|(task, g)| {
             let base = task * TASK;
             g.iter_mut()
@@ -48,15 +86,102 @@ fn scale_gradient(mut dy: FloatTensor<Flex>, d: impl Fn(usize) -> f32 + Sync) ->
     }
     let dy = dy.to_contiguous();
     let (shape, device) = (dy.shape(), dy.device());
-    let gs = f32_slice(&dy);
-    let mut dx = vec![0f32; gs.len()];
+    let gs = slice_of::<T>(&dy);
+    let mut dx = vec![T::from_f64(0.0); gs.len()];
     dx.par_chunks_mut(TASK).enumerate().for_each(|(task, dx)| {
         let base = task * TASK;
         for (i, v) in dx.iter_mut().enumerate() {
-            *v = gs[base + i] * d(base + i);
+            *v = gs[base + i];
+            *v *= d(base + i);
         }
     });
     Flex::float_from_data(TensorData::new(dx, shape), &device)
+}
+
+fn inverted_forward<T: Real>(
+    x: FloatTensor<Flex>,
+    func: ActFn,
+) -> (FloatTensor<Flex>, Option<IntTensor<Flex>>) {
+    let x = x.to_contiguous();
+    let (shape, device) = (x.shape(), x.device());
+    let xs = slice_of::<T>(&x);
+    let mut y = vec![T::from_f64(0.0); xs.len()];
+    y.par_chunks_mut(TASK)
+        .zip(xs.par_chunks(TASK))
+        .for_each(|(y, x)| {
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, &x)| *y = T::from_f64(func.f(x.to_f64())))
+        });
+    let bits = func.argmin().map(|x_min| {
+        let x_min = T::from_f64(x_min);
+        let mut packed = vec![0u8; codes::packed_len(xs.len(), 1)];
+        packed
+            .par_chunks_mut(TASK / 8)
+            .zip(xs.par_chunks(TASK))
+            .for_each(|(bytes, x)| {
+                let left: Vec<u8> = x.iter().map(|&v| u8::from(v < x_min)).collect();
+                codes::pack_into(&left, 1, bytes);
+            });
+        let n = packed.len();
+        Flex::int_from_data(TensorData::new(packed, [n]), &device)
+    });
+    (
+        Flex::float_from_data(TensorData::new(y, shape), &device),
+        bits,
+    )
+}
+
+fn inverted_backward<T: Real>(
+    y: FloatTensor<Flex>,
+    bits: Option<IntTensor<Flex>>,
+    dy: FloatTensor<Flex>,
+    func: ActFn,
+) -> FloatTensor<Flex> {
+    let y = y.to_contiguous();
+    let ys = slice_of::<T>(&y);
+    let packed: &[u8] = bits
+        .as_ref()
+        .map(|b| b.as_slice::<u8>().expect("contiguous bits"))
+        .unwrap_or(&[]);
+    scale_gradient::<T>(dy, |k| {
+        let left = !packed.is_empty() && codes::get(packed, k, 1) == 1;
+        // The branch tables are f32: f64 inputs read the same tables.
+        let y = ys[k].to_f64() as f32;
+        T::from_f64(f64::from(func.derivative_from_output(y, left)))
+    })
+}
+
+/// The forward with the table's inner `borders` in `T`.
+fn few_bit_forward<T: Real>(
+    x: FloatTensor<Flex>,
+    func: ActFn,
+    bits: u32,
+    borders: &[T],
+) -> (FloatTensor<Flex>, IntTensor<Flex>) {
+    let x = x.to_contiguous();
+    let (shape, device) = (x.shape(), x.device());
+    let xs = slice_of::<T>(&x);
+    let mut y = vec![T::from_f64(0.0); xs.len()];
+    let mut packed = vec![0u8; codes::packed_len(xs.len(), bits)];
+    // TASK · bits is a multiple of 8, so every task starts on a byte of the stream.
+    let task_bytes = TASK * bits as usize / 8;
+    y.par_chunks_mut(TASK)
+        .zip(xs.par_chunks(TASK))
+        .zip(packed.par_chunks_mut(task_bytes))
+        .for_each(|((y, x), out)| {
+            let mut c = [0u8; TASK];
+            for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
+                *y = T::from_f64(func.f(x.to_f64()));
+                c[i] = borders.partition_point(|&b| b <= x) as u8;
+            }
+            codes::pack_into(&c[..x.len()], bits, out);
+        });
+    let n = packed.len();
+    (
+        Flex::float_from_data(TensorData::new(y, shape), &device),
+        Flex::int_from_data(TensorData::new(packed, [n]), &device),
+    )
 }
 
 impl InvertedKernel for Flex {
@@ -64,30 +189,14 @@ impl InvertedKernel for Flex {
         x: FloatTensor<Self>,
         func: ActFn,
     ) -> (FloatTensor<Self>, Option<IntTensor<Self>>) {
-        let x = x.to_contiguous();
-        let (shape, device) = (x.shape(), x.device());
-        let xs = f32_slice(&x);
-        let mut y = vec![0f32; xs.len()];
-        y.par_chunks_mut(TASK)
-            .zip(xs.par_chunks(TASK))
-            .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = func.f32(x)));
-        let bits = func.argmin().map(|x_min| {
-            let x_min = x_min as f32;
-            let mut packed = vec![0u8; codes::packed_len(xs.len(), 1)];
-            packed
-                .par_chunks_mut(TASK / 8)
-                .zip(xs.par_chunks(TASK))
-                .for_each(|(bytes, x)| {
-                    let left: Vec<u8> = x.iter().map(|&v| u8::from(v < x_min)).collect();
-                    codes::pack_into(&left, 1, bytes);
-                });
-            let n = packed.len();
-            Flex::int_from_data(TensorData::new(packed, [n]), &device)
-        });
-        (
-            Flex::float_from_data(TensorData::new(y, shape), &device),
-            bits,
-        )
+        match x.dtype() {
+            DType::F32 => inverted_forward::<f32>(x, func),
+            DType::F64 => inverted_forward::<f64>(x, func),
+            other => {
+                let (y, bits) = inverted_forward::<f32>(cast(x, DType::F32), func);
+                (cast(y, other), bits)
+            }
+        }
     }
 
     fn inverted_backward(
@@ -96,16 +205,14 @@ impl InvertedKernel for Flex {
         dy: FloatTensor<Self>,
         func: ActFn,
     ) -> FloatTensor<Self> {
-        let y = y.to_contiguous();
-        let ys = f32_slice(&y);
-        let packed: &[u8] = bits
-            .as_ref()
-            .map(|b| b.as_slice::<u8>().expect("contiguous bits"))
-            .unwrap_or(&[]);
-        scale_gradient(dy, |k| {
-            let left = !packed.is_empty() && codes::get(packed, k, 1) == 1;
-            func.derivative_from_output(ys[k], left)
-        })
+        match dy.dtype() {
+            DType::F32 => inverted_backward::<f32>(y, bits, dy, func),
+            DType::F64 => inverted_backward::<f64>(y, bits, dy, func),
+            other => {
+                let (y, dy) = (cast(y, DType::F32), cast(dy, DType::F32));
+                cast(inverted_backward::<f32>(y, bits, dy, func), other)
+            }
+        }
     }
 }
 
@@ -126,31 +233,19 @@ impl FewBitKernel for Flex {
         x: FloatTensor<Self>,
         table: &FewBitTable,
     ) -> (FloatTensor<Self>, IntTensor<Self>) {
-        let x = x.to_contiguous();
-        let (shape, device) = (x.shape(), x.device());
-        let xs = f32_slice(&x);
-        let (borders, _) = table.f32_parts();
         let (func, bits) = (table.func, table.bits);
-        let mut y = vec![0f32; xs.len()];
-        let mut packed = vec![0u8; codes::packed_len(xs.len(), bits)];
-        // TASK · bits is a multiple of 8, so every task starts on a byte of the stream.
-        let task_bytes = TASK * bits as usize / 8;
-        y.par_chunks_mut(TASK)
-            .zip(xs.par_chunks(TASK))
-            .zip(packed.par_chunks_mut(task_bytes))
-            .for_each(|((y, x), out)| {
-                let mut c = [0u8; TASK];
-                for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                    *y = func.f(x as f64) as f32;
-                    c[i] = borders.partition_point(|&b| b <= x) as u8;
-                }
-                codes::pack_into(&c[..x.len()], bits, out);
-            });
-        let n = packed.len();
-        (
-            Flex::float_from_data(TensorData::new(y, shape), &device),
-            Flex::int_from_data(TensorData::new(packed, [n]), &device),
-        )
+        match x.dtype() {
+            DType::F64 => {
+                let inner = &table.borders[1..table.borders.len() - 1];
+                few_bit_forward::<f64>(x, func, bits, inner)
+            }
+            DType::F32 => few_bit_forward::<f32>(x, func, bits, &table.f32_parts().0),
+            other => {
+                let x = cast(x, DType::F32);
+                let (y, c) = few_bit_forward::<f32>(x, func, bits, &table.f32_parts().0);
+                (cast(y, other), c)
+            }
+        }
     }
 
     fn few_bit_backward(
@@ -159,9 +254,28 @@ impl FewBitKernel for Flex {
         table: &FewBitTable,
     ) -> FloatTensor<Self> {
         let packed = codes_t.as_slice::<u8>().expect("contiguous codes");
-        let (_, levels) = table.f32_parts();
         let bits = table.bits;
-        scale_gradient(dy, |k| levels[codes::get(packed, k, bits) as usize])
+        match dy.dtype() {
+            DType::F64 => {
+                let levels = &table.levels;
+                scale_gradient::<f64>(dy, |k| levels[codes::get(packed, k, bits) as usize])
+            }
+            dtype => {
+                let (_, levels) = table.f32_parts();
+                let dy = if dtype == DType::F32 {
+                    dy
+                } else {
+                    cast(dy, DType::F32)
+                };
+                let dx =
+                    scale_gradient::<f32>(dy, |k| levels[codes::get(packed, k, bits) as usize]);
+                if dtype == DType::F32 {
+                    dx
+                } else {
+                    cast(dx, dtype)
+                }
+            }
+        }
     }
 }
 

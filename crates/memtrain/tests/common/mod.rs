@@ -40,3 +40,24 @@ pub fn assert_matches_central_differences(
         }
     }
 }
+
+/// Central differences of `loss` with respect to each element of `inputs[which]`, step `eps`
+/// (for gradients that are compared with something other than one analytic value, e.g. the
+/// mean of a randomized estimator).
+#[allow(dead_code)] // not every test binary uses it
+pub fn central_differences(
+    inputs: &[Vec<f64>],
+    which: usize,
+    loss: impl Fn(&[Vec<f64>]) -> f64,
+    eps: f64,
+) -> Vec<f64> {
+    (0..inputs[which].len())
+        .map(|i| {
+            let mut x = inputs.to_vec();
+            x[which][i] += eps;
+            let up = loss(&x);
+            x[which][i] -= 2.0 * eps;
+            (up - loss(&x)) / (2.0 * eps)
+        })
+        .collect()
+}
