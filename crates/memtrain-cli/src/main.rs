@@ -178,6 +178,34 @@ fn message(e: &anyhow::Error, flags: &[String]) -> String {
     parts.join(": ")
 }
 
+/// A command-line mistake clap found, as one line (its message and tip) with exit code 2;
+/// `--help`, `--version` and a bare `memtrain` print as clap does.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut parts = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more"));
+    let first = parts.next().unwrap_or("error: invalid arguments");
+    let tips: Vec<&str> = parts.filter(|l| l.starts_with("tip:")).collect();
+    let mut line = first.to_string();
+    for tip in tips {
+        line.push_str("; ");
+        line.push_str(tip);
+    }
+    eprintln!("{line} (see --help)");
+    ExitCode::from(2)
+}
+
 fn main() -> ExitCode {
     // burn 0.22 materializes a loaded optimizer state (`--resume`) on `Device::default()`,
     // which in a build with a GPU feature is the GPU, and moves it to the parameters' device
@@ -193,7 +221,10 @@ fn main() -> ExitCode {
     if std::env::var_os("MEMTRAIN_KEEP_FREED_MEMORY").is_none_or(|v| v != "0") {
         memtrain::memory::keep_freed_memory();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Bench(args) => bench::run(args),

@@ -287,7 +287,7 @@ fn append_metrics(out: &Path, row: &str) -> Result<()> {
 /// # Errors
 ///
 /// [`Error::Config`] naming the option: `steps` zero or not beyond a resumed checkpoint's
-/// step, `keep` zero, a fresh run into an `out` that holds a run without `overwrite`, a bad configuration ([`TrainConfig::validate`]), `data` that differs from what a
+/// step, `keep` or `eval_batches` zero, a fresh run into an `out` that holds a run without `overwrite`, a bad configuration ([`TrainConfig::validate`]), `data` that differs from what a
 /// resumed checkpoint trained on, an `init_from` checkpoint of another geometry or with
 /// adapters, a budget below the smallest feasible one; [`Error::Data`] for unusable text;
 /// [`Error::Checkpoint`] and [`Error::Io`] for checkpoints and files; [`Error::Diverged`] when
@@ -299,6 +299,13 @@ pub fn fit(
 ) -> Result<FitSummary> {
     if options.steps == 0 {
         return Err(Error::config("steps", 0, "a positive integer"));
+    }
+    if options.eval_batches == 0 {
+        return Err(Error::config(
+            "eval_batches",
+            0,
+            "at least 1 validation batch per evaluation",
+        ));
     }
     if options.keep == 0 {
         return Err(Error::config("keep", 0, "at least 1 checkpoint to keep"));
