@@ -358,7 +358,9 @@ fn ids(found: Vec<(f32, u32)>) -> Vec<u32> {
 ///
 /// [`Error::Invalid`] for no base points or queries, [`BenchConfig::limit`] 0, queries of
 /// another dimension, a shape too small for the base points or a leaf level outside
-/// `1..=modes`; [`Error::Fit`] when training the cloud fails.
+/// `1..=modes`; [`Error::TooLarge`] when training or building would not fit in
+/// [`crate::memory_limit`] ([`crate::check_memory`]); [`Error::Fit`] when training the cloud
+/// fails.
 pub fn run(
     base: &Points,
     queries: &Points,
@@ -395,6 +397,14 @@ pub fn run(
             format!("1..={k} for shape {shape:?}"),
         ));
     }
+    // The shape and leaf level are checked above: what the check refuses as invalid is a
+    // training setting.
+    crate::check_memory(&shape, base.dim(), base.len(), leaf, &config.fit).map_err(
+        |e| match e {
+            Error::Invalid { .. } => Error::Fit(Box::new(e)),
+            e => e,
+        },
+    )?;
     let nq = config.limit.unwrap_or(queries.len()).min(queries.len());
     let queries = queries.head(nq);
     progress(Progress::Start {

@@ -308,13 +308,25 @@ impl TtCloud {
     }
 }
 
-/// An error unless `shape` is non-empty with every mode at least 1.
+/// An error unless `shape` is non-empty with every mode at least 1 and a product that fits
+/// in `usize` (so that counting the points never overflows).
 pub(crate) fn check_shape(shape: &[usize]) -> Result<()> {
     if shape.is_empty() || shape.contains(&0) {
         return Err(Error::invalid(
             "shape",
             format!("{shape:?}"),
             "one or more modes, each at least 1 (e.g. 16,16,16)",
+        ));
+    }
+    if shape
+        .iter()
+        .try_fold(1usize, |a, &b| a.checked_mul(b))
+        .is_none()
+    {
+        return Err(Error::invalid(
+            "shape",
+            format!("{shape:?} (product overflow)"),
+            format!("a product of at most {}", usize::MAX),
         ));
     }
     Ok(())

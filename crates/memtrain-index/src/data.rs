@@ -120,6 +120,7 @@ impl Points {
 /// [`Error::Io`] when the file cannot be opened; [`Error::File`] for another dtype, another
 /// rank, Fortran order or a truncated file; [`Error::Invalid`] for an empty array or NaN.
 pub fn read_npy(path: &Path) -> Result<Points> {
+    check_npy_size(path)?;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let npy = npyz::NpyFile::new(std::io::BufReader::new(file))
         .map_err(|e| Error::file(path, format!("not a .npy file: {e}")))?;
@@ -143,7 +144,70 @@ pub fn read_npy(path: &Path) -> Result<Points> {
     let data = npy
         .into_vec::<f32>()
         .map_err(|e| Error::file(path, format!("truncated or unreadable data: {e}")))?;
-    Points::new(data, shape[1] as usize)
+    let d = usize::try_from(shape[1])
+        .map_err(|_| Error::file(path, format!("dimension {} is too large", shape[1])))?;
+    Points::new(data, d).map_err(|e| Error::file(path, e.to_string()))
+}
+
+/// Before the `.npy` parser sees it, an error for a header whose shape announces more data
+/// than the file holds: the parser multiplies the dimensions unchecked (an overflow panics in
+/// a debug build) and would read a huge announced array element by element. Headers this
+/// cannot read are left to the parser and its errors.
+fn check_npy_size(path: &Path) -> Result<()> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::new();
+    (&mut file)
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io(path, e))?;
+    if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
+        return Ok(());
+    }
+    let (len_bytes, at) = if head[6] == 1 { (2, 8) } else { (4, 8) };
+    let Some(raw) = head.get(at..at + len_bytes) else {
+        return Ok(());
+    };
+    let header_len = raw
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+    let start = at + len_bytes;
+    let Some(text) = head.get(start..start.saturating_add(header_len)) else {
+        return Ok(());
+    };
+    let text = String::from_utf8_lossy(text);
+    let Some(tuple) = text
+        .split_once("'shape'")
+        .and_then(|(_, rest)| rest.split_once('('))
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(inside, _)| inside)
+    else {
+        return Ok(());
+    };
+    let dims: Option<Vec<u64>> = tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.trim_end_matches('L').parse().ok())
+        .collect();
+    let Some(dims) = dims else {
+        return Ok(());
+    };
+    let body = file_len.saturating_sub((start + header_len) as u64);
+    // At least one byte per value, whatever the dtype (the dtype is checked after parsing).
+    let values = dims.iter().try_fold(1u64, |a, &b| a.checked_mul(b));
+    if values.is_none_or(|v| v > body) {
+        return Err(Error::file(
+            path,
+            format!(
+                "truncated: the header announces an array of shape {dims:?} ({} values), the \
+                 file holds {body} bytes of data",
+                values.map_or("more than u64::MAX".into(), |v| v.to_string())
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `points` as a float32 `[n, d]` `.npy` file.
@@ -194,8 +258,10 @@ pub fn read_fashion_mnist(dir: &Path) -> Result<FashionMnist> {
         let path = dir.join(name);
         let bytes = read_gz(&path)?;
         let (dims, body) = idx_body(&path, &bytes, 0x0803, 3)?;
+        // idx_body checked that the product of the dimensions fits.
         let d = dims[1] * dims[2];
         Points::new(body.iter().map(|&b| f32::from(b)).collect(), d)
+            .map_err(|e| Error::file(&path, format!("images of shape {dims:?}: {e}")))
     };
     let labels = |name: &str| -> Result<Vec<u8>> {
         let path = dir.join(name);
@@ -208,8 +274,29 @@ pub fn read_fashion_mnist(dir: &Path) -> Result<FashionMnist> {
         test: images("t10k-images-idx3-ubyte.gz")?,
         test_labels: labels("t10k-labels-idx1-ubyte.gz")?,
     };
-    if data.train.len() != data.train_labels.len() || data.test.len() != data.test_labels.len() {
-        return Err(Error::file(dir, "image and label counts differ"));
+    for (images, labels, n_images, n_labels) in [
+        (
+            "train-images-idx3-ubyte.gz",
+            "train-labels-idx1-ubyte.gz",
+            data.train.len(),
+            data.train_labels.len(),
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            "t10k-labels-idx1-ubyte.gz",
+            data.test.len(),
+            data.test_labels.len(),
+        ),
+    ] {
+        if n_images != n_labels {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "image and label counts differ: {images} holds {n_images} images, {labels} \
+                     {n_labels} labels"
+                ),
+            ));
+        }
     }
     Ok(data)
 }
@@ -245,10 +332,19 @@ fn idx_body<'a>(
         .collect::<Option<_>>()
         .ok_or_else(|| Error::file(path, "truncated IDX header"))?;
     let start = 4 * (rank + 1);
-    let len: usize = dims.iter().product();
-    let body = bytes
-        .get(start..start + len)
-        .ok_or_else(|| Error::file(path, format!("truncated: {len} values announced")))?;
+    let len = dims.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    let body = len
+        .and_then(|len| bytes.get(start..start.checked_add(len)?))
+        .ok_or_else(|| {
+            Error::file(
+                path,
+                format!(
+                    "truncated: dimensions {dims:?} announce {} values, the file holds {}",
+                    len.map_or("more than usize::MAX".into(), |l| l.to_string()),
+                    bytes.len().saturating_sub(start)
+                ),
+            )
+        })?;
     Ok((dims, body))
 }
 

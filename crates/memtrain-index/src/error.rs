@@ -35,6 +35,26 @@ pub enum Error {
         /// The underlying error.
         error: std::io::Error,
     },
+    /// Work that would need more memory than [`crate::memory_limit`], refused before
+    /// allocating: the message names the estimate (a lower bound) and the limit.
+    #[error(
+        "{what} needs an estimated {} for {settings}, more than the limit of {} ({limit_source}); \
+         expected a smaller shape, rank or batch",
+        crate::budget::human(*.estimate),
+        crate::budget::human(Some(*.limit))
+    )]
+    TooLarge {
+        /// The work refused ("training the TT cloud", "building the index").
+        what: String,
+        /// The inputs that decide its size.
+        settings: String,
+        /// Bytes it would allocate at least; `None`: more than `u64` holds.
+        estimate: Option<u64>,
+        /// The limit in bytes.
+        limit: u64,
+        /// Where the limit comes from.
+        limit_source: &'static str,
+    },
     /// Training the TT cloud failed inside a larger run ([`crate::bench::run`],
     /// [`crate::ood::run`]). The inner error is part of the message and not chained as a
     /// source, like [`Error::Io`], so that printing the chain names it once.

@@ -55,6 +55,9 @@ const BLOCK: usize = 512;
 /// For every row of `queries`, the `candidates` nearest rows of `base` by the expansion
 /// `|x|² - 2 x·q` computed as a matrix product on burn's CPU backend (all cores), in blocks.
 fn nearest_by_product(base: &Points, queries: &Points, candidates: usize) -> Vec<Vec<u32>> {
+    if base.is_empty() || queries.is_empty() {
+        return vec![Vec::new(); queries.len()];
+    }
     let device = Device::flex();
     let d = base.dim();
     let norms: Vec<f32> = (0..base.len())
@@ -92,11 +95,28 @@ fn nearest_by_product(base: &Points, queries: &Points, candidates: usize) -> Vec
 }
 
 /// The index of the nearest row of `centres` for every row of `points`.
-pub fn assign(points: &Points, centres: &Points) -> Vec<u32> {
-    nearest_by_product(centres, points, 1)
+///
+/// # Errors
+///
+/// [`Error::Invalid`] when `centres` is empty (and `points` is not) or the dimensions differ.
+pub fn assign(points: &Points, centres: &Points) -> Result<Vec<u32>> {
+    if points.is_empty() {
+        return Ok(Vec::new());
+    }
+    if centres.is_empty() {
+        return Err(Error::invalid("centres", "0 points", "at least 1 centre"));
+    }
+    if points.dim() != centres.dim() {
+        return Err(Error::invalid(
+            "point dimension",
+            points.dim(),
+            format!("{}, the dimension of the centres", centres.dim()),
+        ));
+    }
+    Ok(nearest_by_product(centres, points, 1)
         .into_iter()
         .map(|v| v[0])
-        .collect()
+        .collect())
 }
 
 /// The exact `k` nearest neighbours of every query as `(squared distance, id)`, nearest
@@ -105,9 +125,22 @@ pub fn assign(points: &Points, centres: &Points) -> Vec<u32> {
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] when the dimensions differ.
+/// [`Error::Invalid`] when the dimensions differ or `base` is empty; no queries give an empty
+/// answer.
 pub fn ground_truth(base: &Points, queries: &Points, k: usize) -> Result<Vec<Vec<(f32, u32)>>> {
-    check_dim(queries.row(0), base.dim())?;
+    if queries.dim() != base.dim() {
+        return Err(Error::invalid(
+            "query dimension",
+            queries.dim(),
+            format!("{}, the dimension of the indexed points", base.dim()),
+        ));
+    }
+    if queries.is_empty() {
+        return Ok(Vec::new());
+    }
+    if base.is_empty() {
+        return Err(Error::invalid("data", "0 points", "at least 1 point"));
+    }
     let cands = nearest_by_product(base, queries, (2 * k + 10).min(base.len()));
     Ok(cands
         .into_iter()

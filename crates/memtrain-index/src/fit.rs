@@ -118,16 +118,27 @@ fn nearest_term(y: Tensor<2>, c: Tensor<2>) -> Tensor<1> {
 }
 
 /// The TT ranks `[1, r_1, ..., r_k]` for `shape` `[N_1..N_k]` and dimension `d`: `rank`,
-/// capped by the sizes of the unfoldings of `[N_1, ..., N_k, d]`
-/// ([`memtrain_tt::linalg::capped_ranks`] without the last core's right rank).
+/// capped by the sizes of the unfoldings of `[N_1, ..., N_k, d]` (as
+/// [`memtrain_tt::linalg::capped_ranks`] without the last core's right rank; the products
+/// saturate, so a shape near `usize::MAX` caps nothing instead of overflowing).
 ///
 /// # Errors
 ///
 /// [`Error::Invalid`] for rank 0, no modes or a zero mode or dimension.
 pub fn capped_ranks(shape: &[usize], d: usize, rank: usize) -> Result<Vec<usize>> {
-    let modes: Vec<Vec<usize>> = shape.iter().chain([&d]).map(|&n| vec![n]).collect();
-    let mut ranks = memtrain_tt::linalg::capped_ranks(&modes, rank)?;
-    ranks.pop();
+    if rank == 0 {
+        return Err(Error::invalid("rank", 0, "at least 1"));
+    }
+    check_shape(shape)?;
+    if d == 0 {
+        return Err(Error::invalid("dimension", 0, "at least 1"));
+    }
+    let sizes: Vec<usize> = shape.iter().copied().chain([d]).collect();
+    let product = |s: &[usize]| s.iter().fold(1usize, |a, &b| a.saturating_mul(b));
+    let mut ranks = vec![1; shape.len() + 1];
+    for (k, r) in ranks.iter_mut().enumerate().skip(1) {
+        *r = rank.min(product(&sizes[..k])).min(product(&sizes[k..]));
+    }
     Ok(ranks)
 }
 
@@ -146,6 +157,113 @@ pub fn check_capacity(shape: &[usize], n: usize) -> Result<()> {
             format!("a product of at least the {n} data points"),
         )),
     }
+}
+
+impl FitConfig {
+    /// An error unless every setting is usable: rank, batch and projections at least 1, a
+    /// finite learning rate above 0, finite weights of at least 0.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the first bad setting and its value.
+    pub fn validate(&self) -> Result<()> {
+        for (what, v) in [
+            ("rank", self.rank),
+            ("batch", self.batch),
+            ("projections", self.projections),
+        ] {
+            if v == 0 {
+                return Err(Error::invalid(what, 0, "at least 1"));
+            }
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid("lr", self.lr, "a finite learning rate > 0"));
+        }
+        for (what, w) in [
+            ("nn_weight", self.nn_weight),
+            ("level_weight", self.level_weight),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return Err(Error::invalid(what, w, "a finite weight >= 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Bytes [`fit`] allocates at least for `n` points of dimension `d` and a cloud of `shape`
+/// (a lower bound: the largest buffers only); `Ok(None)` when the count overflows `u64`.
+///
+/// # Memory
+///
+/// With `P = Σ_j r_{j-1} N_j r_j + r_k d` parameters, batch `b`, `p` projections and
+/// `C_j = Π_{l<=j} N_l` clusters at the levels with a cluster term:
+/// `4 (4 P + 2 n d + 2 d² + b (2 d + 3 p) + Σ_j C_j (d + b)) + 8 b k` bytes: the parameters
+/// with their gradients and Adam's two moments, the normalised data and its tensor, the
+/// covariance and its singular vectors, the batch and its projections, the level centres and
+/// their distances to the batch, and the sampled multi-indices.
+///
+/// # Errors
+///
+/// [`Error::Invalid`] for rank 0, no modes, or a zero mode or dimension.
+pub fn fit_bytes(shape: &[usize], d: usize, n: usize, config: &FitConfig) -> Result<Option<u64>> {
+    use crate::budget::Bytes;
+    let ranks = capped_ranks(shape, d, config.rank)?;
+    let k = shape.len();
+    let mut params = Bytes::of(16, &[ranks[k], d]);
+    for j in 0..k {
+        params = params.plus(Bytes::of(16, &[ranks[j], shape[j], ranks[j + 1]]));
+    }
+    let b = config.batch;
+    let mut total = params
+        .plus(Bytes::of(8, &[n, d]))
+        .plus(Bytes::of(8, &[d, d]))
+        .plus(Bytes::of(8, &[b, d]))
+        .plus(Bytes::of(12, &[b, config.projections]))
+        .plus(Bytes::of(8, &[b, k]));
+    if config.level_weight > 0.0 {
+        let mut clusters = 1usize;
+        for &m in &shape[..k - 1] {
+            clusters = clusters.saturating_mul(m);
+            if clusters <= MAX_LEVEL_CENTRES {
+                total = total.plus(Bytes::of(4, &[clusters, d.saturating_add(b)]));
+            }
+        }
+    }
+    Ok(total.0)
+}
+
+/// An error unless training a cloud of `shape` on `n` points of dimension `d` and building
+/// its index with leaves at `leaf_level` fit within [`crate::memory_limit`], by
+/// [`fit_bytes`] and [`crate::TtIndex::build_bytes`]: the check to run before anything is
+/// allocated.
+///
+/// # Errors
+///
+/// [`Error::TooLarge`] naming the estimate and the limit; [`Error::Invalid`] for a bad shape,
+/// rank or leaf level.
+pub fn check_memory(
+    shape: &[usize],
+    d: usize,
+    n: usize,
+    leaf_level: usize,
+    config: &FitConfig,
+) -> Result<()> {
+    let settings = format!(
+        "shape {shape:?}, rank {}, batch {}, {n} points of dimension {d}",
+        config.rank, config.batch
+    );
+    crate::budget::check_bytes(
+        "training the TT cloud",
+        &settings,
+        fit_bytes(shape, d, n, config)?,
+    )?;
+    let ranks = capped_ranks(shape, d, config.rank)?;
+    crate::budget::check_bytes(
+        "building the index",
+        &format!("{settings}, leaves at level {leaf_level}"),
+        crate::TtIndex::build_bytes(shape, &ranks, d, n, leaf_level)?,
+    )
 }
 
 /// Trains a cloud of shape `[N_1..N_k]` on `points`, deterministic for a given
@@ -172,8 +290,9 @@ pub fn check_capacity(shape: &[usize], n: usize) -> Result<()> {
 ///
 /// # Errors
 ///
-/// [`Error::Invalid`] for a shape whose product is smaller than the number of points, rank,
-/// batch or projections 0, or a non-finite loss (the learning rate is too high).
+/// [`Error::Invalid`] for a shape whose product is smaller than the number of points, a
+/// setting [`FitConfig::validate`] refuses, or a non-finite loss (the learning rate is too
+/// high); [`Error::TooLarge`] when [`fit_bytes`] exceeds [`crate::memory_limit`].
 pub fn fit(
     points: &Points,
     shape: &[usize],
@@ -181,22 +300,18 @@ pub fn fit(
     progress: &mut dyn FnMut(FitProgress),
 ) -> Result<TtCloud> {
     check_capacity(shape, points.len())?;
-    for (what, v) in [
-        ("rank", config.rank),
-        ("batch", config.batch),
-        ("projections", config.projections),
-    ] {
-        if v == 0 {
-            return Err(Error::invalid(what, 0, "at least 1"));
-        }
-    }
-    if !(config.lr > 0.0 && config.lr.is_finite()) {
-        return Err(Error::invalid(
-            "lr",
-            config.lr,
-            "a finite learning rate > 0",
-        ));
-    }
+    config.validate()?;
+    crate::budget::check_bytes(
+        "training the TT cloud",
+        &format!(
+            "shape {shape:?}, rank {}, batch {}, {} points of dimension {}",
+            config.rank,
+            config.batch,
+            points.len(),
+            points.dim()
+        ),
+        fit_bytes(shape, points.dim(), points.len(), config)?,
+    )?;
     let (n, d) = (points.len(), points.dim());
     let mut mean = vec![0.0f64; d];
     for i in 0..n {

@@ -8,6 +8,20 @@ use crate::kernel::{TopK, dot};
 use crate::lists::Lists;
 use crate::{Error, Result};
 
+/// Bytes of the search tables [`TtIndex`] derives from its cloud (prefix vectors and centre
+/// norms down to `leaf_level`), `4 Σ_{j<=leaf_level} C_j (r_j + 1)` with `C_j = Π_{l<=j} N_l`;
+/// `None` on overflow. `ranks` has `shape.len() + 1` entries and `leaf_level <= shape.len()`.
+pub(crate) fn table_bytes(shape: &[usize], ranks: &[usize], leaf_level: usize) -> Option<u64> {
+    use crate::budget::Bytes;
+    let mut tables = Bytes(Some(0));
+    let mut clusters = 1usize;
+    for j in 1..=leaf_level {
+        clusters = clusters.checked_mul(shape[j - 1])?;
+        tables = tables.plus(Bytes::of(4, &[clusters, ranks[j].saturating_add(1)]));
+    }
+    tables.0
+}
+
 /// Search parameters of a [`TtIndex`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtSearch {
@@ -63,7 +77,9 @@ impl TtIndex {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] when the dimensions differ or `leaf_level` is out of range.
+    /// [`Error::Invalid`] when the dimensions differ or `leaf_level` is out of range;
+    /// [`Error::TooLarge`] when [`TtIndex::build_bytes`] exceeds [`crate::memory_limit`]
+    /// (checked before anything is allocated).
     pub fn build(cloud: TtCloud, points: &Points, leaf_level: usize) -> Result<Self> {
         if points.dim() != cloud.dim() {
             return Err(Error::invalid(
@@ -80,10 +96,81 @@ impl TtIndex {
                 format!("1..={k} for a cloud of shape {:?}", cloud.shape()),
             ));
         }
-        let leaf_of = assign(points, &cloud.centres(leaf_level));
+        crate::budget::check_bytes(
+            "building the index",
+            &format!(
+                "shape {:?}, ranks {:?}, {} points of dimension {}, leaves at level {leaf_level}",
+                cloud.shape(),
+                cloud.ranks(),
+                points.len(),
+                points.dim()
+            ),
+            Self::build_bytes(
+                cloud.shape(),
+                cloud.ranks(),
+                cloud.dim(),
+                points.len(),
+                leaf_level,
+            )?,
+        )?;
+        let leaf_of = assign(points, &cloud.centres(leaf_level))?;
         let leaves: usize = cloud.shape()[..leaf_level].iter().product();
         let lists = Lists::new(points, &leaf_of, leaves);
         Ok(Self::from_parts(cloud, leaf_level, lists))
+    }
+
+    /// Bytes [`TtIndex::build`] allocates at least for a cloud of `shape` and `ranks`
+    /// `[1, r_1, ..., r_k]`, `n` points of dimension `d` and leaves at `leaf_level` (a lower
+    /// bound: the largest buffers only); `Ok(None)` when the count overflows `u64`.
+    ///
+    /// # Memory
+    ///
+    /// With `L = Π_{j<=leaf_level} N_j` leaves and `C_j = Π_{l<=j} N_l`:
+    /// `4 (L (r_L + 2 d) + min(n, 512) L + n (d + 2) + L + 1 + Σ_{j<=leaf_level} C_j (r_j + 1))`
+    /// bytes: the leaf centres (prefix vectors, centres and their copy for the matrix
+    /// product), one block of distances to them, the lists (vectors, ids, assignment and
+    /// offsets), and the search tables.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when `ranks` does not have one more entry than `shape` or
+    /// `leaf_level` is outside `1..=k`.
+    pub fn build_bytes(
+        shape: &[usize],
+        ranks: &[usize],
+        d: usize,
+        n: usize,
+        leaf_level: usize,
+    ) -> Result<Option<u64>> {
+        use crate::budget::Bytes;
+        let k = shape.len();
+        if ranks.len() != k + 1 {
+            return Err(Error::invalid(
+                "ranks",
+                format!("{ranks:?}"),
+                format!("{} ranks for shape {shape:?}", k + 1),
+            ));
+        }
+        if !(1..=k).contains(&leaf_level) {
+            return Err(Error::invalid(
+                "leaf level",
+                leaf_level,
+                format!("1..={k} for shape {shape:?}"),
+            ));
+        }
+        let Some(leaves) = shape[..leaf_level]
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+        else {
+            return Ok(None);
+        };
+        let tables = Bytes(table_bytes(shape, ranks, leaf_level));
+        let centres = Bytes::of(4, &[leaves, ranks[leaf_level]])
+            .plus(Bytes::of(8, &[leaves, d]))
+            .plus(Bytes::of(4, &[leaves, n.min(512)]));
+        let lists =
+            Bytes::of(4, &[n, d.saturating_add(2)]).plus(Bytes::of(4, &[leaves.saturating_add(1)]));
+        Ok(centres.plus(lists).plus(tables).0)
     }
 
     /// The index from a cloud and its lists, deriving the search tables.

@@ -185,6 +185,17 @@ fn decode(payload: &[u8]) -> Result<TtIndex, String> {
     if !consistent {
         return Err("inconsistent lists (offsets do not match the leaves)".into());
     }
+    let tables = crate::index::table_bytes(cloud.shape(), cloud.ranks(), leaf_level);
+    crate::budget::check_bytes(
+        "loading the index",
+        &format!(
+            "shape {:?}, ranks {:?}, leaves at level {leaf_level}",
+            cloud.shape(),
+            cloud.ranks()
+        ),
+        tables,
+    )
+    .map_err(|e| e.to_string())?;
     let lists = Lists {
         offsets,
         ids,

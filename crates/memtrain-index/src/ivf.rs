@@ -42,7 +42,7 @@ impl IvfIndex {
         let d = points.dim();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut centroids = points.sample(nlist, seed);
-        let mut leaf_of = assign(points, &centroids);
+        let mut leaf_of = assign(points, &centroids)?;
         for _ in 0..iters {
             let mut sums = vec![0.0f64; nlist * d];
             let mut counts = vec![0usize; nlist];
@@ -68,7 +68,7 @@ impl IvfIndex {
                 }
             }
             centroids = Points::new(data, d)?;
-            leaf_of = assign(points, &centroids);
+            leaf_of = assign(points, &centroids)?;
         }
         let norms = (0..nlist)
             .map(|c| dot(centroids.row(c), centroids.row(c)))

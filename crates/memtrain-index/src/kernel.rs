@@ -31,6 +31,9 @@ fn sum_pairs(a: &[f32], b: &[f32], term: impl Fn(f32, f32) -> f32) -> f32 {
     s
 }
 
+/// Items a [`TopK`] reserves room for up front; a larger selection grows as items arrive.
+const PREALLOCATE: usize = 1024;
+
 /// The `k` smallest `(score, id)` pairs seen, kept sorted ascending (ties: smaller id first).
 #[derive(Debug, Clone)]
 pub struct TopK {
@@ -43,7 +46,9 @@ impl TopK {
     pub fn new(k: usize) -> Self {
         Self {
             k,
-            items: Vec::with_capacity(k + 1),
+            // A huge `k` (a user's `--k`) must not reserve memory up front: the selection holds
+            // at most as many items as it is offered.
+            items: Vec::with_capacity(k.min(PREALLOCATE) + 1),
         }
     }
 

@@ -14,6 +14,7 @@
 //! | [`metrics`] | recall@k (ann-benchmarks), sliced Wasserstein distance, AUROC |
 //! | [`bench`](mod@bench) | the recall/QPS benchmark against IVF, HNSW and brute force |
 //! | [`ood`] | out-of-distribution detection with the cloud as the memory bank |
+//! | [`parse`] | the text forms of the shape, beam and classes settings |
 //!
 //! # Example
 //!
@@ -29,6 +30,7 @@
 //! ```
 
 pub mod bench;
+mod budget;
 mod cloud;
 pub mod data;
 mod error;
@@ -41,11 +43,16 @@ pub mod kernel;
 mod lists;
 pub mod metrics;
 pub mod ood;
+pub mod parse;
 
+pub use budget::{DEFAULT_MEMORY_LIMIT, memory_limit};
 pub use cloud::TtCloud;
 pub use error::{Error, Result};
 pub use exact::{ExactIndex, assign, ground_truth};
-pub use fit::{FitConfig, FitProgress, MAX_LEVEL_CENTRES, capped_ranks, check_capacity, fit};
+pub use fit::{
+    FitConfig, FitProgress, MAX_LEVEL_CENTRES, capped_ranks, check_capacity, check_memory, fit,
+    fit_bytes,
+};
 pub use index::{TtIndex, TtSearch};
 pub use ivf::IvfIndex;
 pub use lists::Lists;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::bench::default_shape;
 use crate::data::{FashionMnist, Points};
 use crate::metrics::auroc;
-use crate::{Error, FitConfig, FitProgress, Result, fit, ground_truth};
+use crate::{Error, FitConfig, FitProgress, Result, check_capacity, fit, ground_truth};
 
 /// The in-distribution training points and which test points are out of distribution.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,8 +31,21 @@ pub struct Split {
 /// # Errors
 ///
 /// [`Error::Invalid`] for no class, a class above 9, all ten classes (none left out of
-/// distribution), or no training point in `classes`.
+/// distribution), no training point in `classes`, test points all in or all out of
+/// distribution, or label counts that differ from the image counts.
 pub fn split(data: &FashionMnist, classes: &[usize]) -> Result<Split> {
+    for (what, images, labels) in [
+        ("training labels", data.train.len(), data.train_labels.len()),
+        ("test labels", data.test.len(), data.test_labels.len()),
+    ] {
+        if images != labels {
+            return Err(Error::invalid(
+                what,
+                labels,
+                format!("{images}, one per image"),
+            ));
+        }
+    }
     if let Some(&c) = classes.iter().find(|&&c| c > 9) {
         return Err(Error::invalid("class", c, "0..=9"));
     }
@@ -55,9 +68,21 @@ pub fn split(data: &FashionMnist, classes: &[usize]) -> Result<Split> {
             "classes with training points",
         ));
     }
+    let out_of_distribution: Vec<bool> = data.test_labels.iter().map(|&l| !is_in(l)).collect();
+    let held_out = out_of_distribution.iter().filter(|&&o| o).count();
+    if held_out == 0 || held_out == out_of_distribution.len() {
+        return Err(Error::invalid(
+            "classes",
+            format!(
+                "{classes:?} ({held_out} of {} test points out of distribution)",
+                out_of_distribution.len()
+            ),
+            "classes that leave test points both in and out of distribution (AUROC needs both)",
+        ));
+    }
     Ok(Split {
         bank: data.train.select(&rows),
-        out_of_distribution: data.test_labels.iter().map(|&l| !is_in(l)).collect(),
+        out_of_distribution,
     })
 }
 
@@ -159,7 +184,8 @@ pub struct Report {
 /// # Errors
 ///
 /// [`Error::Invalid`] when `test` has another dimension than the bank or another count than
-/// `split.out_of_distribution`, or the shape is too small for the bank; [`Error::Fit`] when
+/// `split.out_of_distribution`, or the shape is too small for the bank; [`Error::TooLarge`]
+/// when the cloud's points would not fit in [`crate::memory_limit`]; [`Error::Fit`] when
 /// training the cloud fails.
 pub fn run(
     split: &Split,
@@ -189,6 +215,23 @@ pub fn run(
         .shape
         .clone()
         .unwrap_or_else(|| default_shape(bank.len()));
+    check_capacity(&shape, bank.len())?;
+    // Every point of the cloud is a bank point: scoring holds them all, with their copy for
+    // the matrix product and one block of distances to them.
+    let cloud_points = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b));
+    let estimate = cloud_points.and_then(|c| {
+        let d = bank.dim() as u64;
+        (c as u64).checked_mul(d.checked_mul(8)?.checked_add(4 * 512)?)
+    });
+    crate::budget::check_bytes(
+        "scoring with the TT cloud",
+        &format!(
+            "shape {shape:?} ({} points of dimension {})",
+            cloud_points.map_or("overflow".into(), |c| c.to_string()),
+            bank.dim()
+        ),
+        estimate,
+    )?;
     let start = Instant::now();
     let cloud = fit(bank, &shape, &config.fit, &mut |p| {
         progress(Progress::Fit(p))

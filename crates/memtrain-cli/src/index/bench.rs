@@ -41,6 +41,12 @@ pub struct BenchArgs {
 }
 
 pub(super) fn run(args: BenchArgs) -> Result<()> {
+    if args.limit == Some(0) {
+        bail!("invalid --limit: got 0, expected at least 1 query");
+    }
+    if args.exact_queries == 0 {
+        bail!("invalid --exact-queries: got 0, expected at least 1 query");
+    }
     let (data, own) = load(&args.data, "--data")?;
     let (base, queries) = match (own, &args.queries) {
         (_, Some(q)) => {

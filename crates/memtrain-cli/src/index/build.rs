@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use memtrain_index::{TtIndex, fit, io};
 
-use super::{CloudArgs, fit_config, load, shape_of, show};
+use super::{CloudArgs, check_cloud, fit_config, load, shape_of, show};
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -25,6 +25,7 @@ pub struct BuildArgs {
 pub(super) fn run(args: BuildArgs) -> Result<()> {
     let (points, _) = load(&args.data, "--data")?;
     let (shape, leaf) = shape_of(&args.cloud, points.len())?;
+    check_cloud(&args.cloud, &shape, leaf, points.len(), points.dim())?;
     let mut bar = None;
     let start = Instant::now();
     let cloud = fit(&points, &shape, &fit_config(&args.cloud), &mut |p| {

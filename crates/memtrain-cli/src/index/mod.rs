@@ -12,11 +12,11 @@ mod query;
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use memtrain_index::data::{FASHION_MNIST_DIR, Points, read_fashion_mnist, read_npy};
-use memtrain_index::{FitConfig, FitProgress, check_capacity};
+use memtrain_index::{FitConfig, FitProgress, check_capacity, check_memory};
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {
@@ -99,28 +99,10 @@ pub(super) fn load(path: &Path, flag: &str) -> Result<(Points, Option<Points>)> 
     Ok((f.train, Some(f.test)))
 }
 
-/// Parses a comma-separated list of integers in `valid`; the error names the token, the
-/// whole list, and `what` was expected.
-pub(super) fn parse_numbers(
-    flag: &str,
-    text: &str,
-    valid: std::ops::RangeInclusive<usize>,
-    what: &str,
-) -> Result<Vec<usize>> {
-    text.split(',')
-        .map(|t| match t.trim().parse::<usize>() {
-            Ok(v) if valid.contains(&v) => Ok(v),
-            _ => Err(anyhow!(
-                "invalid {flag}: got {t:?} in {text:?}, expected {what} separated by commas"
-            )),
-        })
-        .collect()
-}
-
 /// The cloud's shape (`--shape`, or the default for `n` points) and leaf level.
 pub(super) fn shape_of(cloud: &CloudArgs, n: usize) -> Result<(Vec<usize>, usize)> {
     let shape = match &cloud.shape {
-        Some(s) => parse_numbers("--shape", s, 1..=usize::MAX, "positive integers")?,
+        Some(s) => memtrain_index::parse::shape(s).context("--shape")?,
         None => memtrain_index::bench::default_shape(n),
     };
     check_capacity(&shape, n).context("--shape")?;
@@ -130,6 +112,21 @@ pub(super) fn shape_of(cloud: &CloudArgs, n: usize) -> Result<(Vec<usize>, usize
         bail!("invalid --leaf-level: got {leaf}, expected 1..={k} for --shape {shape:?}");
     }
     Ok((shape, leaf))
+}
+
+/// An error before any training unless the cloud's settings are valid and training it on `n`
+/// points of dimension `d` and building its index fit in memory.
+pub(super) fn check_cloud(
+    cloud: &CloudArgs,
+    shape: &[usize],
+    leaf: usize,
+    n: usize,
+    d: usize,
+) -> Result<()> {
+    let config = fit_config(cloud);
+    config.validate().context("training the TT cloud")?;
+    check_memory(shape, d, n, leaf, &config)?;
+    Ok(())
 }
 
 pub(super) fn fit_config(args: &CloudArgs) -> FitConfig {

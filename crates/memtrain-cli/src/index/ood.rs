@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use memtrain_index::data::{FASHION_MNIST_DIR, read_fashion_mnist};
 use memtrain_index::ood::{self, OodConfig};
 
-use super::{CloudArgs, fit_config, parse_numbers, shape_of, show};
+use super::{CloudArgs, fit_config, shape_of, show};
 
 #[derive(Args, Debug)]
 pub struct OodArgs {
@@ -34,14 +34,12 @@ pub(super) fn run(args: OodArgs) -> Result<()> {
             args.data.display()
         )
     })?;
-    let classes = parse_numbers("--classes", &args.classes, 0..=9, "class numbers 0-9")?;
-    if classes.len() >= 10 {
-        bail!(
-            "invalid --classes: got all ten classes, expected some to hold out as out of distribution"
-        );
-    }
-    let split = ood::split(&f, &classes)?;
+    let classes = memtrain_index::parse::classes(&args.classes).context("--classes")?;
+    let split = ood::split(&f, &classes).context("--classes")?;
     let (shape, _) = shape_of(&args.cloud, split.bank.len())?;
+    fit_config(&args.cloud)
+        .validate()
+        .context("training the TT cloud")?;
     eprintln!(
         "memory bank: {} training images of classes {classes:?}; {} test images, {} out of distribution",
         split.bank.len(),

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use memtrain_index::{TtSearch, io};
 
-use super::{load, parse_numbers};
+use super::load;
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
@@ -44,10 +44,16 @@ pub(super) fn run(args: QueryArgs) -> Result<()> {
             index.cloud().dim()
         );
     }
-    if args.probe == 0 {
-        bail!("invalid --probe: got 0, expected at least 1");
+    for (flag, value) in [
+        ("--k", Some(args.k)),
+        ("--probe", Some(args.probe)),
+        ("--limit", args.limit),
+    ] {
+        if value == Some(0) {
+            bail!("invalid {flag}: got 0, expected at least 1");
+        }
     }
-    let beam = parse_numbers("--beam", &args.beam, 1..=usize::MAX, "positive integers")?;
+    let beam = memtrain_index::parse::beam(&args.beam).context("--beam")?;
     let params = TtSearch {
         beam,
         probe: args.probe,
