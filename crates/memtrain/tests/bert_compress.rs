@@ -193,6 +193,14 @@ fn should_save_and_load_every_method_on_a_tiny_bert() {
         // Writing again replaces the previous compressed model in place.
         save_compressed(&compressed, &manifest, &source, &out).unwrap();
         let (loaded, read) = load_compressed(&out, &device).unwrap();
+        assert!(
+            read.weights_crc32.is_some(),
+            "{method}: no checksum written"
+        );
+        let read = CompressedManifest {
+            weights_crc32: None,
+            ..read
+        };
         assert_eq!(read, manifest, "{method}");
         assert_eq!(loaded.num_params(), compressed.num_params(), "{method}");
         let (i, m) = ids(&device);
@@ -266,4 +274,60 @@ fn should_round_trip_minilm_compressed_by_svd_at_ratio_2() {
         );
     }
     let _ = std::fs::remove_dir_all(out.parent().unwrap());
+}
+
+/// Issue 21: a compressed model's files truncated at random offsets or with bytes flipped.
+/// The weights carry a CRC-32 in the manifest, so every change to them is an error naming
+/// `compressed.safetensors`; a changed manifest is an error naming `compressed.json` unless
+/// the change leaves a consistent manifest (a digit of the descriptive `ratio`, say). Never a
+/// panic, and the files are never modified.
+#[test]
+fn should_refuse_truncated_or_flipped_compressed_model_files() {
+    let device = Device::flex();
+    let root = scratch("corrupt");
+    let source = root.join("source");
+    std::fs::create_dir_all(&source).unwrap();
+    let model = tiny_bert_dir(&source);
+    let method = CompressMethod::Svd;
+    let (compressed, _) = compress_bert(model, &params(method, 2.0), |_| {}).unwrap();
+    let manifest = CompressedManifest::describe(&compressed, method, 2.0, "one-shot");
+    let out = root.join("out");
+    save_compressed(&compressed, &manifest, &source, &out).unwrap();
+    let mut state = 0x2026_u64;
+    let mut below = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) % n as u64) as usize
+    };
+    let mut loaded_anyway = 0;
+    for (file, strict) in [("compressed.safetensors", true), ("compressed.json", false)] {
+        let path = out.join(file);
+        let good = std::fs::read(&path).unwrap();
+        for i in 0..24 {
+            let mut bad = good.clone();
+            let case = if i % 2 == 0 {
+                let cut = below(good.len());
+                bad.truncate(cut);
+                format!("{file} cut at {cut}")
+            } else {
+                let at = below(good.len());
+                bad[at] ^= 1 << below(8);
+                format!("{file} flipped at {at}")
+            };
+            std::fs::write(&path, &bad).unwrap();
+            let result = std::panic::catch_unwind(|| load_compressed(&out, &device));
+            match result {
+                Err(_) => panic!("{case}: load panicked"),
+                Ok(Err(e)) => assert!(e.to_string().contains(file), "{case}: {e}"),
+                Ok(Ok(_)) if strict => panic!("{case}: loaded"),
+                Ok(Ok(_)) => loaded_anyway += 1,
+            }
+            assert_eq!(std::fs::read(&path).unwrap(), bad, "{case}: file changed");
+        }
+        std::fs::write(&path, &good).unwrap();
+    }
+    eprintln!("{loaded_anyway} of 24 manifest changes left a consistent manifest");
+    load_compressed(&out, &device).unwrap();
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -153,7 +153,10 @@ fn tiny_trainer() -> (Trainer, Dataset) {
     config.batch = 2;
     config.seq = 16;
     let data = Dataset::new(&synthetic_corpus(2000, 1), Tokenizer::Byte, 16).unwrap();
-    (Trainer::new(config, &Device::flex().autodiff()).unwrap(), data)
+    (
+        Trainer::new(config, &Device::flex().autodiff()).unwrap(),
+        data,
+    )
 }
 
 fn latest_dir(out: &std::path::Path) -> std::path::PathBuf {
@@ -189,7 +192,10 @@ fn should_never_remove_the_checkpoint_latest_names() {
     let again = trainer.save_checkpoint(&out, &source, 2).unwrap();
     assert_ne!(first, again);
     assert_eq!(latest_dir(&out), again);
-    assert_eq!(std::fs::read(first.join("model.safetensors")).unwrap(), first_model);
+    assert_eq!(
+        std::fs::read(first.join("model.safetensors")).unwrap(),
+        first_model
+    );
     assert_eq!(dirs(&out), ["step-000001", "step-000001.1"]);
     // Another run's later checkpoints in the same directory: the new one is still kept.
     for stale in ["step-000080", "step-000100"] {

@@ -425,6 +425,11 @@ pub struct CompressedManifest {
     pub schedule: String,
     /// Every encoder linear, in [`Bert::linears`] order.
     pub layers: Vec<LayerSpec>,
+    /// CRC-32 of `compressed.safetensors`, written by [`save_compressed`] and checked by
+    /// [`load_compressed`] before the weights are parsed (absent in older manifests, which
+    /// load unverified).
+    #[serde(default)]
+    pub weights_crc32: Option<u32>,
 }
 
 impl CompressedManifest {
@@ -474,6 +479,7 @@ impl CompressedManifest {
             bits: method.bits(),
             schedule: schedule.into(),
             layers,
+            weights_crc32: None,
         }
     }
 }
@@ -533,7 +539,13 @@ pub fn save_compressed(
     model
         .save_into(&mut SafetensorsStore::from_file(&weights))
         .map_err(|e| Error::checkpoint(&weights, e))?;
-    let json = serde_json::to_vec_pretty(manifest).expect("the manifest always serializes");
+    let written = fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
+    let manifest = CompressedManifest {
+        weights_crc32: Some(crc32fast::hash(&written)),
+        ..manifest.clone()
+    };
+    drop(written);
+    let json = serde_json::to_vec_pretty(&manifest).expect("the manifest always serializes");
     fs::write(tmp.join(MANIFEST_FILE), json).map_err(|e| Error::io(tmp.join(MANIFEST_FILE), e))?;
     if out.exists() {
         fs::remove_dir_all(out).map_err(|e| Error::io(out, e))?;
@@ -677,6 +689,18 @@ pub fn load_compressed(
     })?;
     let path = dir.join(COMPRESSED_WEIGHTS_FILE);
     require_file(&path)?;
+    if let Some(want) = manifest.weights_crc32 {
+        let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let got = crc32fast::hash(&bytes);
+        if got != want {
+            return Err(data(
+                &path,
+                format!(
+                    "checksum {got:08x} is not the {want:08x} that {MANIFEST_FILE} lists (a truncated, changed or swapped file)"
+                ),
+            ));
+        }
+    }
     let applied = model
         .load_from(&mut SafetensorsStore::from_file(&path))
         .map_err(|e| data(&path, format!("cannot be loaded: {e}")))?;

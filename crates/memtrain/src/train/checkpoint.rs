@@ -7,7 +7,12 @@
 //! DIR/step-000200/model.safetensors   model parameters (burn-store, safetensors)
 //! DIR/step-000200/optimizer.bpk       optimizer state (burn's burnpack)
 //! DIR/step-000200/state.json          step, seed, data source, the full TrainConfig
+//! DIR/step-000200/checksums.json      CRC-32 of each of the three files above
 //! ```
+//!
+//! Resuming verifies every checksum before it parses anything, so a truncated, bit-flipped or
+//! swapped file is an error naming it, never a model that loads with wrong weights (format 1
+//! checkpoints, written before checksums, load unverified).
 //!
 //! A checkpoint directory is complete before it gets its final name, and `latest` is replaced
 //! atomically after that, so a run killed at any instant leaves the previous checkpoint
@@ -31,8 +36,9 @@ pub const LATEST: &str = "latest";
 const MODEL: &str = "model.safetensors";
 const OPTIM: &str = "optimizer.bpk";
 const STATE: &str = "state.json";
+const CHECKSUMS: &str = "checksums.json";
 const METRICS: &str = "metrics.csv";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Checkpoints a run keeps by default (`--keep`).
 pub const DEFAULT_KEEP: usize = 2;
 
@@ -97,6 +103,14 @@ impl Trainer {
         };
         let json = serde_json::to_vec_pretty(&state).expect("the state always serializes");
         write_file(&tmp.join(STATE), &json)?;
+        let mut sums = std::collections::BTreeMap::new();
+        for file in [STATE, MODEL, OPTIM] {
+            let path = tmp.join(file);
+            let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
+            sums.insert(file, crc32fast::hash(&bytes));
+        }
+        let sums = serde_json::to_vec_pretty(&sums).expect("checksums always serialize");
+        write_file(&tmp.join(CHECKSUMS), &sums)?;
 
         fs::rename(&tmp, &dst).map_err(|e| Error::io(&dst, e))?;
         let latest_tmp = out.join(format!(".{LATEST}.tmp-{}", std::process::id()));
@@ -125,20 +139,47 @@ impl Trainer {
                 format!("cannot read ({e}); is this a memtrain run directory?"),
             )
         })?;
-        let dir = out.join(name.trim());
+        let name = name.trim();
+        if checkpoint_order(name).is_none() {
+            return Err(Error::checkpoint(
+                &latest,
+                format!("names {name:?}, not a checkpoint directory (step-NNNNNN)"),
+            ));
+        }
+        let dir = out.join(name);
+        if !dir.is_dir() {
+            return Err(Error::checkpoint(
+                &latest,
+                format!(
+                    "names {name:?}, which is not a directory in {}",
+                    out.display()
+                ),
+            ));
+        }
+        let verified = verify_checksums(&dir)?;
         let state_path = dir.join(STATE);
         let raw = fs::read(&state_path).map_err(|e| Error::checkpoint(&state_path, e))?;
         let state: CheckpointState =
             serde_json::from_slice(&raw).map_err(|e| Error::checkpoint(&state_path, e))?;
-        if state.format != FORMAT {
+        if !(1..=FORMAT).contains(&state.format) {
             return Err(Error::checkpoint(
                 &state_path,
                 format!(
-                    "format {} is not the supported format {FORMAT}",
+                    "format {} is not a supported format (1..={FORMAT})",
                     state.format
                 ),
             ));
         }
+        if state.format >= 2 && !verified {
+            return Err(Error::checkpoint(
+                dir.join(CHECKSUMS),
+                "missing (a format 2 checkpoint always has one)",
+            ));
+        }
+        state
+            .config
+            .validate()
+            .map_err(|e| Error::checkpoint(&state_path, e))?;
         let mut trainer = Trainer::new(state.config.clone(), device)
             .map_err(|e| Error::checkpoint(&state_path, e))?;
 
@@ -182,6 +223,38 @@ impl Trainer {
         trainer.step = state.step;
         Ok((trainer, state))
     }
+}
+
+/// Checks every file `checksums.json` lists against its CRC-32; `false` when the checkpoint
+/// has no `checksums.json` (format 1).
+fn verify_checksums(dir: &Path) -> Result<bool> {
+    let path = dir.join(CHECKSUMS);
+    if !path.exists() {
+        return Ok(false);
+    }
+    let raw = fs::read(&path).map_err(|e| Error::checkpoint(&path, e))?;
+    let sums: std::collections::BTreeMap<String, u32> =
+        serde_json::from_slice(&raw).map_err(|e| Error::checkpoint(&path, e))?;
+    for file in [STATE, MODEL, OPTIM] {
+        let Some(&want) = sums.get(file) else {
+            return Err(Error::checkpoint(
+                &path,
+                format!("lists no checksum of {file}"),
+            ));
+        };
+        let target = dir.join(file);
+        let bytes = fs::read(&target).map_err(|e| Error::checkpoint(&target, e))?;
+        let got = crc32fast::hash(&bytes);
+        if got != want {
+            return Err(Error::checkpoint(
+                &target,
+                format!(
+                    "checksum {got:08x} is not the {want:08x} that {CHECKSUMS} lists (a truncated, changed or swapped file)"
+                ),
+            ));
+        }
+    }
+    Ok(true)
 }
 
 /// The step and save count a checkpoint directory's name encodes (`step-000200` is
