@@ -15,7 +15,8 @@ pub struct TableArgs {
     /// Weight of the L2 objective: uniform (the paper's) or gaussian.
     #[arg(long, default_value = "uniform")]
     weight: String,
-    /// Print JSON: an object with `borders` (including the two grid ends) and `levels`.
+    /// Print JSON: an object with `borders` (including the two grid ends), `levels`, `error`
+    /// (the weighted sum of squared errors) and `mean_squared_error` (the text's number).
     #[arg(long)]
     json: bool,
 }
@@ -35,17 +36,21 @@ pub fn run(args: TableArgs) -> Result<()> {
             ..Default::default()
         },
     )?;
+    let mse = table.error / table.total_weight;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&table)?);
+        // `error` is the table's weighted sum of squared errors; the mean is printed as text.
+        let mut json = serde_json::to_value(&table)?;
+        json["mean_squared_error"] = serde_json::json!(mse);
+        println!("{}", serde_json::to_string_pretty(&json)?);
         return Ok(());
     }
     println!(
-        "{} at {} bits ({} levels; w = {}, 4096 points on [-10, 10]); mean squared error {:.3e}",
+        "{} at {} bits ({} levels; w = {}, 4096 points on [-10, 10]); mean squared error {mse:.3e} (JSON mean_squared_error; JSON error is the weighted sum {:.3e})",
         func.name(),
         table.bits,
         table.levels.len(),
         args.weight,
-        table.error / table.total_weight
+        table.error
     );
     println!("{:>12} {:>12} {:>12}", "from", "to", "level");
     for (b, l) in table.borders.windows(2).zip(&table.levels) {

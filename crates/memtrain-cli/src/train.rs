@@ -1,14 +1,15 @@
-//! `memtrain train`: [`memtrain::run::fit`] with a progress bar.
+//! `memtrain train`: [`memtrain::run::fit`] with a progress bar or log lines, and a summary.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use memtrain::memory::live_bytes;
 use memtrain::policy::MemoryPolicy;
 use memtrain::run::{FitEvent, FitOptions, Start, fit};
-use memtrain::train::TrainConfig;
+use memtrain::train::{StepStats, TrainConfig};
 
 use crate::Common;
 use crate::output::{mib, mib_usize, print_report};
@@ -33,9 +34,17 @@ pub struct TrainArgs {
     /// seed and data are used).
     #[arg(long)]
     resume: bool,
-    /// Validation loss and a checkpoint every N steps (0: only at the end).
+    /// Validation loss and a metrics.csv row every N steps (0: only at the end).
     #[arg(long, default_value_t = 500)]
     eval_every: u64,
+    /// A checkpoint every N steps (0: only at the end) [default: --eval-every].
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// A log line (step, loss, tokens/s, step time, learning rate, step peak, ETA) every N
+    /// steps; 0: none. Default: on a terminal a progress bar, otherwise (a log file, CI,
+    /// nohup) a line every 10 seconds.
+    #[arg(long)]
+    log_every: Option<u64>,
     /// Steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 100)]
     warmup: u64,
@@ -99,6 +108,7 @@ fn options(args: &TrainArgs) -> Result<FitOptions> {
         out: args.out.clone(),
         start,
         eval_every: args.eval_every,
+        save_every: args.save_every,
         eval_batches: args.eval_batches,
         budget: crate::fit_budget(args.budget.as_deref(), args.allow.as_deref())?,
         overwrite: args.overwrite,
@@ -179,16 +189,116 @@ fn opt(v: Option<usize>) -> String {
     v.map_or_else(|| "default".to_string(), |v| v.to_string())
 }
 
+/// Seconds between log lines when stderr is not a terminal and `--log-every` is not given.
+const LOG_SECONDS: f64 = 10.0;
+
+/// How the step-by-step progress shows: a bar on a terminal, and/or plain lines.
+struct Log {
+    bar: Option<ProgressBar>,
+    every_steps: Option<u64>,
+    last_line: Instant,
+    start: Instant,
+    first_step: u64,
+    total: u64,
+    tokens_per_step: f64,
+}
+
+impl Log {
+    fn new(total: u64, log_every: Option<u64>) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .expect("static template"),
+            );
+            bar
+        });
+        let now = Instant::now();
+        Log {
+            bar,
+            every_steps: log_every,
+            last_line: now,
+            start: now,
+            first_step: 0,
+            total,
+            tokens_per_step: 0.0,
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| println!("{line}")),
+            None => println!("{line}"),
+        }
+    }
+
+    fn step(&mut self, step: u64, stats: &StepStats, lr: f64) {
+        let tps = self.tokens_per_step / stats.seconds.max(1e-12);
+        if let Some(bar) = &self.bar {
+            bar.set_position(step);
+            bar.set_message(format!(
+                "loss {:.4}  {tps:.0} tok/s  step peak {:.1} MiB",
+                stats.loss,
+                mib(stats.memory.peak_bytes)
+            ));
+        }
+        let due = match self.every_steps {
+            Some(0) => false,
+            Some(n) => step.is_multiple_of(n),
+            None => self.bar.is_none() && self.last_line.elapsed().as_secs_f64() >= LOG_SECONDS,
+        };
+        if !due && step != self.total {
+            return;
+        }
+        self.last_line = Instant::now();
+        let done = step - self.first_step;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let eta = elapsed / done.max(1) as f64 * (self.total - step) as f64;
+        self.println(&format!(
+            "step {step}/{}  loss {:.4}  {tps:.0} tok/s  {:.3} s/step  lr {lr:.3e}  step peak {:.1} MiB  ETA {}",
+            self.total,
+            stats.loss,
+            stats.seconds,
+            mib(stats.memory.peak_bytes),
+            duration(eta)
+        ));
+    }
+}
+
+/// Seconds as `1h 02m`, `3m 20s` or `12.3 s`.
+fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s >= 3600.0 {
+        format!(
+            "{}h {:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    } else if s >= 60.0 {
+        format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Integers with thousands separators: `120,576`.
+fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     let options = options(&args)?;
-    let bar = ProgressBar::new(options.steps);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("static template"),
-    );
-    let mut tokens_per_step = 0.0;
+    let mut log = Log::new(options.steps, args.log_every);
     let device = args.common.autodiff_device()?;
     let summary = fit(&options, &device, |event| {
         match event {
@@ -197,67 +307,95 @@ pub fn run(args: TrainArgs) -> Result<()> {
             policy,
             peak,
             seconds,
-        } => println!(
-            "planned for {:.1} MiB: {policy} (predicted chain peak {:.1} MiB, {seconds:.3} s a step)",
+        } => log.println(&format!(
+            "planned for {:.1} MiB: {} (predicted chain peak {:.1} MiB, {seconds:.3} s a step)",
             mib(budget),
+            policy.short(),
             mib_usize(peak)
-        ),
+        )),
         FitEvent::Started {
             config,
             params,
+            trainable,
             train_tokens,
             valid_tokens,
             step,
         } => {
-            tokens_per_step = (config.batch * config.seq) as f64;
-            bar.set_position(step);
+            log.tokens_per_step = (config.batch * config.seq) as f64;
+            log.first_step = step;
+            if let Some(bar) = &log.bar {
+                bar.set_position(step);
+            }
             if options.start == Start::Resume {
                 warn_ignored(&args, config);
-                println!("memtrain train: resuming from step {step} of {}", options.out.display());
+                log.println(&format!(
+                    "memtrain train: resuming from step {step} of {}",
+                    options.out.display()
+                ));
             }
-            println!(
-                "memtrain train: preset {} ({params} parameters), batch {}, seq {}, policy {}, {train_tokens} train / {valid_tokens} validation tokens",
-                config.preset, config.batch, config.seq, config.policy
-            );
-        }
-        FitEvent::Schedule(plan) => bar.suspend(|| {
-            println!(
-                "remat schedule: {} (predicted peak {:.1} MiB, {:.3} s a step; keep-all {:.1} MiB, {:.3} s)",
-                plan.schedule,
-                mib_usize(plan.prediction.peak),
-                plan.prediction.time,
-                mib_usize(plan.keep_all.peak),
-                plan.keep_all.time
-            )
-        }),
-        FitEvent::Step { step, stats } => {
-            bar.set_position(step);
-            bar.set_message(format!(
-                "loss {:.4}  {:.0} tok/s  live {:.1} MiB",
-                stats.loss,
-                tokens_per_step / stats.seconds,
-                mib_usize(live_bytes())
+            let params = if trainable < params {
+                format!(
+                    "{} parameters, {} trainable",
+                    thousands(params),
+                    thousands(trainable)
+                )
+            } else {
+                format!("{} parameters", thousands(params))
+            };
+            log.println(&format!(
+                "memtrain train: preset {} ({params}), batch {}, seq {}, policy {}, {} train / {} validation tokens",
+                config.preset,
+                config.batch,
+                config.seq,
+                config.policy.short(),
+                thousands(train_tokens),
+                thousands(valid_tokens)
             ));
         }
+        FitEvent::Schedule(plan) => log.println(&format!(
+            "remat schedule: {} (predicted peak {:.1} MiB, {:.3} s a step; keep-all {:.1} MiB, {:.3} s; notation in memtrain plan --help)",
+            plan.schedule,
+            mib_usize(plan.prediction.peak),
+            plan.prediction.time,
+            mib_usize(plan.keep_all.peak),
+            plan.keep_all.time
+        )),
+        FitEvent::Step { step, stats, lr } => log.step(step, stats, lr),
         FitEvent::Evaluated {
             step,
             train_loss,
             val_loss,
-        } => bar.suspend(|| match train_loss {
-            None => println!("step {step}: val_loss {val_loss:.4}"),
-            Some(t) => println!("step {step}: train_loss {t:.4} val_loss {val_loss:.4}"),
+        } => log.println(&match train_loss {
+            None => format!("step {step}: val_loss {val_loss:.4}"),
+            Some(t) => format!("step {step}: train_loss {t:.4} val_loss {val_loss:.4}"),
         }),
-        FitEvent::Checkpoint(dir) => bar.suspend(|| println!("checkpoint {}", dir.display())),
+        FitEvent::Checkpoint(dir) => log.println(&format!("checkpoint {}", dir.display())),
     }
     });
-    bar.finish_and_clear();
-    let summary = summary?;
+    if let Some(bar) = &log.bar {
+        bar.finish_and_clear();
+    }
+    let s = summary?;
+    let (best_step, best) = s.best_val_loss;
     println!(
-        "trained {} steps in {:.1} s; final train loss {:.4}",
-        summary.last_step - summary.first_step,
-        summary.seconds,
-        summary.last.loss
+        "done: steps {}..{} in {} ({} in steps, {:.0} tokens/s)",
+        s.first_step,
+        s.last_step,
+        duration(s.seconds),
+        duration(s.step_seconds),
+        s.tokens_per_second
     );
-    print_report(&summary.last.memory);
+    println!(
+        "  val_loss {:.4} (best {best:.4} at step {best_step})",
+        s.val_loss
+    );
+    println!(
+        "  step peak {:.1} MiB (the largest of the run), parameters {} trainable of {}",
+        mib(s.peak_bytes),
+        thousands(s.params.0),
+        thousands(s.params.1)
+    );
+    println!("  checkpoint {}", s.checkpoint.display());
+    print_report(&s.last.memory);
     Ok(())
 }

@@ -148,6 +148,18 @@ pub fn profile_variants(
     reps: usize,
     device: &Device,
 ) -> Result<Vec<Variant>> {
+    profile_variants_with(config, batch, candidates, reps, device, &mut || {})
+}
+
+/// [`profile_variants`], calling `tick` after each of its `candidates × (1 + reps)` passes.
+fn profile_variants_with(
+    config: &GptConfig,
+    batch: &Batch,
+    candidates: &[BlockPolicy],
+    reps: usize,
+    device: &Device,
+    tick: &mut dyn FnMut(),
+) -> Result<Vec<Variant>> {
     let mut one = *config;
     one.n_layers = 1;
     let mut models = Vec::with_capacity(candidates.len());
@@ -163,12 +175,14 @@ pub fn profile_variants(
                 .loss(batch.inputs.clone(), batch.targets.clone())
                 .backward(),
         );
+        tick();
         models.push((policy.to_string(), model));
     }
     let mut rounds: Vec<Vec<Vec<StageCost>>> = vec![Vec::new(); candidates.len()];
     for _ in 0..reps.max(1) {
         for (i, (_, model)) in models.iter().enumerate() {
             rounds[i].push(crate::remat::profile(model, batch, 1));
+            tick();
         }
     }
     let mut out = Vec::with_capacity(candidates.len());
@@ -441,6 +455,35 @@ pub fn make_plan(
     data: &Dataset,
     device: &Device,
 ) -> Result<PlanReport> {
+    make_plan_with_progress(config, budget, approx, data, device, |_, _| {})
+}
+
+/// [`make_plan`], calling `on_progress(done, total)` as it calibrates and profiles (the units
+/// are training steps and profiling passes; the search after them takes no measurable time).
+///
+/// # Errors
+///
+/// As [`make_plan`].
+pub fn make_plan_with_progress(
+    config: &crate::train::TrainConfig,
+    budget: u64,
+    approx: bool,
+    data: &Dataset,
+    device: &Device,
+    mut on_progress: impl FnMut(usize, usize),
+) -> Result<PlanReport> {
+    let mut cands = candidates(approx);
+    if !crate::on_flex(device) {
+        // The gemm linear is a Flex kernel; elsewhere it is burn's linear, a duplicate.
+        cands.retain(|c| c.linear != crate::linear::LinearPolicy::Gemm);
+    }
+    let passes = 1 + PROFILE_REPS.max(1);
+    let total = (PROFILE_REPS + 1) + passes + cands.len() * passes;
+    let mut done = 0;
+    let mut tick = || {
+        done += 1;
+        on_progress(done, total);
+    };
     let mut plain = config.clone();
     plain.policy = MemoryPolicy::default();
     plain.validate()?;
@@ -459,16 +502,18 @@ pub fn make_plan(
     for _ in 0..=PROFILE_REPS {
         let b = trainer.next_batch(data);
         steps.push(trainer.try_step(&b)?.seconds);
+        tick();
     }
     drop(trainer);
     steps.remove(0);
     let small = batch_for(data, one.seed, 1, one.seq, device);
-    let reference = profile_variants(
+    let reference = profile_variants_with(
         &model_config,
         &small,
         &[BlockPolicy::default()],
         PROFILE_REPS,
         device,
+        &mut tick,
     )?;
     let constant = calibrate(
         crate::stats::median(&steps),
@@ -476,12 +521,14 @@ pub fn make_plan(
         model_config.n_layers,
     );
     let batch = batch_for(data, plain.seed, plain.batch, plain.seq, device);
-    let mut cands = candidates(approx);
-    if !crate::on_flex(device) {
-        // The gemm linear is a Flex kernel; elsewhere it is burn's linear, a duplicate.
-        cands.retain(|c| c.linear != crate::linear::LinearPolicy::Gemm);
-    }
-    let variants = profile_variants(&model_config, &batch, &cands, PROFILE_REPS, device)?;
+    let variants = profile_variants_with(
+        &model_config,
+        &batch,
+        &cands,
+        PROFILE_REPS,
+        device,
+        &mut tick,
+    )?;
     let (plan, uniform) = solve(&variants, model_config.n_layers, budget, constant)?;
     Ok(PlanReport {
         plan,

@@ -214,7 +214,7 @@ impl fmt::Display for RematPolicy {
         match self {
             RematPolicy::None => f.write_str("none"),
             RematPolicy::Every(k) => write!(f, "every:{k}"),
-            RematPolicy::Budget(b) => write!(f, "budget:{b}B"),
+            RematPolicy::Budget(b) => write!(f, "budget:{}", super::size::format_size(*b)),
         }
     }
 }

@@ -27,7 +27,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use keys::PolicyKey;
-pub use size::{Budget, parse_size};
+pub use size::{Budget, format_size, parse_size};
 
 pub use crate::activation::ActPolicy;
 pub use crate::adapter::AdaptPolicy;
@@ -209,6 +209,73 @@ impl MemoryPolicy {
         Ok(())
     }
 
+    /// The keys that differ from plain burn's, as a SPEC (`act=inverted,attn=memeff`), or
+    /// `plain` when none does; per-block overrides are counted, not listed (`... +3 block
+    /// overrides`). For tables; the canonical form is [`MemoryPolicy`]'s `Display`.
+    ///
+    /// ```
+    /// use memtrain::policy::MemoryPolicy;
+    /// let p: MemoryPolicy = "attn=memeff,act=inverted,remat=budget:64MiB".parse().unwrap();
+    /// assert_eq!(p.short(), "act=inverted,attn=memeff,remat=budget:64MiB");
+    /// assert_eq!(MemoryPolicy::default().short(), "plain");
+    /// ```
+    pub fn short(&self) -> String {
+        let (b, d) = (&self.block, MemoryPolicy::default());
+        let mut parts = Vec::new();
+        let mut add = |key: &str, value: String, plain: String| {
+            if value != plain {
+                parts.push(format!("{key}={value}"));
+            }
+        };
+        add(ActPolicy::KEY, b.act.to_string(), d.block.act.to_string());
+        add(
+            NormPolicy::KEY,
+            b.norm.to_string(),
+            d.block.norm.to_string(),
+        );
+        add(
+            LinearPolicy::KEY,
+            b.linear.to_string(),
+            d.block.linear.to_string(),
+        );
+        add(
+            AttnPolicy::KEY,
+            b.attn.to_string(),
+            d.block.attn.to_string(),
+        );
+        add(
+            RematPolicy::KEY,
+            self.remat.to_string(),
+            d.remat.to_string(),
+        );
+        add(
+            WeightsPolicy::KEY,
+            b.weights.to_string(),
+            d.block.weights.to_string(),
+        );
+        add(
+            OptimPolicy::KEY,
+            self.optim.to_string(),
+            d.optim.to_string(),
+        );
+        add(
+            AdaptPolicy::KEY,
+            self.adapt.to_string(),
+            d.adapt.to_string(),
+        );
+        let mut text = if parts.is_empty() {
+            "plain".to_string()
+        } else {
+            parts.join(",")
+        };
+        match self.overrides.len() {
+            0 => {}
+            1 => text.push_str(" +1 block override"),
+            n => text.push_str(&format!(" +{n} block overrides")),
+        }
+        text
+    }
+
     /// The policy of block `index`.
     pub fn block(&self, index: usize) -> BlockPolicy {
         self.overrides.get(&index).copied().unwrap_or(self.block)
@@ -233,7 +300,7 @@ impl MemoryPolicy {
     /// let user: MemoryPolicy = "weights=ttm:8,optim=naggs,attn=exact".parse().unwrap();
     /// let planned: MemoryPolicy = "attn=memeff,remat=budget:64MiB".parse().unwrap();
     /// let run = user.with_planned(&planned);
-    /// assert_eq!(run.to_string(), "act=exact,norm=exact,linear=exact,attn=memeff,remat=budget:67108864B,weights=ttm:8,optim=naggs:1:1");
+    /// assert_eq!(run.to_string(), "act=exact,norm=exact,linear=exact,attn=memeff,remat=budget:64MiB,weights=ttm:8,optim=naggs:1:1");
     /// ```
     pub fn with_planned(&self, planned: &MemoryPolicy) -> MemoryPolicy {
         MemoryPolicy {

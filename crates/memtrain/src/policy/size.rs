@@ -34,6 +34,33 @@ pub fn parse_size(text: &str) -> Result<u64> {
     }
 }
 
+/// `bytes` in the largest binary unit it reaches (`64MiB`, `2.103515625MiB`, `512KiB`,
+/// `100B`), written so that [`parse_size`] gives back exactly `bytes`.
+///
+/// ```
+/// use memtrain::policy::{format_size, parse_size};
+/// assert_eq!(format_size(64 << 20), "64MiB");
+/// assert_eq!(format_size(2205696), "2.103515625MiB");
+/// for b in [1, 1023, 1024, 2205696, 3 << 30, 123_456_789_012] {
+///     assert_eq!(parse_size(&format_size(b)).unwrap(), b);
+/// }
+/// ```
+pub fn format_size(bytes: u64) -> String {
+    let (scale, unit) = match bytes {
+        b if b >= 1 << 30 => (1u64 << 30, "GiB"),
+        b if b >= 1 << 20 => (1 << 20, "MiB"),
+        b if b >= 1 << 10 => (1 << 10, "KiB"),
+        _ => return format!("{bytes}B"),
+    };
+    // A power-of-two scale divides exactly in f64 below 2^53 bytes, and the shortest decimal
+    // that round-trips the quotient times the scale is `bytes` again.
+    if bytes < 1 << 53 {
+        format!("{}{unit}", bytes as f64 / scale as f64)
+    } else {
+        format!("{bytes}B")
+    }
+}
+
 /// An activation budget as a flag writes it: a size (`64MiB`, `1.5GiB`, `4096B`) or a
 /// fraction of a reference's bytes (`1/4`, `0.25`; in `(0, 1]`).
 ///
@@ -97,7 +124,7 @@ impl std::str::FromStr for Budget {
 impl std::fmt::Display for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Budget::Bytes(b) => write!(f, "{b}B"),
+            Budget::Bytes(b) => f.write_str(&format_size(*b)),
             Budget::Fraction(x) => write!(f, "{x}"),
         }
     }

@@ -53,9 +53,11 @@ pub struct FitOptions {
     pub out: PathBuf,
     /// How the run starts.
     pub start: Start,
-    /// Validation loss, a `metrics.csv` row and a checkpoint every this many steps (0: only
-    /// at the end).
+    /// Validation loss and a `metrics.csv` row every this many steps (0: only at the end).
     pub eval_every: u64,
+    /// A checkpoint every this many steps (0: only at the end; `None`: with every
+    /// evaluation). The last step always gets one.
+    pub save_every: Option<u64>,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
     /// Plan the blocks' variants and remat for a budget (fresh and fine-tuning runs); the
@@ -80,6 +82,7 @@ impl FitOptions {
             out: out.into(),
             start: Start::Fresh,
             eval_every: 500,
+            save_every: None,
             eval_batches: 8,
             budget: None,
             overwrite: false,
@@ -108,6 +111,8 @@ pub enum FitEvent<'a> {
         config: &'a TrainConfig,
         /// Parameters of the model under its policy.
         params: usize,
+        /// Of which train (fewer than `params` when adapters freeze the base).
+        trainable: usize,
         /// Training tokens.
         train_tokens: usize,
         /// Validation tokens.
@@ -123,6 +128,8 @@ pub enum FitEvent<'a> {
         step: u64,
         /// What it measured.
         stats: &'a StepStats,
+        /// The learning rate it used.
+        lr: f64,
     },
     /// An evaluation (also written to `metrics.csv`).
     Evaluated {
@@ -138,7 +145,7 @@ pub enum FitEvent<'a> {
 }
 
 /// What a finished run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct FitSummary {
     /// The step it started from.
     pub first_step: u64,
@@ -146,10 +153,22 @@ pub struct FitSummary {
     pub last_step: u64,
     /// Wall seconds of the training loop (evaluations and checkpoints included).
     pub seconds: f64,
+    /// Seconds inside training steps (forward, backward, update) only.
+    pub step_seconds: f64,
+    /// Training tokens per second over the steps (`batch × seq × steps / step_seconds`).
+    pub tokens_per_second: f64,
     /// The last step's statistics.
     pub last: StepStats,
+    /// The largest step peak of the run ([`crate::memory::MemoryReport::peak_bytes`]).
+    pub peak_bytes: u64,
     /// The last validation loss.
     pub val_loss: f32,
+    /// The lowest validation loss of this run and its step.
+    pub best_val_loss: (u64, f32),
+    /// Trainable parameters (the adapters' alone when the base is frozen) and all parameters.
+    pub params: (usize, usize),
+    /// The last checkpoint written.
+    pub checkpoint: PathBuf,
 }
 
 /// The trainer, its text and where the text came from, for each kind of start.
@@ -239,9 +258,30 @@ fn start(
     Ok((trainer, text, source))
 }
 
-/// Appends `row` to `out/metrics.csv`, writing the header first into a new file.
+/// The columns of `metrics.csv`.
+pub const METRICS_HEADER: &str = "step,train_loss,val_loss,seconds,tokens_per_second,lr";
+
+/// Appends `row` to `out/metrics.csv`, writing the header first into a new file. A file of an
+/// older run with fewer columns gets the current header, its rows padded with empty fields
+/// (through a temporary file and a rename).
 fn append_metrics(out: &Path, row: &str) -> Result<()> {
     let path = out.join("metrics.csv");
+    if let Ok(old) = std::fs::read_to_string(&path) {
+        let header = old.lines().next().unwrap_or("");
+        if !old.is_empty() && header != METRICS_HEADER {
+            let pad = METRICS_HEADER.split(',').count();
+            let mut text = format!("{METRICS_HEADER}\n");
+            for line in old.lines().skip(1) {
+                let fields = line.split(',').count();
+                text.push_str(line);
+                text.push_str(&",".repeat(pad.saturating_sub(fields)));
+                text.push('\n');
+            }
+            let tmp = out.join(format!(".metrics.csv.tmp-{}", std::process::id()));
+            std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
     let mut file = OpenOptions::new()
         .create(true)
         .append(true)
@@ -250,7 +290,8 @@ fn append_metrics(out: &Path, row: &str) -> Result<()> {
     let empty = file.metadata().map(|m| m.len() == 0).unwrap_or(false);
     let mut text = String::new();
     if empty {
-        text.push_str("step,train_loss,val_loss\n");
+        text.push_str(METRICS_HEADER);
+        text.push('\n');
     }
     text.push_str(row);
     text.push('\n');
@@ -260,9 +301,12 @@ fn append_metrics(out: &Path, row: &str) -> Result<()> {
 
 /// Trains as `options` say on `device` (an autodiff device), calling `on_event` as it goes.
 ///
-/// A fresh or fine-tuning run evaluates at step 0; every run evaluates, appends a row to
-/// `out/metrics.csv` (`step,train_loss,val_loss`) and writes a checkpoint
-/// ([`Trainer::save_checkpoint`]) every [`FitOptions::eval_every`] steps and at the end.
+/// A fresh or fine-tuning run evaluates at step 0; every run evaluates and appends a row to
+/// `out/metrics.csv` ([`METRICS_HEADER`]: the step, the last training loss, the validation
+/// loss, wall seconds since the run started, training tokens per second since the previous
+/// row, the learning rate) every [`FitOptions::eval_every`] steps and at the end, and writes a
+/// checkpoint ([`Trainer::save_checkpoint`]) every [`FitOptions::save_every`] steps and at the
+/// end.
 /// Batches are a function of the seed and the step, so a run killed and resumed reaches the
 /// same loss at the same step as an uninterrupted one.
 ///
@@ -331,29 +375,50 @@ pub fn fit(
         prepare_fresh_out(&options.out, options.overwrite)?;
     }
     std::fs::create_dir_all(&options.out).map_err(|e| Error::io(&options.out, e))?;
+    let model_config = config.model_config();
+    let params = model_config.param_count_for(&config.policy);
+    let trainable = crate::model::trainable_shapes(&model_config, &config.policy)
+        .iter()
+        .map(|s| s.iter().product::<usize>())
+        .sum();
     on_event(FitEvent::Started {
         config: &config,
-        params: config.model_config().param_count_for(&config.policy),
+        params,
+        trainable,
         train_tokens: data.train_tokens().len(),
         valid_tokens: data.valid_tokens().len(),
         step: first,
     });
+    let started = Instant::now();
+    let tokens_per_step = (config.batch * config.seq) as f64;
     let mut val_loss = f32::NAN;
+    let mut best = (first, f32::INFINITY);
     if first == 0 {
         val_loss = trainer.evaluate(&data, options.eval_batches);
+        best = (0, val_loss);
         on_event(FitEvent::Evaluated {
             step: 0,
             train_loss: None,
             val_loss,
         });
-        append_metrics(&options.out, &format!("0,,{val_loss}"))?;
+        append_metrics(
+            &options.out,
+            &format!("0,,{val_loss},0,,{}", config.lr_at(0)),
+        )?;
     }
-    let started = Instant::now();
+    let save_every = options.save_every.unwrap_or(options.eval_every);
     let mut last = None;
+    let mut checkpoint = None;
     let mut announced = false;
+    let (mut step_seconds, mut peak_bytes) = (0.0, 0);
+    let (mut row_seconds, mut row_steps) = (0.0, 0u64);
     while trainer.step_count() < options.steps {
+        let lr = config.lr_at(trainer.step_count());
         let batch = trainer.next_batch(&data);
         let stats = trainer.try_step(&batch)?;
+        step_seconds += stats.seconds;
+        (row_seconds, row_steps) = (row_seconds + stats.seconds, row_steps + 1);
+        peak_bytes = peak_bytes.max(stats.memory.peak_bytes);
         if let (Some(plan), false) = (trainer.remat_plan(), announced) {
             announced = true;
             on_event(FitEvent::Schedule(plan));
@@ -362,26 +427,49 @@ pub fn fit(
         on_event(FitEvent::Step {
             step,
             stats: &stats,
+            lr,
         });
-        let at_eval = options.eval_every > 0 && step.is_multiple_of(options.eval_every);
-        if at_eval || step == options.steps {
+        let every = |n: u64| n > 0 && step.is_multiple_of(n);
+        if every(options.eval_every) || step == options.steps {
             val_loss = trainer.evaluate(&data, options.eval_batches);
+            if val_loss < best.1 {
+                best = (step, val_loss);
+            }
             on_event(FitEvent::Evaluated {
                 step,
                 train_loss: Some(stats.loss),
                 val_loss,
             });
-            append_metrics(&options.out, &format!("{step},{},{val_loss}", stats.loss))?;
+            let tps = tokens_per_step * row_steps as f64 / row_seconds.max(1e-12);
+            (row_seconds, row_steps) = (0.0, 0);
+            append_metrics(
+                &options.out,
+                &format!(
+                    "{step},{},{val_loss},{:.3},{tps:.1},{lr}",
+                    stats.loss,
+                    started.elapsed().as_secs_f64()
+                ),
+            )?;
+        }
+        if every(save_every) || step == options.steps {
             let dir = trainer.save_checkpoint(&options.out, &source, options.keep)?;
             on_event(FitEvent::Checkpoint(&dir));
+            checkpoint = Some(dir);
         }
         last = Some(stats);
     }
+    let steps = trainer.step_count() - first;
     Ok(FitSummary {
         first_step: first,
         last_step: trainer.step_count(),
         seconds: started.elapsed().as_secs_f64(),
+        step_seconds,
+        tokens_per_second: tokens_per_step * steps as f64 / step_seconds.max(1e-12),
         last: last.expect("at least one step ran"),
+        peak_bytes,
         val_loss,
+        best_val_loss: best,
+        params: (trainable, params),
+        checkpoint: checkpoint.expect("the last step writes a checkpoint"),
     })
 }
