@@ -16,9 +16,14 @@ pub struct EmbedArgs {
     /// tokenizer.json), e.g. the one `scripts/fetch-minilm.sh` prints.
     #[arg(long)]
     model: PathBuf,
-    /// A text to embed; repeat for several.
-    #[arg(long = "text", required = true)]
+    /// A text to embed; repeat for several. Several texts also print their pairwise
+    /// cosines.
+    #[arg(long = "text")]
     texts: Vec<String>,
+    /// Texts to embed, one a line (blank lines skipped), after those of --text; `-` reads
+    /// standard input.
+    #[arg(long)]
+    file: Option<PathBuf>,
     /// Texts per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -35,6 +40,19 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     if args.batch == 0 {
         bail!("invalid --batch 0: expected at least 1");
     }
+    let from_file = match &args.file {
+        None => String::new(),
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::read_to_string(std::io::stdin()).context("--file -: reading standard input")?
+        }
+        Some(p) => std::fs::read_to_string(p).with_context(|| format!("--file {}", p.display()))?,
+    };
+    if args.texts.is_empty() && from_file.trim().is_empty() {
+        match &args.file {
+            None => bail!("no texts: give --text TEXT (repeatable) or --file PATH (- for stdin)"),
+            Some(p) => bail!("--file {}: no non-blank lines to embed", p.display()),
+        }
+    }
     let device = memtrain::device::parse_device(&args.device)?;
     let start = Instant::now();
     let model = Bert::load(&args.model, &device)
@@ -42,7 +60,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let tokenizer = BertTokenizer::from_dir(&args.model)
         .with_context(|| format!("loading the tokenizer from {}", args.model.display()))?;
     let loaded = start.elapsed();
-    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let texts: Vec<&str> = args
+        .texts
+        .iter()
+        .map(String::as_str)
+        .chain(from_file.lines().filter(|l| !l.trim().is_empty()))
+        .collect();
     let start = Instant::now();
     let embeddings = model.embed_texts(&tokenizer, &texts, args.batch, &device)?;
     eprintln!(
@@ -56,7 +79,7 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&embeddings)?);
         return Ok(());
     }
-    for (text, e) in texts.iter().zip(&embeddings) {
+    for (i, (text, e)) in texts.iter().zip(&embeddings).enumerate() {
         let norm = e.iter().map(|x| x * x).sum::<f32>().sqrt();
         let head: Vec<String> = e
             .iter()
@@ -64,10 +87,51 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             .map(|x| format!("{x:+.4}"))
             .collect();
         println!(
-            "[{} ...] dim {} norm {norm:.4}  {text:?}",
+            "{i:>3} [{} ...] dim {} norm {norm:.4}  {text:?}",
             head.join(" "),
             e.len()
         );
     }
+    print_cosines(&embeddings);
     Ok(())
+}
+
+/// Texts up to which the pairwise cosines print as a matrix; beyond, as `i j cosine` lines.
+const MATRIX_TEXTS: usize = 8;
+
+/// The cosine of every pair of embeddings (the model's are unit vectors, so the cosine is
+/// computed from the norms anyway): a matrix for a few texts, `i j cosine` lines for more.
+fn print_cosines(e: &[Vec<f32>]) {
+    let n = e.len();
+    if n < 2 {
+        return;
+    }
+    let cos = |i: usize, j: usize| {
+        let dot = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum::<f64>()
+        };
+        dot(&e[i], &e[j])
+            / (dot(&e[i], &e[i]) * dot(&e[j], &e[j]))
+                .sqrt()
+                .max(f64::MIN_POSITIVE)
+    };
+    if n <= MATRIX_TEXTS {
+        println!("cosine");
+        let head: Vec<String> = (0..n).map(|j| format!("{j:>8}")).collect();
+        println!("{:>3} {}", "", head.join(""));
+        for i in 0..n {
+            let row: Vec<String> = (0..n).map(|j| format!("{:>8.4}", cos(i, j))).collect();
+            println!("{i:>3} {}", row.join(""));
+        }
+        return;
+    }
+    println!("  i   j  cosine");
+    for i in 0..n {
+        for j in i + 1..n {
+            println!("{i:>3} {j:>3} {:>7.4}", cos(i, j));
+        }
+    }
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use memtrain::bert::{ModelStats, compare_embeddings, text_lines};
+use memtrain::bert::{ModelStats, compare_embeddings_with, text_lines};
+
+use crate::output::{Progress, human_bytes};
 
 #[derive(Args, Debug)]
 pub struct EvalEmbedArgs {
@@ -23,7 +25,8 @@ pub struct EvalEmbedArgs {
     /// Lines per forward pass.
     #[arg(long, default_value_t = 32)]
     batch: usize,
-    /// Print the report as JSON.
+    /// Print the report as JSON (sizes in bytes, keys ending `_bytes`; the table prints
+    /// them in KiB/MiB/GiB).
     #[arg(long)]
     json: bool,
     /// Where to run: cpu, wgpu, wgpu:cpu, cuda or cuda:N (the GPU ones need a build with
@@ -51,25 +54,34 @@ pub fn run(args: EvalEmbedArgs) -> Result<()> {
             texts.len()
         );
     }
-    let report = compare_embeddings(
+    let mut progress: Option<Progress> = None;
+    let report = compare_embeddings_with(
         &args.model,
         args.compressed.as_deref(),
         &texts,
         args.batch,
         &memtrain::device::parse_device(&args.device)?,
+        |done, total| {
+            progress
+                .get_or_insert_with(|| Progress::new("eval-embed: line", total as u64))
+                .set(done as u64, "")
+        },
     )?;
+    drop(progress);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let row = |name: &str, s: &ModelStats| {
         println!(
-            "{name:<11} {:>10} params {:>11} bytes (linears {:>10}{}) encode {:.2} s",
+            "{name:<11} {:>10} params {:>10} (linears {:>10}{}) encode {:.2} s",
             s.params,
-            s.model_bytes,
-            s.linear_bytes,
-            s.packed_bytes
-                .map_or(String::new(), |p| format!(", packed model {p}")),
+            human_bytes(s.model_bytes as u64),
+            human_bytes(s.linear_bytes as u64),
+            s.packed_bytes.map_or(String::new(), |p| format!(
+                ", packed model {}",
+                human_bytes(p as u64)
+            )),
             s.encode_seconds
         )
     };

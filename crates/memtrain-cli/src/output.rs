@@ -1,8 +1,11 @@
 //! What the subcommands share in their output: units, the memory report, and writing files.
 
+use std::io::IsTerminal;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use memtrain::memory::MemoryReport;
 
 /// Bytes in MiB.
@@ -33,5 +36,119 @@ pub fn print_report(r: &MemoryReport) {
         ("peak_bytes", r.peak_bytes),
     ] {
         println!("  {name:<17} {:>10.2}", mib(v));
+    }
+}
+
+/// Bytes as KiB, MiB or GiB, whichever reads best (plain bytes below 1 KiB).
+pub fn human_bytes(bytes: u64) -> String {
+    const KIB: f64 = 1024.0;
+    let b = bytes as f64;
+    if b < KIB {
+        format!("{bytes} B")
+    } else if b < KIB * KIB {
+        format!("{:.1} KiB", b / KIB)
+    } else if b < KIB * KIB * KIB {
+        format!("{:.2} MiB", b / (KIB * KIB))
+    } else {
+        format!("{:.2} GiB", b / (KIB * KIB * KIB))
+    }
+}
+
+/// A compression factor, `before / after`, as every `ratio` column prints it: `4.00x`
+/// (below `1.00x` the result is larger than what it replaced).
+pub fn factor(before: usize, after: usize) -> f64 {
+    before as f64 / after.max(1) as f64
+}
+
+/// Seconds between two plain progress lines when stderr is not a terminal, unless the
+/// environment variable `MEMTRAIN_PROGRESS_SECONDS` says otherwise (0: a line per update).
+const PLAIN_EVERY_SECONDS: f64 = 5.0;
+
+/// Progress of a long step on stderr with an estimate of the time left: a bar on a terminal;
+/// elsewhere (a log file, CI, `nohup`) a plain line now and then (`PLAIN_EVERY_SECONDS`), so
+/// that logs hold no control characters. Dropping it clears the bar.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    label: String,
+    len: u64,
+    start: Instant,
+    last_line: Instant,
+    every: Duration,
+}
+
+impl Progress {
+    /// Progress over `len` units, shown as `{label} {pos}/{len}` (e.g. label `compress: layer`).
+    pub fn new(label: &str, len: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let style = ProgressStyle::with_template(
+                "{prefix} {pos}/{len} {bar:30} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("a valid template");
+            ProgressBar::new(len)
+                .with_style(style)
+                .with_prefix(label.to_string())
+                .with_finish(ProgressFinish::AndClear)
+        });
+        let every = std::env::var("MEMTRAIN_PROGRESS_SECONDS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(PLAIN_EVERY_SECONDS);
+        let now = Instant::now();
+        Progress {
+            bar,
+            label: label.to_string(),
+            len,
+            start: now,
+            last_line: now,
+            every: Duration::from_secs_f64(every),
+        }
+    }
+
+    /// Changes the total (for work whose size is known only once it starts).
+    pub fn set_total(&mut self, len: u64) {
+        self.len = len;
+        if let Some(bar) = &self.bar {
+            bar.set_length(len);
+        }
+    }
+
+    /// Shows `pos` of the total done, with `msg` beside it.
+    pub fn set(&mut self, pos: u64, msg: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(pos);
+            bar.set_message(msg.to_string());
+            return;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_line) < self.every {
+            return;
+        }
+        self.last_line = now;
+        let elapsed = now.duration_since(self.start).as_secs_f64();
+        let eta = match pos {
+            0 => "?".to_string(),
+            p => format!(
+                "{:.1} s",
+                elapsed / p as f64 * self.len.saturating_sub(p) as f64
+            ),
+        };
+        let msg = if msg.is_empty() {
+            String::new()
+        } else {
+            format!(" {msg}")
+        };
+        eprintln!(
+            "{} {pos}/{}{msg} ({elapsed:.1} s elapsed, ETA {eta})",
+            self.label, self.len
+        );
+    }
+
+    /// Runs `f` (which prints) with the bar hidden, so that its lines do not garble it.
+    pub fn suspend<R>(&self, f: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(f),
+            None => f(),
+        }
     }
 }

@@ -49,6 +49,55 @@ fn should_compress_a_checkpoint_and_fine_tune_it() {
         text.contains("weights=ttm:4,") && text.contains("step 4"),
         "{text}"
     );
+    // The ratio column is a compression factor; off a terminal the progress is plain lines
+    // (here one per layer), with no control characters.
+    let out = memtrain()
+        .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+        .args(["compress", "--from", from, "--rank", "4"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("block.0.mlp.fc"))
+        .unwrap();
+    let ratio: f64 = row
+        .split_whitespace()
+        .nth(4)
+        .unwrap()
+        .trim_end_matches('x')
+        .parse()
+        .unwrap();
+    assert!(ratio > 1.0 && !row.contains('%'), "{row}");
+    assert!(stdout.contains("(ratio "), "{stdout}");
+    for i in 1..=4 {
+        assert!(
+            stderr.contains(&format!("compress: layer {i}/4 ")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("ETA") && !stderr.contains('\x1b'),
+        "{stderr:?}"
+    );
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    // An accuracy the TT cores can only meet at full rank makes every layer larger: a
+    // warning for each, naming it and its ratio.
+    let out = run_ok(&["compress", "--from", from, "--eps", "0.001", "--all"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 8, "{stderr}");
+    assert!(
+        warnings[0].contains("block.0.attn.qkv") && warnings[0].contains("0.91x"),
+        "{stderr}"
+    );
     // Accuracy-driven, all linears, JSON: every layer within eps.
     let out = run_ok(&[
         "compress", "--from", from, "--eps", "0.5", "--all", "--json",
@@ -192,6 +241,34 @@ fn should_compress_a_bert_or_reject_bad_input() {
     ]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["layers"].as_array().unwrap().len(), 36);
+    // One-shot: a layer at a time, with an estimate of the rest, plain off a terminal.
+    let out = memtrain()
+        .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+        .args([
+            "compress", "--model", model, "--method", "svd", "--ratio", "4",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("compress: layer 1/36 encoder.layer.0.attention.self.query (")
+            && stderr.contains("compress: layer 36/36 "),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\x1b') && !stderr.contains("warning:"),
+        "{stderr:?}"
+    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("encoder.layer."))
+        .collect();
+    assert_eq!(rows.len(), 36, "{stdout}");
+    assert!(rows.iter().all(|r| r.contains("x ")), "{stdout}");
     let (before, after) = (
         report["linear_params_before"].as_u64().unwrap(),
         report["linear_params_after"].as_u64().unwrap(),
@@ -211,6 +288,39 @@ fn should_compress_a_bert_or_reject_bad_input() {
     ]);
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["lines"], 12);
+    // The table prints sizes in MiB (the JSON keeps bytes), with progress over both models.
+    let out = memtrain()
+        .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+        .args([
+            "eval-embed",
+            "--model",
+            model,
+            "--compressed",
+            compressed.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--lines",
+            "12",
+            "--batch",
+            "6",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    let original = stdout.lines().find(|l| l.starts_with("original")).unwrap();
+    let mib = eval["original"]["model_bytes"].as_f64().unwrap() / (1024.0 * 1024.0);
+    assert!(original.contains(&format!("{mib:.2} MiB")), "{original}");
+    assert!(!original.contains(" bytes"), "{original}");
+    for done in [6, 12, 18, 24] {
+        assert!(
+            stderr.contains(&format!("eval-embed: line {done}/24 ")),
+            "{stderr}"
+        );
+    }
     let cos = eval["mean_cosine"].as_f64().unwrap();
     assert!(cos > 0.0 && cos <= 1.0 + 1e-6, "mean cosine {cos}");
     let agree = eval["neighbour_agreement"].as_f64().unwrap();

@@ -20,33 +20,65 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
     );
     let quick = ["--steps", "20", "--batch", "256", "--rank", "4"];
 
+    // Off a terminal, progress is plain lines (here one per step): no control characters.
     let mut args = vec!["index", "build", "--data", d_s, "--out", idx_s];
     args.extend_from_slice(&quick);
-    let out = run(&args);
+    let out = memtrain()
+        .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+        .args(&args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fit: step 20/20 SW² "), "{stderr}");
+    assert!(stderr.contains("ETA"), "{stderr}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !stderr.contains('\x1b') && !stderr.contains('\r'),
+        "{stderr:?}"
     );
-    let out = run_ok(&[
-        "index",
-        "query",
-        "--index",
-        idx_s,
-        "--queries",
-        q_s,
-        "--json",
-        "--beam",
-        "4",
-        "--probe",
-        "32",
-    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("indexed 600 points"), "{stdout}");
+    let query = ["index", "query", "--index", idx_s, "--queries", q_s];
+    let search = ["--beam", "4", "--probe", "32"];
+    let out = run_ok(&[&query[..], &search, &["--json"]].concat());
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 40);
     assert!(
         rows.iter()
             .all(|r| r["ids"].as_array().unwrap().len() == 10)
+    );
+    // The plain output: `query I: ID (DISTANCE) ...`, the same neighbours as the JSON.
+    let out = run_ok(&[&query[..], &search].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 40, "{stdout}");
+    for (line, row) in stdout.lines().zip(rows) {
+        let cells: Vec<&str> = line.split(": ").nth(1).unwrap().split(' ').collect();
+        assert_eq!(cells.len(), 20, "{line}");
+        for (k, pair) in cells.chunks(2).enumerate() {
+            assert_eq!(pair[0], row["ids"][k].to_string(), "{line}");
+            let d: f64 = pair[1]
+                .trim_start_matches('(')
+                .trim_end_matches(')')
+                .parse()
+                .unwrap();
+            let want = row["distances"][k].as_f64().unwrap();
+            assert!((d - want).abs() < 1e-3 * want.max(1.0), "{line}");
+        }
+    }
+    // --limit: the first N points only; 0 is a mistake naming it.
+    let mut args = vec![
+        "index", "build", "--data", d_s, "--out", idx_s, "--limit", "100",
+    ];
+    args.extend_from_slice(&quick);
+    let out = run_ok(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("indexed 100 points"), "{stdout}");
+    run_err(
+        &[
+            "index", "build", "--data", d_s, "--out", idx_s, "--limit", "0",
+        ],
+        "--limit",
     );
 
     // Bad input: a shape too small, NaN, no points, a query of another dimension, a
@@ -129,12 +161,15 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
         "2",
     ];
     args.extend_from_slice(&quick);
-    let out = run(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = memtrain()
+        .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+        .args(&args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fit: step 20/20"), "{stderr}");
+    assert!(!stderr.contains('\x1b'), "{stderr:?}");
     let rows: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let mut methods = std::collections::BTreeSet::new();
     for row in rows.as_array().unwrap() {

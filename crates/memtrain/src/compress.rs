@@ -64,9 +64,26 @@ fn rel_error(before: Tensor<2>, after: Tensor<2>) -> f64 {
 /// [`crate::Error::Config`] for a bad truncation or widths that do not split into three
 /// modes.
 pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<LayerReport>)> {
+    gpt_to_ttm_with(model, trunc, all, |_, _| {})
+}
+
+/// As [`gpt_to_ttm`], calling `on_layer(report, total)` after each layer, `total` being the
+/// number of layers it converts (for a progress display).
+///
+/// # Errors
+///
+/// As [`gpt_to_ttm`].
+pub fn gpt_to_ttm_with(
+    model: Gpt,
+    trunc: Truncation,
+    all: bool,
+    mut on_layer: impl FnMut(&LayerReport, usize),
+) -> Result<(Gpt, Vec<LayerReport>)> {
+    let picked = |name: &str| name.contains(".mlp.") || all;
+    let total = model.linear_names().iter().filter(|n| picked(n)).count();
     let mut report = Vec::new();
     let model = model.try_map_linears(|name, layer| {
-        if !(name.contains(".mlp.") || all) {
+        if !picked(name) {
             return Ok(layer);
         }
         let (before, dense, bias, m) = match layer {
@@ -115,6 +132,7 @@ pub fn gpt_to_ttm(model: Gpt, trunc: Truncation, all: bool) -> Result<(Gpt, Vec<
             ranks: m.ranks(),
             rel_error: rel_error(dense, after),
         });
+        on_layer(report.last().expect("just pushed"), total);
         Ok(LinearLayer::Tt(
             TtLinearConfig::for_matrix(&m, bias.is_some()).init_from_matrix(&m, bias)?,
         ))
@@ -140,7 +158,7 @@ pub struct CheckpointCompression {
 /// Compresses the newest checkpoint in the run directory `from` ([`gpt_to_ttm`]) and, with
 /// `out`, writes it as a checkpoint there: same step, fresh optimizer, the policy's weights
 /// `weights=ttm:RANK[:all]` (one rank for every layer), so that training resumes from it and
-/// fine-tunes the TT cores.
+/// fine-tunes the TT cores. `on_layer` is called after each layer as in [`gpt_to_ttm_with`].
 ///
 /// ```no_run
 /// use std::path::Path;
@@ -150,7 +168,7 @@ pub struct CheckpointCompression {
 ///
 /// # fn main() -> memtrain::Result<()> {
 /// let device = Device::flex().autodiff();
-/// let c = compress_checkpoint(Path::new("run1"), Truncation::rank(32), false, Some(Path::new("run1-tt")), &device)?;
+/// let c = compress_checkpoint(Path::new("run1"), Truncation::rank(32), false, Some(Path::new("run1-tt")), &device, |_, _| {})?;
 /// println!("{} -> {} parameters", c.model_params_before, c.model_params_after);
 /// # Ok(())
 /// # }
@@ -166,6 +184,7 @@ pub fn compress_checkpoint(
     all: bool,
     out: Option<&Path>,
     device: &Device,
+    on_layer: impl FnMut(&LayerReport, usize),
 ) -> Result<CheckpointCompression> {
     let rank_alone = trunc.max_rank.filter(|_| trunc.eps == 0.0);
     let rank = match (out, rank_alone) {
@@ -182,7 +201,7 @@ pub fn compress_checkpoint(
     let (trainer, state) = Trainer::resume(from, device)?;
     let model = trainer.model().clone();
     drop(trainer);
-    let (compressed, layers) = gpt_to_ttm(model, trunc, all)?;
+    let (compressed, layers) = gpt_to_ttm_with(model, trunc, all, on_layer)?;
     let model_params_before = state
         .config
         .model_config()

@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use memtrain::bert::{
-    CompressMethod, CompressParams, CompressedManifest, Iterative, IterativeParams, LayerReport,
-    compress_model, distill_lines, save_compressed,
+    BertConfig, CompressMethod, CompressParams, CompressedManifest, Iterative, IterativeParams,
+    LayerReport, compress_model, distill_lines, save_compressed,
 };
 
-use super::{CompressArgs, DEFAULT_DATA};
+use super::{CompressArgs, DEFAULT_DATA, warn_if_larger};
+use crate::output::{Progress, factor};
 
 fn print_row(r: &LayerReport) {
     println!(
@@ -18,7 +19,7 @@ fn print_row(r: &LayerReport) {
         r.rank,
         r.params_before,
         r.params_after,
-        r.params_before as f64 / r.params_after as f64,
+        factor(r.params_before, r.params_after),
         r.rel_error,
         r.ptq_rel_error
             .map_or("-".to_string(), |e| format!("{e:.4}")),
@@ -93,27 +94,54 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         );
     }
     let json = args.json;
+    // One-shot compression reports each layer as it is done; the iterative one reports its
+    // stages through `on_progress` and the layers at the end.
+    let mut progress = match (&iterative, BertConfig::from_file(dir.join("config.json"))) {
+        (None, Ok(config)) => Some(Progress::new(
+            "compress: layer",
+            config.linear_count() as u64,
+        )),
+        _ => None,
+    };
+    let mut done = 0;
     let (model, summary) = compress_model(
         dir,
         &params,
         iterative,
         &memtrain::device::parse_device(&args.device)?,
         |r| {
-            if !json {
-                print_row(r)
+            done += 1;
+            let show = || {
+                warn_if_larger(
+                    &r.name,
+                    r.params_before,
+                    r.params_after,
+                    "a larger --ratio makes it smaller",
+                );
+                if !json {
+                    print_row(r)
+                }
+            };
+            match &mut progress {
+                Some(p) => {
+                    p.suspend(show);
+                    p.set(done, &r.name);
+                }
+                None => show(),
             }
         },
         |msg| eprintln!("{msg}"),
     )
     .with_context(|| format!("compressing {}", dir.display()))?;
+    drop(progress);
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "encoder linears: {} -> {} weight parameters ({:.2}x fewer), mean rel. error {:.4}{}; model {} -> {} parameters; {:.1} s",
+            "encoder linears: {} -> {} weight parameters (ratio {:.2}x), mean rel. error {:.4}{}; model {} -> {} parameters; {:.1} s",
             summary.linear_params_before,
             summary.linear_params_after,
-            summary.linear_params_before as f64 / summary.linear_params_after as f64,
+            factor(summary.linear_params_before, summary.linear_params_after),
             summary.mean_rel_error,
             summary
                 .mean_ptq_rel_error

@@ -6,7 +6,8 @@ use anyhow::{Context, Result, bail};
 use memtrain::compress::compress_checkpoint;
 use memtrain::tt::Truncation;
 
-use super::CompressArgs;
+use super::{CompressArgs, warn_if_larger};
+use crate::output::{Progress, factor};
 
 pub(super) fn run(args: &CompressArgs, from: &Path) -> Result<()> {
     let bert_flags = [
@@ -39,8 +40,30 @@ pub(super) fn run(args: &CompressArgs, from: &Path) -> Result<()> {
         );
     }
     let device = memtrain::device::parse_device(&args.device)?.autodiff();
-    let c = compress_checkpoint(from, trunc, args.all, args.out.as_deref(), &device)
-        .context("--from")?;
+    let mut progress: Option<Progress> = None;
+    let mut done = 0;
+    let c = compress_checkpoint(
+        from,
+        trunc,
+        args.all,
+        args.out.as_deref(),
+        &device,
+        |l, total| {
+            let p = progress.get_or_insert_with(|| Progress::new("compress: layer", total as u64));
+            done += 1;
+            p.set(done, &l.name);
+            p.suspend(|| {
+                warn_if_larger(
+                    &l.name,
+                    l.params_before,
+                    l.params_after,
+                    "a lower --rank or a larger --eps makes it smaller",
+                )
+            });
+        },
+    )
+    .context("--from")?;
+    drop(progress);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&c.layers)?);
         return Ok(());
@@ -62,12 +85,12 @@ pub(super) fn run(args: &CompressArgs, from: &Path) -> Result<()> {
     );
     for l in &c.layers {
         println!(
-            "{:<20} {:>13} {:>11} {:>9} {:>6.1}% {:<18} {:>10.4}",
+            "{:<20} {:>13} {:>11} {:>9} {:>6.2}x {:<18} {:>10.4}",
             l.name,
             format!("{}x{}", l.shape[0], l.shape[1]),
             l.params_before,
             l.params_after,
-            100.0 * l.params_after as f64 / l.params_before as f64,
+            factor(l.params_before, l.params_after),
             format!("{:?}", l.ranks),
             l.rel_error
         );
@@ -76,8 +99,10 @@ pub(super) fn run(args: &CompressArgs, from: &Path) -> Result<()> {
         (a + l.params_before, b + l.params_after)
     });
     println!(
-        "compressed weights: {before} -> {after} parameters; model {} -> {}",
-        c.model_params_before, c.model_params_after
+        "compressed weights: {before} -> {after} parameters (ratio {:.2}x); model {} -> {}",
+        factor(before, after),
+        c.model_params_before,
+        c.model_params_after
     );
     if let (Some(dir), Some(out)) = (&c.written, &args.out) {
         let (dir, out) = (dir.display(), out.display());

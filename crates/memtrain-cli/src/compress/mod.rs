@@ -89,3 +89,16 @@ pub fn run(args: CompressArgs) -> Result<()> {
         (Some(from), None) => gpt::run(&args, from),
     }
 }
+
+/// A warning line on stderr when compressing layer `name` left it with more weight
+/// parameters than it had (a compression factor below 1x), ending with `hint`.
+fn warn_if_larger(name: &str, before: usize, after: usize, hint: &str) {
+    if after > before {
+        eprintln!(
+            "warning: {name} got larger: {before} -> {after} weight parameters ({:.2}x, {:.1}% of \
+             its size); {hint}",
+            crate::output::factor(before, after),
+            100.0 * after as f64 / before as f64
+        );
+    }
+}

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use memtrain_index::{TtIndex, fit, io};
 
 use super::{CloudArgs, check_cloud, fit_config, load, shape_of, show};
+use crate::output::human_bytes;
 
 #[derive(Args, Debug)]
 pub struct BuildArgs {
@@ -17,13 +18,23 @@ pub struct BuildArgs {
     data: PathBuf,
     #[command(flatten)]
     cloud: CloudArgs,
+    /// Index only the first N points of --data.
+    #[arg(long)]
+    limit: Option<usize>,
     /// Where to write the index.
     #[arg(long)]
     out: PathBuf,
 }
 
 pub(super) fn run(args: BuildArgs) -> Result<()> {
+    if args.limit == Some(0) {
+        bail!("invalid --limit: got 0, expected at least 1 point");
+    }
     let (points, _) = load(&args.data, "--data")?;
+    let points = match args.limit {
+        Some(n) if n < points.len() => points.head(n),
+        _ => points,
+    };
     let (shape, leaf) = shape_of(&args.cloud, points.len())?;
     check_cloud(&args.cloud, &shape, leaf, points.len(), points.dim())?;
     let mut bar = None;
@@ -33,17 +44,18 @@ pub(super) fn run(args: BuildArgs) -> Result<()> {
     })
     .context("training the TT cloud")?;
     drop(bar);
-    let seconds = start.elapsed().as_secs_f64();
+    eprintln!("trained the cloud; building the inverted lists...");
     let index = TtIndex::build(cloud, &points, leaf)?;
+    let seconds = start.elapsed().as_secs_f64();
     io::save(&index, &args.out).context("--out")?;
     println!(
         "indexed {} points of dimension {} in {seconds:.1} s: shape {shape:?}, ranks {:?}, {} leaves, \
-         {} structure bytes; wrote {}",
+         structure {}; wrote {}",
         points.len(),
         points.dim(),
         index.cloud().ranks(),
         index.leaves(),
-        index.structure_bytes(),
+        human_bytes(index.structure_bytes() as u64),
         args.out.display()
     );
     Ok(())

@@ -14,9 +14,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressFinish, ProgressStyle};
 use memtrain_index::data::{FASHION_MNIST_DIR, Points, read_fashion_mnist, read_npy};
 use memtrain_index::{FitConfig, FitProgress, check_capacity, check_memory};
+
+use crate::output::Progress;
 
 #[derive(Args, Debug)]
 pub struct IndexArgs {
@@ -142,18 +143,12 @@ pub(super) fn fit_config(args: &CloudArgs) -> FitConfig {
     }
 }
 
-/// Shows a training step on `bar`, drawn from the first step; dropping the bar clears it.
-pub(super) fn show(bar: &mut Option<ProgressBar>, p: &FitProgress) {
-    let bar = bar.get_or_insert_with(|| {
-        let style = ProgressStyle::with_template("fit {bar:30} {pos}/{len} {msg} [{elapsed}]")
-            .expect("a valid template");
-        ProgressBar::new(p.steps as u64)
-            .with_style(style)
-            .with_finish(ProgressFinish::AndClear)
-    });
-    bar.set_position(p.step as u64);
-    bar.set_message(format!(
-        "SW² {:.4} NN {:.4}",
-        p.sliced_wasserstein, p.nearest
-    ));
+/// Shows a training step on `bar` ([`Progress`]: a bar on a terminal, a plain line now and
+/// then elsewhere), made at the first step; dropping it clears the bar.
+pub(super) fn show(bar: &mut Option<Progress>, p: &FitProgress) {
+    let bar = bar.get_or_insert_with(|| Progress::new("fit: step", p.steps as u64));
+    bar.set(
+        p.step as u64,
+        &format!("SW² {:.4} NN {:.4}", p.sliced_wasserstein, p.nearest),
+    );
 }

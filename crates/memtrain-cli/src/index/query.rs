@@ -10,7 +10,8 @@ use super::load;
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// An index written by `memtrain index build`.
+    /// An index written by `memtrain index build`. Each query prints a line
+    /// `query I: ID (DISTANCE) ...`, nearest first, distances Euclidean.
     #[arg(long)]
     index: PathBuf,
     /// Queries: a float32 [Q, D] .npy file, or a Fashion-MNIST directory (its test images).
@@ -64,7 +65,10 @@ pub(super) fn run(args: QueryArgs) -> Result<()> {
         .collect::<memtrain_index::Result<Vec<_>>>()?;
     if !args.json {
         for (i, f) in found.iter().enumerate() {
-            let ids: Vec<String> = f.iter().map(|p| p.1.to_string()).collect();
+            let ids: Vec<String> = f
+                .iter()
+                .map(|p| format!("{} ({:.4})", p.1, p.0.max(0.0).sqrt()))
+                .collect();
             println!("query {i}: {}", ids.join(" "));
         }
         return Ok(());

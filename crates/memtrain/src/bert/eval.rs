@@ -80,10 +80,11 @@ fn stats(
     batch: usize,
     bits: Option<u32>,
     device: &Device,
+    on_batch: &mut dyn FnMut(usize),
 ) -> Result<(Vec<Vec<f32>>, ModelStats)> {
     model.embed_texts(tokenizer, &texts[..texts.len().min(batch)], batch, device)?;
     let start = Instant::now();
-    let e = model.embed_texts(tokenizer, texts, batch, device)?;
+    let e = model.embed_texts_with(tokenizer, texts, batch, device, on_batch)?;
     let encode_seconds = start.elapsed().as_secs_f64();
     let params = model.num_params();
     let linear_params: usize = model
@@ -161,6 +162,23 @@ pub fn compare_embeddings(
     batch: usize,
     device: &Device,
 ) -> Result<EmbedReport> {
+    compare_embeddings_with(model_dir, compressed_dir, texts, batch, device, |_, _| {})
+}
+
+/// As [`compare_embeddings`], calling `on_lines(done, total)` after each batch: lines encoded
+/// so far by either model, out of `total` (the lines once per model, for a progress display).
+///
+/// # Errors
+///
+/// As [`compare_embeddings`].
+pub fn compare_embeddings_with(
+    model_dir: &Path,
+    compressed_dir: Option<&Path>,
+    texts: &[&str],
+    batch: usize,
+    device: &Device,
+    mut on_lines: impl FnMut(usize, usize),
+) -> Result<EmbedReport> {
     if texts.len() < 2 {
         return Err(Error::config(
             "lines",
@@ -176,7 +194,16 @@ pub fn compare_embeddings(
     let compressed = compressed_dir
         .map(|dir| load_compressed(dir, device))
         .transpose()?;
-    let (e0, s0) = stats(&original, &tokenizer, texts, batch, None, device)?;
+    let total = texts.len() * if compressed.is_some() { 2 } else { 1 };
+    let (e0, s0) = stats(
+        &original,
+        &tokenizer,
+        texts,
+        batch,
+        None,
+        device,
+        &mut |done| on_lines(done, total),
+    )?;
     let mut report = EmbedReport {
         lines: texts.len(),
         original: s0,
@@ -188,7 +215,15 @@ pub fn compare_embeddings(
         neighbour_agreement: None,
     };
     if let Some((model, manifest)) = &compressed {
-        let (e1, s1) = stats(model, &tokenizer, texts, batch, manifest.bits, device)?;
+        let (e1, s1) = stats(
+            model,
+            &tokenizer,
+            texts,
+            batch,
+            manifest.bits,
+            device,
+            &mut |done| on_lines(texts.len() + done, total),
+        )?;
         let cos: Vec<f64> = e0.iter().zip(&e1).map(|(a, b)| dot(a, b)).collect();
         let agree = nearest(&e0)
             .iter()

@@ -44,7 +44,9 @@ pub use compress::{
 };
 pub use config::{BertActivation, BertConfig};
 pub use distill::{IterativeParams, StageReport, compress_bert_iterative};
-pub use eval::{EmbedReport, ModelStats, compare_embeddings, packed_bytes, text_lines};
+pub use eval::{
+    EmbedReport, ModelStats, compare_embeddings, compare_embeddings_with, packed_bytes, text_lines,
+};
 pub use model::{Bert, BertEmbeddings, BertLayer};
 pub use pipeline::{CompressSummary, HELD_OUT_LINES, Iterative, compress_model, distill_lines};
 pub use tokenizer::{BertInput, BertTokenizer};

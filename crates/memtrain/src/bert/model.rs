@@ -323,6 +323,23 @@ impl Bert {
         batch_size: usize,
         device: &Device,
     ) -> Result<Vec<Vec<f32>>> {
+        self.embed_texts_with(tokenizer, texts, batch_size, device, |_| {})
+    }
+
+    /// As [`Bert::embed_texts`], calling `on_batch(done)` after each batch with the number
+    /// of texts embedded so far (for a progress display).
+    ///
+    /// # Errors
+    ///
+    /// As [`Bert::embed_texts`].
+    pub fn embed_texts_with(
+        &self,
+        tokenizer: &BertTokenizer,
+        texts: &[&str],
+        batch_size: usize,
+        device: &Device,
+        mut on_batch: impl FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>> {
         if batch_size == 0 {
             return Err(Error::config("batch size", 0, "at least 1"));
         }
@@ -335,6 +352,7 @@ impl Bert {
             let d = e.dims()[1];
             let flat: Vec<f32> = e.into_data().iter::<f32>().collect();
             out.extend(flat.chunks(d).map(<[f32]>::to_vec));
+            on_batch(out.len());
         }
         Ok(out)
     }
@@ -349,6 +367,12 @@ impl BertConfig {
     pub fn init(&self, device: &Device) -> Result<Bert> {
         self.validate()?;
         Ok(Bert::new(self, device))
+    }
+
+    /// The encoder linears of this geometry ([`compress_bert`](super::compress_bert)
+    /// factorizes each): six a layer.
+    pub fn linear_count(&self) -> usize {
+        LINEAR_NAMES.len() * self.n_layers
     }
 }
 
