@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use memtrain::policy::MemoryPolicy;
 use memtrain::run::{Analytic, BenchConfig, BenchReport, BenchRow, bench};
 
@@ -54,14 +53,21 @@ fn parse_policies(spec: &str) -> Result<Vec<MemoryPolicy>> {
     Ok(policies)
 }
 
-fn print_table(rows: &[BenchRow]) {
+/// The name of each row in the table: the keys that differ from plain burn (as typed, in
+/// canonical order), or with `--budget` which of the three it is.
+fn labels(report: &BenchReport) -> Vec<String> {
+    if report.plan.is_some() {
+        ["plain burn", "best uniform", "plan"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        report.policies.iter().map(MemoryPolicy::short).collect()
+    }
+}
+
+fn print_table(rows: &[BenchRow], labels: &[String]) {
     let base = &rows[0];
-    let name_w = rows
-        .iter()
-        .map(|r| r.policy.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let name_w = labels.iter().map(String::len).max().unwrap_or(6).max(6);
     println!(
         "{:<name_w$}  {:>9} {:>9} {:>9} {:>10} {:>9} {:>10} {:>8}  {:>7} {:>7} {:>7}",
         "policy",
@@ -76,10 +82,10 @@ fn print_table(rows: &[BenchRow]) {
         "peak x",
         "time x"
     );
-    for r in rows {
+    for (r, label) in rows.iter().zip(labels) {
         println!(
             "{:<name_w$}  {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1} {:>10.3} {:>8.4}  {:>7.3} {:>7.3} {:>7.3}",
-            r.policy,
+            label,
             mib(r.param_bytes),
             mib(r.grad_bytes),
             mib(r.optimizer_bytes),
@@ -92,31 +98,28 @@ fn print_table(rows: &[BenchRow]) {
             r.step_seconds_median / base.step_seconds_median,
         );
     }
-    println!("(memory in MiB; ratios to the first policy, measured in this run)");
+    println!(
+        "(memory in MiB; x: ratio to the first row, measured in this run; --json has each full policy)"
+    );
 }
 
-fn print_analytic(report: &BenchReport) {
-    let w = report
-        .rows
-        .iter()
-        .map(|r| r.policy.len())
-        .max()
-        .unwrap_or(6);
+fn print_analytic(report: &BenchReport, labels: &[String]) {
+    let w = labels.iter().map(String::len).max().unwrap_or(6);
     println!("activation_bytes measured vs analytic (memtrain::model::model_saved):");
-    for (row, analytic) in report.rows.iter().zip(&report.analytic) {
+    for ((row, analytic), label) in report.rows.iter().zip(&report.analytic).zip(labels) {
         let measured = mib(row.activation_bytes);
         match analytic {
             Analytic::Remat => println!(
                 "  {:<w$}  {measured:>10.1} MiB: the chain's peak under remat (predicted by memtrain plan)",
-                row.policy
+                label
             ),
             Analytic::Adapters => println!(
                 "  {:<w$}  {measured:>10.1} MiB: measured only (the formula does not model a frozen base: autodiff keeps less for ops whose weights do not train)",
-                row.policy
+                label
             ),
             Analytic::Formula(bytes) => println!(
                 "  {:<w$}  {measured:>10.1} MiB vs {:>10.1} MiB  {:+.2}%",
-                row.policy,
+                label,
                 mib(*bytes),
                 100.0 * (row.activation_bytes as f64 / *bytes as f64 - 1.0)
             ),
@@ -153,33 +156,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         config.policies.len()
     };
-    let bar = ProgressBar::new((config.steps * count) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg}").expect("static"),
-    );
+    let names: Vec<String> = if config.budget.is_some() {
+        ["plain burn", "best uniform", "plan"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        config.policies.iter().map(MemoryPolicy::short).collect()
+    };
+    let mut progress = crate::output::Progress::new("bench: step", (config.steps * count) as u64);
     let device = args.common.autodiff_device()?;
+    let mut done = 0;
     let report = bench(&config, &device, |p, _| {
-        bar.inc(1);
-        bar.set_message(format!("policy {}/{count}", p + 1));
+        done += 1;
+        let name = names.get(p).map_or("", String::as_str);
+        progress.set(done, &format!("policy {}/{count}: {name}", p + 1));
     });
-    bar.finish_and_clear();
+    drop(progress);
     let report = report?;
     if let Some(plan) = &report.plan {
         println!(
-            "planned for {:.1} MiB: plan {} (predicted {:.3} s), best uniform {} (predicted {:.3} s)",
+            "planned for {:.1} MiB:\n  best uniform: {} (predicted {:.3} s)\n  plan:         {} (predicted {:.3} s)",
             mib(plan.budget),
-            plan.plan,
+            plan.uniform.short(),
+            plan.uniform_seconds,
+            plan.plan.short(),
             plan.plan_seconds,
-            plan.uniform,
-            plan.uniform_seconds
         );
+        for (i, block) in plan.plan.overrides.iter() {
+            println!(
+                "    block {i}: act={},norm={},linear={},attn={}",
+                block.act, block.norm, block.linear, block.attn
+            );
+        }
     }
     println!(
         "memtrain bench: preset {}, batch {}, seq {}, {} steps per policy",
         config.preset, config.batch, config.seq, config.steps
     );
-    print_table(&report.rows);
-    print_analytic(&report);
+    let labels = labels(&report);
+    print_table(&report.rows, &labels);
+    print_analytic(&report, &labels);
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report.rows)?;
         write_atomic(path, &json).context("--json")?;

@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer, load_text};
 use memtrain::plan::{
-    MemoryPlan, PROFILE_REPS, capacity, make_plan, measure_plan, measure_remat,
+    MemoryPlan, PROFILE_REPS, capacity, make_plan_with_progress, measure_plan, measure_remat,
     plain_activation_bytes, plan_remat, policy_activation_bytes,
 };
 use memtrain::policy::{Budget, MemoryPolicy, RematPolicy};
@@ -39,6 +39,9 @@ pub struct PlanArgs {
     measure: usize,
 }
 
+/// How to read a schedule (also in `memtrain plan --help` and the README).
+pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
+
 fn print_plan(plan: &Plan) {
     println!(
         "{:<6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
@@ -63,9 +66,7 @@ fn print_plan(plan: &Plan) {
         );
     }
     println!("schedule: {}", plan.schedule);
-    println!(
-        "  (K i: keep stage i; F a..b>C b: run a..b forward keeping only b's output, recompute later)"
-    );
+    println!("  {SCHEDULE_LEGEND}");
     println!(
         "predicted: peak {:.1} MiB, {:.3} s forward+backward ({:+.1}% time); keep-all {:.1} MiB, {:.3} s",
         mib_usize(plan.prediction.peak),
@@ -159,7 +160,13 @@ pub fn run(args: PlanArgs) -> Result<()> {
             ""
         }
     );
-    let report = make_plan(&config, budget, approx, &data, &device)?;
+    let mut progress = crate::output::Progress::new("plan: profiling pass", 0);
+    let report = make_plan_with_progress(&config, budget, approx, &data, &device, |done, total| {
+        progress.set_total(total as u64);
+        progress.set(done as u64, "");
+    });
+    drop(progress);
+    let report = report?;
     println!(
         "candidates (one block each, medians of {PROFILE_REPS} rounds; bwd MiB: the larger backward peak of its two halves):"
     );
@@ -193,6 +200,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     };
     show("plan", &report.plan);
     show("best uniform", &report.uniform);
+    println!("  {SCHEDULE_LEGEND}");
     println!("plan policy: {}", report.plan.policy);
     println!(
         "plain burn: {:.1} MiB of activations (formula); per-step constant {:.3} s added to chain times",
@@ -233,17 +241,25 @@ pub fn run(args: PlanArgs) -> Result<()> {
             "capacity at seq {} within {:.1} MiB of activations: plain burn batch {}, planned batch {}",
             config.seq,
             mib(budget),
-            c.plain_batch,
-            c.planned_batch
+            none_if_zero(c.plain_batch, "batch 1"),
+            none_if_zero(c.planned_batch, "batch 1")
         );
         println!(
             "capacity at batch {} within {:.1} MiB of activations: plain burn seq {}, planned seq {} (multiples of {})",
             config.batch,
             mib(budget),
-            c.plain_seq,
-            c.planned_seq,
+            none_if_zero(c.plain_seq, &format!("seq {}", memtrain::plan::SEQ_STEP)),
+            none_if_zero(c.planned_seq, &format!("seq {}", memtrain::plan::SEQ_STEP)),
             memtrain::plan::SEQ_STEP
         );
     }
     Ok(())
+}
+
+/// A capacity of 0 as what it means: not even the smallest size fits.
+fn none_if_zero(n: usize, smallest: &str) -> String {
+    match n {
+        0 => format!("none (even {smallest} exceeds the budget)"),
+        n => n.to_string(),
+    }
 }

@@ -300,19 +300,26 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let options = options(&args)?;
     let mut log = Log::new(options.steps, args.log_every);
     let device = args.common.autodiff_device()?;
+    let mut planning = None;
     let summary = fit(&options, &device, |event| {
         match event {
+        FitEvent::Profiling { done, total } => planning
+            .get_or_insert_with(|| crate::output::Progress::new("plan: profiling pass", total as u64))
+            .set(done as u64, ""),
         FitEvent::Planned {
             budget,
             policy,
             peak,
             seconds,
-        } => log.println(&format!(
-            "planned for {:.1} MiB: {} (predicted chain peak {:.1} MiB, {seconds:.3} s a step)",
-            mib(budget),
-            policy.short(),
-            mib_usize(peak)
-        )),
+        } => {
+            planning = None;
+            log.println(&format!(
+                "planned for {:.1} MiB: {} (predicted chain peak {:.1} MiB, {seconds:.3} s a step)",
+                mib(budget),
+                policy.short(),
+                mib_usize(peak)
+            ))
+        }
         FitEvent::Started {
             config,
             params,

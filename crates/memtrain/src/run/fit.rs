@@ -10,7 +10,7 @@ use burn::tensor::Device;
 
 use crate::data::{DataSource, Dataset, load_text};
 use crate::error::{Error, Result};
-use crate::plan::make_plan;
+use crate::plan::make_plan_with_progress;
 use crate::policy::{Budget, MemoryPolicy};
 use crate::remat;
 use crate::train::{DEFAULT_KEEP, StepStats, TrainConfig, Trainer, holds_run, prepare_fresh_out};
@@ -94,6 +94,13 @@ impl FitOptions {
 /// What happened, as [`fit`] goes: for progress bars and logs.
 #[derive(Debug)]
 pub enum FitEvent<'a> {
+    /// The planner is profiling candidates for the budget: `done` of `total` passes.
+    Profiling {
+        /// Passes done.
+        done: usize,
+        /// All passes.
+        total: usize,
+    },
     /// The planner chose a policy for the budget.
     Planned {
         /// The budget in bytes.
@@ -202,7 +209,10 @@ fn start(
     if let Some(FitBudget { budget, approx }) = options.budget {
         let bytes = budget.resolve(crate::plan::plain_activation_bytes(&config));
         let data = Dataset::new(&text, config.tokenizer, config.seq)?;
-        let report = make_plan(&config, bytes, approx, &data, device)?;
+        let report =
+            make_plan_with_progress(&config, bytes, approx, &data, device, |done, total| {
+                on_event(FitEvent::Profiling { done, total })
+            })?;
         let planned = config.policy.with_planned(&report.plan.policy);
         on_event(FitEvent::Planned {
             budget: bytes,
