@@ -64,7 +64,7 @@ pub fn final_loss(stdout: &[u8]) -> (u64, String) {
     let text = String::from_utf8_lossy(stdout);
     let line = text
         .lines()
-        .rfind(|l| l.contains("val_loss"))
+        .rfind(|l| l.starts_with("step ") && l.contains("val_loss"))
         .unwrap_or_else(|| panic!("no val_loss line in: {text}"))
         .to_string();
     let step = line
