@@ -202,7 +202,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     if let Some(path) = &args.plot {
-        crate::plot::memory_bars(&report.rows, path).context("--plot")?;
+        crate::plot::memory_bars(&report, path).context("--plot")?;
         println!("wrote {}", path.display());
     }
     Ok(())
