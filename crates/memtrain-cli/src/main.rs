@@ -208,6 +208,13 @@ fn usage_error(e: &clap::Error) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // `memtrain bench | head` closes the pipe early: end quietly as Unix tools do, instead of
+    // Rust's "failed printing to stdout" panic.
+    #[cfg(unix)]
+    // SAFETY: the first statement of `main`, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // burn 0.22 materializes a loaded optimizer state (`--resume`) on `Device::default()`,
     // which in a build with a GPU feature is the GPU, and moves it to the parameters' device
     // at the next step. Keep it on the host, so that a CPU run never starts a GPU runtime.

@@ -152,3 +152,32 @@ impl Progress {
         }
     }
 }
+
+/// Seconds as `1h 02m`, `3m 20s` or `12.3 s`.
+pub fn duration(seconds: f64) -> String {
+    let s = seconds.max(0.0);
+    if s >= 3600.0 {
+        format!(
+            "{}h {:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        )
+    } else if s >= 60.0 {
+        format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// Integers with thousands separators: `120,576`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,18 +1,19 @@
 //! `memtrain train`: [`memtrain::run::fit`] with a progress bar or log lines, and a summary.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use memtrain::policy::MemoryPolicy;
 use memtrain::run::{FitEvent, FitOptions, Start, fit};
-use memtrain::train::{StepStats, TrainConfig};
+
+mod log;
+mod resume;
+
+use log::Log;
+use resume::warn_ignored;
 
 use crate::Common;
-use crate::output::{mib, mib_usize, print_report};
+use crate::output::{duration, mib, mib_usize, print_report, thousands};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -114,186 +115,6 @@ fn options(args: &TrainArgs) -> Result<FitOptions> {
         overwrite: args.overwrite,
         keep: args.keep,
     })
-}
-
-/// One warning line for each flag given with `--resume` whose value the checkpoint overrides.
-fn warn_ignored(args: &TrainArgs, resumed: &TrainConfig) {
-    let c = &args.common;
-    let policy = args.policy.parse::<MemoryPolicy>().ok();
-    let differs = [
-        (
-            "--preset",
-            c.preset.clone(),
-            resumed.preset.to_string(),
-            c.preset != resumed.preset.to_string(),
-        ),
-        (
-            "--batch",
-            opt(c.batch),
-            resumed.batch.to_string(),
-            c.batch.is_some_and(|b| b != resumed.batch),
-        ),
-        (
-            "--seq",
-            opt(c.seq),
-            resumed.seq.to_string(),
-            c.seq.is_some_and(|s| s != resumed.seq),
-        ),
-        (
-            "--max-seq",
-            opt(c.max_seq),
-            opt(resumed.max_seq),
-            c.max_seq.is_some() && c.max_seq != resumed.max_seq,
-        ),
-        (
-            "--lr",
-            c.lr.to_string(),
-            resumed.lr.to_string(),
-            c.lr != resumed.lr,
-        ),
-        (
-            "--seed",
-            c.seed.to_string(),
-            resumed.seed.to_string(),
-            c.seed != resumed.seed,
-        ),
-        (
-            "--warmup",
-            args.warmup.to_string(),
-            resumed.warmup.to_string(),
-            args.warmup != resumed.warmup,
-        ),
-        (
-            "--tokenizer",
-            args.tokenizer.clone(),
-            format!("{:?}", resumed.tokenizer).to_lowercase(),
-            args.tokenizer.parse::<memtrain::data::Tokenizer>().ok() != Some(resumed.tokenizer),
-        ),
-        (
-            "--policy",
-            args.policy.clone(),
-            resumed.policy.to_string(),
-            policy.as_ref() != Some(&resumed.policy),
-        ),
-    ];
-    for (flag, got, kept, differ) in differs {
-        if differ && crate::given(flag) {
-            eprintln!(
-                "warning: {flag} {got} ignored: --resume continues with the checkpoint's {kept}"
-            );
-        }
-    }
-}
-
-fn opt(v: Option<usize>) -> String {
-    v.map_or_else(|| "default".to_string(), |v| v.to_string())
-}
-
-/// Seconds between log lines when stderr is not a terminal and `--log-every` is not given.
-const LOG_SECONDS: f64 = 10.0;
-
-/// How the step-by-step progress shows: a bar on a terminal, and/or plain lines.
-struct Log {
-    bar: Option<ProgressBar>,
-    every_steps: Option<u64>,
-    last_line: Instant,
-    start: Instant,
-    first_step: u64,
-    total: u64,
-    tokens_per_step: f64,
-}
-
-impl Log {
-    fn new(total: u64, log_every: Option<u64>) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .expect("static template"),
-            );
-            bar
-        });
-        let now = Instant::now();
-        Log {
-            bar,
-            every_steps: log_every,
-            last_line: now,
-            start: now,
-            first_step: 0,
-            total,
-            tokens_per_step: 0.0,
-        }
-    }
-
-    fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.suspend(|| println!("{line}")),
-            None => println!("{line}"),
-        }
-    }
-
-    fn step(&mut self, step: u64, stats: &StepStats, lr: f64) {
-        let tps = self.tokens_per_step / stats.seconds.max(1e-12);
-        if let Some(bar) = &self.bar {
-            bar.set_position(step);
-            bar.set_message(format!(
-                "loss {:.4}  {tps:.0} tok/s  step peak {:.1} MiB",
-                stats.loss,
-                mib(stats.memory.peak_bytes)
-            ));
-        }
-        let due = match self.every_steps {
-            Some(0) => false,
-            Some(n) => step.is_multiple_of(n),
-            None => self.bar.is_none() && self.last_line.elapsed().as_secs_f64() >= LOG_SECONDS,
-        };
-        if !due && step != self.total {
-            return;
-        }
-        self.last_line = Instant::now();
-        let done = step - self.first_step;
-        let elapsed = self.start.elapsed().as_secs_f64();
-        let eta = elapsed / done.max(1) as f64 * (self.total - step) as f64;
-        self.println(&format!(
-            "step {step}/{}  loss {:.4}  {tps:.0} tok/s  {:.3} s/step  lr {lr:.3e}  step peak {:.1} MiB  ETA {}",
-            self.total,
-            stats.loss,
-            stats.seconds,
-            mib(stats.memory.peak_bytes),
-            duration(eta)
-        ));
-    }
-}
-
-/// Seconds as `1h 02m`, `3m 20s` or `12.3 s`.
-fn duration(seconds: f64) -> String {
-    let s = seconds.max(0.0);
-    if s >= 3600.0 {
-        format!(
-            "{}h {:02}m",
-            (s / 3600.0) as u64,
-            ((s % 3600.0) / 60.0) as u64
-        )
-    } else if s >= 60.0 {
-        format!("{}m {:02}s", (s / 60.0) as u64, (s % 60.0) as u64)
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-/// Integers with thousands separators: `120,576`.
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
