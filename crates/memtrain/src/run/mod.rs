@@ -10,4 +10,4 @@ mod bench;
 mod fit;
 
 pub use bench::{Analytic, BenchConfig, BenchPlan, BenchReport, BenchRow, bench};
-pub use fit::{FitBudget, FitEvent, FitOptions, FitSummary, Start, fit};
+pub use fit::{FitBudget, FitEvent, FitOptions, FitSummary, METRICS_HEADER, Start, fit};
