@@ -334,3 +334,74 @@ fn should_compress_a_bert_or_reject_bad_input() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `compress --method asvd` calibrates on the lines after the 500 that eval-embed holds out
+/// (issue 22), and refuses a text that has none.
+#[test]
+fn should_compress_minilm_by_asvd_on_calibration_lines() {
+    let Some(model_dir) = minilm_dir() else {
+        eprintln!("skipping: run scripts/fetch-minilm.sh");
+        return;
+    };
+    let model = model_dir.to_str().unwrap();
+    let dir = scratch("asvd");
+    let line = |i: usize| {
+        format!(
+            "Sentence {i} tells of {} and {}.",
+            ["cats", "ships", "rain", "kings"][i % 4],
+            ["bread", "stars", "war"][i % 3]
+        )
+    };
+    let short = dir.join("short.txt");
+    std::fs::write(&short, (0..20).map(line).collect::<Vec<_>>().join("\n")).unwrap();
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "asvd",
+        "--ratio",
+        "4",
+        "--data",
+        short.to_str().unwrap(),
+    ]);
+    assert_user_error(&out, "held out");
+    let data = dir.join("lines.txt");
+    std::fs::write(&data, (0..540).map(line).collect::<Vec<_>>().join("\n")).unwrap();
+    let out_dir = dir.join("asvd4");
+    let out = run_ok(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "asvd",
+        "--ratio",
+        "4",
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["method"], "asvd");
+    let (before, after) = (
+        report["linear_params_before"].as_u64().unwrap(),
+        report["linear_params_after"].as_u64().unwrap(),
+    );
+    assert!(4 * after <= before, "{before} -> {after}");
+    let out = run_ok(&[
+        "eval-embed",
+        "--model",
+        model,
+        "--compressed",
+        out_dir.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--lines",
+        "12",
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["lines"], 12);
+}

@@ -38,7 +38,9 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
     }
     let method: CompressMethod = match &args.method {
         Some(m) => m.parse().context("--method")?,
-        None => bail!("missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS or ttm"),
+        None => bail!(
+            "missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS, ttm or asvd"
+        ),
     };
     let Some(ratio) = args.ratio else {
         bail!("missing --ratio: expected a parameter reduction ratio >= 1, e.g. 2 or 4");
@@ -54,14 +56,19 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         lr: args.lr,
         ..IterativeParams::new(args.steps)
     };
-    let text = if !args.iterative {
+    let text = if !args.iterative && !method.needs_calibration() {
         None
     } else {
+        let why = if args.iterative {
+            "--iterative distills"
+        } else {
+            "--method asvd calibrates"
+        };
         let data = match &args.data {
             Some(p) => p.clone(),
             None if Path::new(DEFAULT_DATA).is_file() => PathBuf::from(DEFAULT_DATA),
             None => bail!(
-                "missing --data: --iterative distills on text lines and the default {DEFAULT_DATA} does not exist"
+                "missing --data: {why} on text lines and the default {DEFAULT_DATA} does not exist"
             ),
         };
         let text = memtrain::data::read_text(&data).context("--data")?;
@@ -108,6 +115,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         dir,
         &params,
         iterative,
+        &lines,
         &memtrain::device::parse_device(&args.device)?,
         |r| {
             done += 1;

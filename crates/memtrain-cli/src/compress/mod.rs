@@ -26,7 +26,8 @@ pub struct CompressArgs {
     #[arg(long)]
     pub(super) model: Option<PathBuf>,
     /// With --model: svd, tucker2, cp, cp-q:BITS (quantization-aware CP, BITS in 2..=8; also
-    /// reports CP-ALS-then-quantize), cp-ptq:BITS (CP-ALS, then quantize) or ttm.
+    /// reports CP-ALS-then-quantize), cp-ptq:BITS (CP-ALS, then quantize), ttm, or asvd
+    /// (SVD in the metric of each layer's inputs on --data: data-aware).
     #[arg(long)]
     pub(super) method: Option<String>,
     /// With --model: each encoder linear keeps at most 1/RATIO of its weight parameters.
@@ -48,8 +49,9 @@ pub struct CompressArgs {
     /// With --iterative: Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub(super) lr: f64,
-    /// With --iterative: text to distill on, a sentence a line (the first 500 non-empty lines
-    /// are held out for eval-embed); default /work/shared/data/tinyshakespeare.txt.
+    /// With --iterative or asvd: text to distill or calibrate on, a sentence a line (the first
+    /// 500 non-empty lines are held out for eval-embed); default
+    /// /work/shared/data/tinyshakespeare.txt.
     #[arg(long)]
     pub(super) data: Option<PathBuf>,
     /// With --model and a CP method: CP-ALS sweeps per layer.

@@ -21,6 +21,7 @@ use burn::store::{ModuleSnapshot, SafetensorsStore};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::Calibration;
 use super::config::BertConfig;
 use super::files::{CONFIG_FILE, mismatch, require_file};
 use super::model::Bert;
@@ -77,9 +78,18 @@ pub enum CompressMethod {
     },
     /// A 3-core TT-matrix by TT-SVD ([`TtLinear`](crate::linear::TtLinear)).
     Ttm,
+    /// Activation-whitened SVD (ASVD / SVD-LLM): the rank-`r` factors `x A B` closest to `W`
+    /// in the metric of the layer's inputs on calibration text, `‖X(W − Ŵ)‖`, rather than
+    /// `‖W − Ŵ‖` ([`super::whitened_factors`]); needs a [`super::Calibration`].
+    Asvd,
 }
 
 impl CompressMethod {
+    /// Whether the method reads calibration data ([`super::calibrate`]).
+    pub fn needs_calibration(self) -> bool {
+        matches!(self, CompressMethod::Asvd)
+    }
+
     /// Bits per stored weight code: `Some(bits)` for the quantized CP methods.
     pub fn bits(self) -> Option<u32> {
         match self {
@@ -98,6 +108,7 @@ impl fmt::Display for CompressMethod {
             CompressMethod::CpQuant { bits } => write!(f, "cp-q:{bits}"),
             CompressMethod::CpPtq { bits } => write!(f, "cp-ptq:{bits}"),
             CompressMethod::Ttm => write!(f, "ttm"),
+            CompressMethod::Asvd => write!(f, "asvd"),
         }
     }
 }
@@ -105,10 +116,12 @@ impl fmt::Display for CompressMethod {
 impl FromStr for CompressMethod {
     type Err = Error;
 
-    /// `svd`, `tucker2`, `cp`, `cp-q:BITS`, `cp-ptq:BITS` (BITS in `2..=8`) or `ttm`.
+    /// `svd`, `tucker2`, `cp`, `cp-q:BITS`, `cp-ptq:BITS` (BITS in `2..=8`), `ttm` or `asvd`.
     fn from_str(s: &str) -> Result<Self> {
-        const CHOICES: &str = "svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS (BITS in 2..=8) or ttm";
+        const CHOICES: &str =
+            "svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS (BITS in 2..=8), ttm or asvd";
         match s {
+            "asvd" => Ok(CompressMethod::Asvd),
             "svd" => Ok(CompressMethod::Svd),
             "tucker2" => Ok(CompressMethod::Tucker2),
             "cp" => Ok(CompressMethod::Cp),
@@ -279,6 +292,22 @@ pub fn compress_linear(
     layer: &LinearLayer,
     params: &CompressParams,
 ) -> Result<(LinearLayer, LayerReport)> {
+    compress_linear_calibrated(name, layer, params, None)
+}
+
+/// [`compress_linear`] with the layer inputs' statistics that data-aware methods
+/// ([`CompressMethod::needs_calibration`]) read.
+///
+/// # Errors
+///
+/// As [`compress_linear`]; [`Error::Config`] naming the method when it needs a calibration
+/// that is missing or does not cover `name`.
+pub fn compress_linear_calibrated(
+    name: &str,
+    layer: &LinearLayer,
+    params: &CompressParams,
+    calibration: Option<&Calibration>,
+) -> Result<(LinearLayer, LayerReport)> {
     let start = Instant::now();
     let w = layer.dense_weight().detach();
     let [d_in, d_out] = w.dims();
@@ -342,6 +371,32 @@ pub fn compress_linear(
                 bias,
             )?)
         }
+        CompressMethod::Asvd => {
+            let (gram, d) = calibration
+                .and_then(|c| c.gram(name))
+                .filter(|(_, d)| *d == d_in)
+                .ok_or_else(|| {
+                    Error::config(
+                        "method",
+                        "asvd",
+                        format!(
+                            "calibration data covering {name} (compress_bert_calibrated; memtrain compress reads --data)"
+                        ),
+                    )
+                })?;
+            let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
+            let (device, dtype) = (w.device(), w.dtype());
+            let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
+            let (a, b) = super::whitened_factors(&values, gram, d, d_out, r, &device)?;
+            let r = a.len() / d_in;
+            let tensor = |v: Vec<f64>, shape: [usize; 2]| {
+                Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), (&device, dtype))
+            };
+            LinearLayer::Factored(
+                FactoredLinearConfig::new(FactoredKind::Chain)
+                    .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
+            )
+        }
         CompressMethod::Ttm => {
             let r = ttm_rank_for_ratio(d_in, d_out, params.ratio)?;
             let (rows, cols) = matrix_modes(d_in, d_out, TT_CORES)?;
@@ -384,11 +439,26 @@ fn layer_rank(layer: &LinearLayer) -> usize {
 pub fn compress_bert(
     model: Bert,
     params: &CompressParams,
+    progress: impl FnMut(&LayerReport),
+) -> Result<(Bert, Vec<LayerReport>)> {
+    compress_bert_calibrated(model, params, None, progress)
+}
+
+/// [`compress_bert`] with the calibration that data-aware methods read
+/// ([`super::calibrate`] of the model being compressed).
+///
+/// # Errors
+///
+/// As [`compress_linear_calibrated`].
+pub fn compress_bert_calibrated(
+    model: Bert,
+    params: &CompressParams,
+    calibration: Option<&Calibration>,
     mut progress: impl FnMut(&LayerReport),
 ) -> Result<(Bert, Vec<LayerReport>)> {
     let mut reports = Vec::new();
     let model = model.try_map_linears(|name, layer| {
-        let (new, report) = compress_linear(name, &layer, params)?;
+        let (new, report) = compress_linear_calibrated(name, &layer, params, calibration)?;
         progress(&report);
         reports.push(report);
         Ok(new)

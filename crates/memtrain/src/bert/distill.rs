@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use super::compress::{CompressParams, LayerReport, compress_bert};
+use super::compress::{CompressParams, LayerReport, compress_bert_calibrated};
 use super::model::Bert;
 use super::tokenizer::BertTokenizer;
 use crate::error::{Error, Result};
@@ -124,7 +124,8 @@ fn freeze_dense(mut model: Bert) -> Bert {
 ///
 /// [`Error::Config`] for zero stages, steps or batch, a learning rate that is not finite
 /// and positive, fewer lines than a batch, or a quantized method (fine-tuning would move
-/// the factors off their grid); as [`compress_bert`].
+/// the factors off their grid); as [`super::compress_bert`] and, for a data-aware method,
+/// [`super::calibrate`] (on the first [`super::CALIBRATION_LINES`] of `lines`, every stage).
 #[allow(clippy::too_many_arguments)]
 pub fn compress_bert_iterative(
     student: Bert,
@@ -154,7 +155,7 @@ pub fn compress_bert_iterative(
         return Err(Error::config(
             "method",
             params.method,
-            "svd, tucker2, cp or ttm for iterative compression (fine-tuning moves quantized \
+            "svd, tucker2, cp, ttm or asvd for iterative compression (fine-tuning moves quantized \
              factors off their grid)",
         ));
     }
@@ -180,7 +181,22 @@ pub fn compress_bert_iterative(
         let ratio = stage_ratio(params.ratio, s, it.stages);
         let start = Instant::now();
         let stage_params = CompressParams { ratio, ..*params };
-        let (compressed, reports) = compress_bert(model, &stage_params, |_| {})?;
+        // Data-aware methods calibrate on the model as this stage finds it.
+        let calibration = if params.method.needs_calibration() {
+            let n = lines.len().min(super::CALIBRATION_LINES);
+            let plain = model.clone().valid();
+            Some(super::calibrate(
+                &plain,
+                tokenizer,
+                &lines[..n],
+                super::CALIBRATION_BATCH,
+                teacher_device,
+            )?)
+        } else {
+            None
+        };
+        let (compressed, reports) =
+            compress_bert_calibrated(model, &stage_params, calibration.as_ref(), |_| {})?;
         let compress_seconds = start.elapsed().as_secs_f64();
         for (t, r) in seconds.iter_mut().zip(&reports) {
             *t += r.seconds;

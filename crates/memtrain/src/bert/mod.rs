@@ -28,6 +28,7 @@
 //! [`save_compressed`] / [`load_compressed`] store the factors; [`compare_embeddings`]
 //! measures how close a compressed model's embeddings stay to the original's.
 
+mod calibrate;
 mod compress;
 mod config;
 mod distill;
@@ -37,10 +38,13 @@ mod model;
 mod pipeline;
 mod tokenizer;
 
+pub use calibrate::{
+    CALIBRATION_BATCH, CALIBRATION_LINES, Calibration, RIDGE, calibrate, whitened_factors,
+};
 pub use compress::{
     COMPRESSED_WEIGHTS_FILE, CompressMethod, CompressParams, CompressedManifest, LayerReport,
-    LayerSpec, MANIFEST_FILE, compress_bert, compress_linear, load_compressed, save_compressed,
-    ttm_rank_for_ratio,
+    LayerSpec, MANIFEST_FILE, compress_bert, compress_bert_calibrated, compress_linear,
+    compress_linear_calibrated, load_compressed, save_compressed, ttm_rank_for_ratio,
 };
 pub use config::{BertActivation, BertConfig};
 pub use distill::{IterativeParams, StageReport, compress_bert_iterative};

@@ -18,6 +18,11 @@ use crate::linear::{LinearLayer, Linears};
 /// and unlike `-inf` it cannot turn a row into NaN.
 const MASKED_SCORE: f32 = -1.0e9;
 
+/// The additive attention mask `[batch, 1, 1, seq]` of an attention mask `[batch, seq]`.
+pub(crate) fn key_bias(mask: Tensor<2, Int>, b: usize, t: usize) -> Tensor<4> {
+    (mask.float().neg() + 1.0).reshape([b, 1, 1, t]) * MASKED_SCORE
+}
+
 /// How Hugging Face `BertModel` keys map onto this module's paths, applied in order by
 /// burn-store's key remapper. Linear weights are also transposed (`[d_out, d_in]` to burn's
 /// `[d_in, d_out]`) and LayerNorm `weight`/`bias` renamed `gamma`/`beta` by
@@ -144,6 +149,20 @@ impl BertLayer {
     /// Hidden states `[batch, seq, d_model]` and the additive key mask `[batch, 1, 1, seq]`
     /// (0 for a token, a large negative number for padding) to `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
+        self.forward_seeing(x, key_bias, &mut |_, _| {})
+    }
+
+    /// [`BertLayer::forward`], showing `see` the input of each linear before it runs: its slot
+    /// (0 query, 1 key, 2 value, 3 attention output, 4 intermediate, 5 output; the three
+    /// projections share one input, shown once as slot 0) and the input `[batch, seq, d_in]`.
+    /// What the calibration of data-aware compression ([`super::calibrate`]) reads.
+    pub fn forward_seeing(
+        &self,
+        x: Tensor<3>,
+        key_bias: Tensor<4>,
+        see: &mut dyn FnMut(usize, &Tensor<3>),
+    ) -> Tensor<3> {
+        see(0, &x);
         let [b, t, d] = x.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
         let heads = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
@@ -155,13 +174,16 @@ impl BertLayer {
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
+        see(3, &context);
         let x = self.attn_norm.forward(self.attn_out.forward(context) + x);
+        see(4, &x);
         let inner = self.ffn_in.forward(x.clone());
         let inner = match self.activation {
             BertActivation::Gelu => gelu(inner),
             BertActivation::GeluTanh => gelu_approximate(inner),
             BertActivation::Relu => relu(inner),
         };
+        see(5, &inner);
         self.ffn_norm.forward(self.ffn_out.forward(inner) + x)
     }
 }
@@ -277,7 +299,7 @@ impl Bert {
             [b, t],
             mask.dims()
         );
-        let key_bias = (mask.float().neg() + 1.0).reshape([b, 1, 1, t]) * MASKED_SCORE;
+        let key_bias = key_bias(mask, b, t);
         self.layers
             .iter()
             .fold(self.embeddings.forward(ids), |x, layer| {

@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::compress::{CompressParams, LayerReport, compress_bert};
+use super::compress::{CompressParams, LayerReport, compress_bert_calibrated};
 use super::distill::{IterativeParams, StageReport, compress_bert_iterative};
 use super::model::Bert;
 use super::tokenizer::BertTokenizer;
@@ -71,9 +71,13 @@ pub struct CompressSummary {
 
 /// Loads the model in `dir` onto `device` and compresses its encoder linears as `params` says
 /// (the decompositions themselves run on the host): one-shot
-/// ([`compress_bert`], calling `on_layer` after each layer), or in stages with distillation in
-/// between ([`compress_bert_iterative`], calling `on_progress` with a line of progress). The
-/// returned model runs without autodiff.
+/// ([`super::compress_bert`], calling `on_layer` after each layer), or in stages with
+/// distillation in between ([`compress_bert_iterative`], calling `on_progress` with a line of
+/// progress). A data-aware method ([`super::CompressMethod::needs_calibration`]) one-shot
+/// calibrates the original on the first [`super::CALIBRATION_LINES`] of `calibration_lines`
+/// (use [`distill_lines`], which never overlap the held-out evaluation lines); the iterative
+/// schedule calibrates on its own lines every stage. The returned model runs without
+/// autodiff.
 ///
 /// ```no_run
 /// use std::path::Path;
@@ -83,7 +87,7 @@ pub struct CompressSummary {
 /// let params = CompressParams::new(CompressMethod::Svd, 2.0);
 /// let device = burn::tensor::Device::flex();
 /// let (model, summary) =
-///     compress_model(Path::new("minilm/model"), &params, None, &device, |_| {}, |_| {})?;
+///     compress_model(Path::new("minilm/model"), &params, None, &[], &device, |_| {}, |_| {})?;
 /// println!("mean relative error {:.3}", summary.mean_rel_error);
 /// # Ok(())
 /// # }
@@ -91,12 +95,14 @@ pub struct CompressSummary {
 ///
 /// # Errors
 ///
-/// As [`CompressParams::validate`]; the loaders' errors for `dir`; as [`compress_bert`] and
+/// As [`CompressParams::validate`]; the loaders' errors for `dir`; as
+/// [`super::compress_bert`], [`super::calibrate`] (no calibration lines) and
 /// [`compress_bert_iterative`].
 pub fn compress_model(
     dir: &Path,
     params: &CompressParams,
     iterative: Option<Iterative>,
+    calibration_lines: &[&str],
     device: &Device,
     mut on_layer: impl FnMut(&LayerReport),
     on_progress: impl FnMut(&str),
@@ -131,7 +137,21 @@ pub fn compress_model(
             )
         }
         None => {
-            let (model, layers) = compress_bert(original, params, on_layer)?;
+            let calibration = if params.method.needs_calibration() {
+                let tokenizer = BertTokenizer::from_dir(dir)?;
+                let n = calibration_lines.len().min(super::CALIBRATION_LINES);
+                Some(super::calibrate(
+                    &original,
+                    &tokenizer,
+                    &calibration_lines[..n],
+                    super::CALIBRATION_BATCH,
+                    &plain,
+                )?)
+            } else {
+                None
+            };
+            let (model, layers) =
+                compress_bert_calibrated(original, params, calibration.as_ref(), on_layer)?;
             (model, layers, Vec::new(), "one-shot".to_string())
         }
     };
