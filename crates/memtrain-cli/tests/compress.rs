@@ -169,6 +169,23 @@ fn should_compress_a_bert_or_reject_bad_input() {
         "2",
     ]);
     assert_user_error(&out, "/nonexistent/minilm");
+    for (method, ranks, needle) in [
+        ("svd", "magic", "invalid --ranks: got \"magic\""),
+        ("cp", "auto", "auto ranks with svd or asvd"),
+    ] {
+        let out = run(&[
+            "compress",
+            "--model",
+            "/nonexistent/minilm",
+            "--method",
+            method,
+            "--ratio",
+            "2",
+            "--ranks",
+            ranks,
+        ]);
+        assert_user_error(&out, needle);
+    }
     let foreign = dir.join("gpt2");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();

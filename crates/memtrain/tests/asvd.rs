@@ -164,3 +164,58 @@ fn should_compress_a_layer_only_with_its_calibration() {
     let e = "pca".parse::<CompressMethod>().unwrap_err().to_string();
     assert!(e.contains("asvd"), "{e}");
 }
+
+#[test]
+fn should_give_ranks_where_they_keep_the_most_energy_within_the_budget() {
+    use memtrain::bert::{Spectrum, allocate_ranks};
+    let device = Device::flex();
+    let (d_in, d_out) = (16, 12);
+    // One layer of rank 2 (two directions hold all its energy), one of full rank.
+    let low = values(
+        Tensor::<2>::random([d_in, 2], Distribution::Normal(0.0, 1.0), &device).matmul(
+            Tensor::<2>::random([2, d_out], Distribution::Normal(0.0, 1.0), &device),
+        ),
+    );
+    let full = values(Tensor::<2>::random(
+        [d_in, d_out],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    ));
+    let spectra: Vec<Spectrum> = [&low, &full]
+        .iter()
+        .map(|w| Spectrum::new(w, None, d_in, d_out, &device).unwrap())
+        .collect();
+    assert!(
+        spectra[0].tail_energy(2) < 1e-10,
+        "{}",
+        spectra[0].tail_energy(2)
+    );
+    let shapes = [[d_in, d_out]; 2];
+    let cost = d_in + d_out;
+    let mut previous = vec![0, 0];
+    for budget in [2 * cost, 4 * cost, 6 * cost, 9 * cost] {
+        let ranks = allocate_ranks(&shapes, &spectra, budget).unwrap();
+        assert!(
+            ranks.iter().sum::<usize>() * cost <= budget,
+            "{ranks:?} over {budget}"
+        );
+        assert!(ranks.iter().all(|&r| r >= 1));
+        assert!(
+            ranks.iter().zip(&previous).all(|(r, p)| r >= p),
+            "{ranks:?} after {previous:?}"
+        );
+        // The rank-2 layer never gets more than the two ranks that hold its energy.
+        assert!(ranks[0] <= 2, "{ranks:?}");
+        previous = ranks;
+    }
+    assert_eq!(previous[0], 2);
+    let e = allocate_ranks(&shapes, &spectra, cost)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rank 1 in every layer"), "{e}");
+    // The plain spectrum's factors are the truncated SVD: rank 2 reproduces the rank-2 layer.
+    let (a, b) = spectra[0].factors(2);
+    let rebuilt = matmul(&a, &b, d_in, 2, d_out);
+    // `low` is an f32 product: rank 2 up to f32 rounding.
+    assert!(frob(&diff(&rebuilt, &low)) < 1e-5 * frob(&low));
+}

@@ -45,8 +45,14 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
     let Some(ratio) = args.ratio else {
         bail!("missing --ratio: expected a parameter reduction ratio >= 1, e.g. 2 or 4");
     };
+    let auto_ranks = match args.ranks.as_str() {
+        "uniform" => false,
+        "auto" => true,
+        other => bail!("invalid --ranks: got {other:?}, expected uniform or auto"),
+    };
     let params = CompressParams {
         cp_iters: args.cp_iters,
+        auto_ranks,
         ..CompressParams::new(method, ratio)
     };
     params.validate()?;

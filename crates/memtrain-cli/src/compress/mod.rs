@@ -33,6 +33,11 @@ pub struct CompressArgs {
     /// With --model: each encoder linear keeps at most 1/RATIO of its weight parameters.
     #[arg(long)]
     pub(super) ratio: Option<f64>,
+    /// With --model and svd or asvd: "uniform" (every linear at --ratio) or "auto" (the
+    /// linears together keep 1/RATIO, each layer's rank chosen by the energy it keeps per
+    /// parameter).
+    #[arg(long, default_value = "uniform")]
+    pub(super) ranks: String,
     /// With --model: compress in --stages stages of rising ratio, distilling the original
     /// embeddings for --steps steps after each.
     #[arg(long)]

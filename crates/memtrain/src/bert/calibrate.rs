@@ -136,15 +136,122 @@ pub fn calibrate(
 /// instead of being amplified by a near-singular whitening.
 pub const RIDGE: f64 = 1e-4;
 
+/// The SVD of a weight in the metric its truncation minimises, `M W = U S Vᵀ`, with
+/// `M = Lᵀ` for activation whitening (`XᵀX + δI = L Lᵀ`, `δ` = [`RIDGE`] × the mean diagonal)
+/// or `M = I` for the plain weight-space SVD. Truncating it to any rank gives that rank's
+/// factors ([`Spectrum::factors`]); its singular values say what each rank costs
+/// ([`Spectrum::tail_energy`]), which is what automatic ranks compare across layers.
+#[derive(Debug, Clone)]
+pub struct Spectrum {
+    d_in: usize,
+    d_out: usize,
+    /// `L` row-major `[d_in, d_in]`, lower triangular; `None` for the plain SVD.
+    l: Option<Vec<f64>>,
+    u: Vec<f64>,
+    /// Singular values, descending.
+    pub s: Vec<f64>,
+    vt: Vec<f64>,
+}
+
+impl Spectrum {
+    /// The SVD of `w [d_in, d_out]` (row-major), whitened by `gram = XᵀX` when given.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the Gram matrix has NaN entries or cannot be made positive
+    /// definite, or the SVD does not converge.
+    pub fn new(
+        w: &[f64],
+        gram: Option<&[f64]>,
+        d_in: usize,
+        d_out: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        use memtrain_tt::linalg::host;
+        let (l, m) = match gram {
+            None => (None, w.to_vec()),
+            Some(gram) => {
+                let mean = (0..d_in).map(|i| gram[i * d_in + i]).sum::<f64>() / d_in as f64;
+                let mut g = gram.to_vec();
+                if mean.is_finite() && mean > 0.0 {
+                    for i in 0..d_in {
+                        g[i * d_in + i] += RIDGE * mean;
+                    }
+                }
+                let l = host::cholesky(&g, d_in)
+                    .or_else(|| host::ridge_cholesky(&g, d_in))
+                    .ok_or_else(|| {
+                        Error::config(
+                            "calibration",
+                            format!("a [{d_in}, {d_in}] input Gram matrix"),
+                            "a finite Gram matrix (calibration text that reaches the layer)",
+                        )
+                    })?;
+                let mut lt = vec![0.0; d_in * d_in];
+                for i in 0..d_in {
+                    for j in 0..=i {
+                        lt[j * d_in + i] = l[i * d_in + j];
+                    }
+                }
+                let m = host::matmul(&lt, w, d_in, d_in, d_out);
+                (Some(l), m)
+            }
+        };
+        let dtype = burn::tensor::DType::F64;
+        let (u, s, vt) = memtrain_tt::linalg::svd(host::tensor(m, [d_in, d_out], device, dtype))?;
+        Ok(Spectrum {
+            d_in,
+            d_out,
+            l,
+            u: host::values(u),
+            s: host::values(s),
+            vt: host::values(vt),
+        })
+    }
+
+    /// The share of the (whitened) weight's energy that truncation to rank `r` drops:
+    /// `Σ_{j ≥ r} s_j² / Σ s_j²`, the squared relative error of the truncation in its metric.
+    pub fn tail_energy(&self, r: usize) -> f64 {
+        let total: f64 = self.s.iter().map(|v| v * v).sum();
+        let tail: f64 = self.s.iter().skip(r).map(|v| v * v).sum();
+        if total > 0.0 { tail / total } else { 0.0 }
+    }
+
+    /// The rank-`r` factors `A [d_in, r]`, `B [r, d_out]` (row-major): `(M⁻¹ U_r S_r, V_rᵀ)`.
+    pub fn factors(&self, r: usize) -> (Vec<f64>, Vec<f64>) {
+        let (d_in, d_out) = (self.d_in, self.d_out);
+        let k = self.s.len();
+        let r = r.min(k);
+        let mut a = vec![0.0; d_in * r];
+        for i in 0..d_in {
+            for j in 0..r {
+                a[i * r + j] = self.u[i * k + j] * self.s[j];
+            }
+        }
+        if let Some(l) = &self.l {
+            // A = L⁻ᵀ A' by back substitution (Lᵀ is upper triangular).
+            for j in 0..r {
+                for i in (0..d_in).rev() {
+                    let mut v = a[i * r + j];
+                    for p in i + 1..d_in {
+                        v -= l[p * d_in + i] * a[p * r + j];
+                    }
+                    a[i * r + j] = v / l[i * d_in + i];
+                }
+            }
+        }
+        (a, self.vt[..r * d_out].to_vec())
+    }
+}
+
 /// Activation-whitened truncation of `w [d_in, d_out]` (row-major f64) to rank `r` in the
-/// metric of `gram = XᵀX`: with `XᵀX + δI = L Lᵀ` (`δ` = [`RIDGE`] × the mean diagonal), `LᵀW = U S Vᵀ` truncated to `r` gives `W ≈ (L⁻ᵀ U_r S_r) V_rᵀ`, the
-/// rank-`r` matrix closest to `W` in `‖X(W − Ŵ)‖_F` (exactly so as `δ → 0`).
-/// Returns the factors `A [d_in, r]` and `B [r, d_out]`, row-major.
+/// metric of `gram = XᵀX` ([`Spectrum`] with whitening, then [`Spectrum::factors`]): the
+/// rank-`r` factors `A [d_in, r]`, `B [r, d_out]` closest to `W` in `‖X(W − Ŵ)‖_F` (exactly so
+/// as the ridge goes to 0).
 ///
 /// # Errors
 ///
-/// [`Error::Config`] when the Gram matrix has NaN entries or cannot be made positive
-/// definite, or the SVD does not converge.
+/// As [`Spectrum::new`].
 pub fn whitened_factors(
     w: &[f64],
     gram: &[f64],
@@ -153,51 +260,58 @@ pub fn whitened_factors(
     r: usize,
     device: &Device,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    use memtrain_tt::linalg::host;
-    let mean = (0..d_in).map(|i| gram[i * d_in + i]).sum::<f64>() / d_in as f64;
-    let mut g = gram.to_vec();
-    if mean.is_finite() && mean > 0.0 {
-        for i in 0..d_in {
-            g[i * d_in + i] += RIDGE * mean;
-        }
+    Ok(Spectrum::new(w, Some(gram), d_in, d_out, device)?.factors(r))
+}
+
+/// Ranks for layers of `shapes` (`[d_in, d_out]`) and `spectra` within `budget` weight
+/// parameters in all (a rank-`r` layer costs `r (d_in + d_out)`): greedily, each next rank
+/// goes to the layer whose tail energy ([`Spectrum::tail_energy`]) it lowers most per
+/// parameter, every layer keeping at least rank 1 and less than its dense size; a rank that
+/// would keep less than 1e-12 of a layer's energy is not given (the budget may be left unspent).
+///
+/// # Errors
+///
+/// [`Error::Config`] naming the budget when rank 1 everywhere does not fit.
+pub fn allocate_ranks(
+    shapes: &[[usize; 2]],
+    spectra: &[Spectrum],
+    budget: usize,
+) -> Result<Vec<usize>> {
+    let cost = |i: usize| shapes[i][0] + shapes[i][1];
+    let floor: usize = (0..shapes.len()).map(cost).sum();
+    if floor > budget {
+        return Err(Error::config(
+            "ratio",
+            format!("a budget of {budget} weight parameters"),
+            format!("at least {floor} (rank 1 in every layer)"),
+        ));
     }
-    let l = host::cholesky(&g, d_in).or_else(|| host::ridge_cholesky(&g, d_in));
-    let l = l.ok_or_else(|| {
-        Error::config(
-            "calibration",
-            format!("a [{d_in}, {d_in}] input Gram matrix"),
-            "a finite Gram matrix (calibration text that reaches the layer)",
-        )
-    })?;
-    // Lᵀ W.
-    let mut lt = vec![0.0; d_in * d_in];
-    for i in 0..d_in {
-        for j in 0..=i {
-            lt[j * d_in + i] = l[i * d_in + j];
+    let mut ranks = vec![1; shapes.len()];
+    let mut used = floor;
+    let gain = |i: usize, r: usize| {
+        let s = &spectra[i].s;
+        let total: f64 = s.iter().map(|v| v * v).sum();
+        let next = s.get(r).map_or(0.0, |v| v * v);
+        if total > 0.0 {
+            next / total / cost(i) as f64
+        } else {
+            0.0
         }
+    };
+    loop {
+        let best = (0..shapes.len())
+            .filter(|&i| {
+                let r = ranks[i];
+                r < spectra[i].s.len()
+                    && (r + 1) * cost(i) < shapes[i][0] * shapes[i][1]
+                    && used + cost(i) <= budget
+                    // A rank that keeps (numerically) nothing is not worth its parameters.
+                    && gain(i, r) * cost(i) as f64 > 1e-12
+            })
+            .max_by(|&a, &b| gain(a, ranks[a]).total_cmp(&gain(b, ranks[b])));
+        let Some(i) = best else { break };
+        ranks[i] += 1;
+        used += cost(i);
     }
-    let m = host::matmul(&lt, w, d_in, d_in, d_out);
-    let dtype = burn::tensor::DType::F64;
-    let (u, s, vt) = memtrain_tt::linalg::svd(host::tensor(m, [d_in, d_out], device, dtype))?;
-    let r = r.min(d_in).min(d_out);
-    let (u, s, vt) = (host::values(u), host::values(s), host::values(vt));
-    let k = s.len();
-    // A' = U_r S_r, then A = L⁻ᵀ A' by back substitution (Lᵀ is upper triangular).
-    let mut a = vec![0.0; d_in * r];
-    for i in 0..d_in {
-        for j in 0..r {
-            a[i * r + j] = u[i * k + j] * s[j];
-        }
-    }
-    for j in 0..r {
-        for i in (0..d_in).rev() {
-            let mut v = a[i * r + j];
-            for p in i + 1..d_in {
-                v -= l[p * d_in + i] * a[p * r + j];
-            }
-            a[i * r + j] = v / l[i * d_in + i];
-        }
-    }
-    let b = vt[..r * d_out].to_vec();
-    Ok((a, b))
+    Ok(ranks)
 }

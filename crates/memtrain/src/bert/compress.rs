@@ -163,6 +163,11 @@ pub struct CompressParams {
     pub tucker_iters: usize,
     /// Seed of the CP initialisation.
     pub seed: u64,
+    /// Automatic ranks (`svd` and `asvd`): instead of `1 / ratio` of every layer, the whole
+    /// model's linears keep `1 / ratio` of their weight parameters, and each layer's rank is
+    /// chosen by how much of its (whitened) energy a rank keeps per parameter
+    /// ([`super::allocate_ranks`]).
+    pub auto_ranks: bool,
 }
 
 impl CompressParams {
@@ -178,6 +183,13 @@ impl CompressParams {
                 "ratio",
                 self.ratio,
                 "a finite parameter reduction ratio >= 1",
+            ));
+        }
+        if self.auto_ranks && !matches!(self.method, CompressMethod::Svd | CompressMethod::Asvd) {
+            return Err(Error::config(
+                "ranks",
+                format!("auto with {}", self.method),
+                "auto ranks with svd or asvd",
             ));
         }
         for (name, v) in [
@@ -203,6 +215,7 @@ impl CompressParams {
             admm_iters: (3, 5),
             tucker_iters: 5,
             seed: 0,
+            auto_ranks: false,
         }
     }
 }
@@ -456,9 +469,95 @@ pub fn compress_bert_calibrated(
     calibration: Option<&Calibration>,
     mut progress: impl FnMut(&LayerReport),
 ) -> Result<(Bert, Vec<LayerReport>)> {
+    if params.auto_ranks {
+        return compress_bert_auto(model, params, calibration, progress);
+    }
     let mut reports = Vec::new();
     let model = model.try_map_linears(|name, layer| {
         let (new, report) = compress_linear_calibrated(name, &layer, params, calibration)?;
+        progress(&report);
+        reports.push(report);
+        Ok(new)
+    })?;
+    Ok((model, reports))
+}
+
+/// [`compress_bert_calibrated`] with automatic ranks: every linear's (whitened) SVD first,
+/// then the ranks for the model's budget ([`super::allocate_ranks`]), then the factors.
+fn compress_bert_auto(
+    model: Bert,
+    params: &CompressParams,
+    calibration: Option<&Calibration>,
+    mut progress: impl FnMut(&LayerReport),
+) -> Result<(Bert, Vec<LayerReport>)> {
+    params.validate()?;
+    let mut spectra = Vec::new();
+    let mut shapes = Vec::new();
+    let mut seconds = Vec::new();
+    for (name, layer) in model.linears() {
+        let start = Instant::now();
+        let w = layer.dense_weight().detach();
+        let [d_in, d_out] = w.dims();
+        let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
+        let gram = match params.method {
+            CompressMethod::Asvd => Some(
+                calibration
+                    .and_then(|c| c.gram(&name))
+                    .filter(|(_, d)| *d == d_in)
+                    .map(|(g, _)| g)
+                    .ok_or_else(|| {
+                        Error::config(
+                            "method",
+                            "asvd",
+                            format!("calibration data covering {name}"),
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
+        spectra.push(super::Spectrum::new(
+            &values,
+            gram,
+            d_in,
+            d_out,
+            &w.device(),
+        )?);
+        shapes.push([d_in, d_out]);
+        seconds.push(start.elapsed().as_secs_f64());
+    }
+    let dense: usize = shapes.iter().map(|[a, b]| a * b).sum();
+    let budget = (dense as f64 / params.ratio).floor() as usize;
+    let ranks = super::allocate_ranks(&shapes, &spectra, budget)?;
+    let mut reports = Vec::new();
+    let mut index = 0;
+    let model = model.try_map_linears(|name, layer| {
+        let start = Instant::now();
+        let i = index;
+        index += 1;
+        let w = layer.dense_weight().detach();
+        let [d_in, d_out] = shapes[i];
+        let (device, dtype) = (w.device(), w.dtype());
+        let (a, b) = spectra[i].factors(ranks[i]);
+        let r = a.len() / d_in;
+        let tensor = |v: Vec<f64>, shape: [usize; 2]| {
+            Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), (&device, dtype))
+        };
+        let bias = layer.bias().map(|b| b.detach());
+        let new = LinearLayer::Factored(
+            FactoredLinearConfig::new(FactoredKind::Chain)
+                .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
+        );
+        let report = LayerReport {
+            name: name.to_string(),
+            shape: [d_in, d_out],
+            rank: r,
+            params_before: layer.weight_param_count(),
+            params_after: new.weight_param_count(),
+            rel_error: rel_error(&w, new.dense_weight().detach()),
+            ptq_rel_error: None,
+            als_rel_error: None,
+            seconds: seconds[i] + start.elapsed().as_secs_f64(),
+        };
         progress(&report);
         reports.push(report);
         Ok(new)

@@ -39,7 +39,8 @@ mod pipeline;
 mod tokenizer;
 
 pub use calibrate::{
-    CALIBRATION_BATCH, CALIBRATION_LINES, Calibration, RIDGE, calibrate, whitened_factors,
+    CALIBRATION_BATCH, CALIBRATION_LINES, Calibration, RIDGE, Spectrum, allocate_ranks, calibrate,
+    whitened_factors,
 };
 pub use compress::{
     COMPRESSED_WEIGHTS_FILE, CompressMethod, CompressParams, CompressedManifest, LayerReport,
