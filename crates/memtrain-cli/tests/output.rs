@@ -208,3 +208,17 @@ fn should_say_when_not_even_the_smallest_size_fits() {
     );
     assert!(stdout.contains("none (even"), "{stdout}");
 }
+
+#[test]
+fn should_print_no_step_lines_with_log_every_0() {
+    let dir = scratch("log0");
+    let run = train(&dir.join("run"), &["--steps", "4", "--log-every", "0"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(!stdout.contains("tok/s "), "{stdout}");
+    assert!(stdout.contains("done: steps 0..4"), "{stdout}");
+}

@@ -69,7 +69,8 @@ impl Log {
             Some(n) => step.is_multiple_of(n),
             None => self.bar.is_none() && self.last_line.elapsed().as_secs_f64() >= LOG_SECONDS,
         };
-        if !due && step != self.total {
+        // The last step gets a line too, unless --log-every 0 asked for none.
+        if !due && (step != self.total || self.every_steps == Some(0)) {
             return;
         }
         self.last_line = Instant::now();
