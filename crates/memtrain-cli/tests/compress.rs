@@ -421,4 +421,31 @@ fn should_compress_minilm_by_asvd_on_calibration_lines() {
     ]);
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["lines"], 12);
+    // The distillation path, recalibrating at its stage: a short schedule runs end to end.
+    let out = run_ok(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "asvd",
+        "--ratio",
+        "4",
+        "--data",
+        data.to_str().unwrap(),
+        "--iterative",
+        "--stages",
+        "2",
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    assert_eq!(stages.len(), 2, "{report}");
+    assert!(
+        report["schedule"].as_str().unwrap().contains("2 stages"),
+        "{report}"
+    );
 }
