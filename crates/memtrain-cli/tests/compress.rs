@@ -186,6 +186,29 @@ fn should_compress_a_bert_or_reject_bad_input() {
         ]);
         assert_user_error(&out, needle);
     }
+    for (method, flag, value, needle) in [
+        (
+            "svd",
+            "--calib",
+            "lines.txt",
+            "svd reads no calibration data",
+        ),
+        ("asvd", "--calib-lines", "0", "invalid --calib-lines: got 0"),
+        ("asvd", "--calib", "/nonexistent/calib.txt", "calib.txt"),
+    ] {
+        let out = run(&[
+            "compress",
+            "--model",
+            "/nonexistent/minilm",
+            "--method",
+            method,
+            "--ratio",
+            "2",
+            flag,
+            value,
+        ]);
+        assert_user_error(&out, needle);
+    }
     let foreign = dir.join("gpt2");
     std::fs::create_dir_all(&foreign).unwrap();
     std::fs::write(foreign.join("config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
@@ -421,6 +444,25 @@ fn should_compress_minilm_by_asvd_on_calibration_lines() {
     ]);
     let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(eval["lines"], 12);
+    // A calibration text of its own (all its lines), a few of them.
+    let calib = dir.join("calib.txt");
+    std::fs::write(&calib, (0..30).map(line).collect::<Vec<_>>().join("\n")).unwrap();
+    let out = run_ok(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "asvd",
+        "--ratio",
+        "4",
+        "--calib",
+        calib.to_str().unwrap(),
+        "--calib-lines",
+        "20",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["method"], "asvd");
     // The distillation path, recalibrating at its stage: a short schedule runs end to end.
     let out = run_ok(&[
         "compress",

@@ -62,7 +62,24 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         lr: args.lr,
         ..IterativeParams::new(args.steps)
     };
-    let text = if !args.iterative && !method.needs_calibration() {
+    if args.calib_lines == 0 {
+        bail!("invalid --calib-lines: got 0, expected at least 1 line");
+    }
+    let calib_text = match (&args.calib, method.needs_calibration()) {
+        (Some(path), true) => {
+            let text = memtrain::data::read_text(path).context("--calib")?;
+            if text.lines().all(|l| l.trim().is_empty()) {
+                bail!("--calib {}: no non-empty lines", path.display());
+            }
+            Some(text)
+        }
+        (Some(_), false) => {
+            bail!("invalid --calib: {method} reads no calibration data (asvd does)")
+        }
+        (None, _) => None,
+    };
+    let needs_data = args.iterative || (method.needs_calibration() && calib_text.is_none());
+    let text = if !needs_data {
         None
     } else {
         let why = if args.iterative {
@@ -88,6 +105,14 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         Some(text)
     };
     let lines: Vec<&str> = text.as_deref().map(distill_lines).unwrap_or_default();
+    // Calibration: --calib's non-empty lines, else --data's after the held-out ones.
+    let calibration: Vec<&str> = match &calib_text {
+        Some(t) => t.lines().map(str::trim).filter(|l| !l.is_empty()).collect(),
+        None => lines.clone(),
+    }
+    .into_iter()
+    .take(args.calib_lines)
+    .collect();
     let iterative = args.iterative.then_some(Iterative {
         params: it,
         lines: &lines,
@@ -121,7 +146,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         dir,
         &params,
         iterative,
-        &lines,
+        &calibration,
         &memtrain::device::parse_device(&args.device)?,
         |r| {
             done += 1;

@@ -59,6 +59,14 @@ pub struct CompressArgs {
     /// /work/shared/data/tinyshakespeare.txt.
     #[arg(long)]
     pub(super) data: Option<PathBuf>,
+    /// With asvd: text to calibrate on, all its non-empty lines (keep it apart from the text
+    /// eval-embed measures); default: --data's lines after the 500 held out.
+    #[arg(long)]
+    pub(super) calib: Option<PathBuf>,
+    /// With asvd: calibration lines read (one-shot; --iterative recalibrates on its
+    /// distillation lines).
+    #[arg(long, default_value_t = memtrain::bert::CALIBRATION_LINES)]
+    pub(super) calib_lines: usize,
     /// With --model and a CP method: CP-ALS sweeps per layer.
     #[arg(long, default_value_t = 10)]
     pub(super) cp_iters: usize,

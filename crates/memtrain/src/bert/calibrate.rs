@@ -11,8 +11,8 @@ use super::model::{Bert, key_bias};
 use super::tokenizer::BertTokenizer;
 use crate::error::{Error, Result};
 
-/// Calibration lines [`super::compress_model`] and the iterative schedule read (the first ones
-/// of the distillation lines): enough tokens (about 10k on tinyshakespeare) for `XᵀX` of the
+/// Calibration lines `memtrain compress` passes to [`super::compress_model`] by default and
+/// the iterative schedule reads (the first ones of the distillation lines): enough tokens (about 10k on tinyshakespeare) for `XᵀX` of the
 /// 1536-wide input to be well conditioned, in about a second of forward passes.
 pub const CALIBRATION_LINES: usize = 512;
 

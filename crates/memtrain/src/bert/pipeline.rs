@@ -74,10 +74,10 @@ pub struct CompressSummary {
 /// ([`super::compress_bert`], calling `on_layer` after each layer), or in stages with
 /// distillation in between ([`compress_bert_iterative`], calling `on_progress` with a line of
 /// progress). A data-aware method ([`super::CompressMethod::needs_calibration`]) one-shot
-/// calibrates the original on the first [`super::CALIBRATION_LINES`] of `calibration_lines`
-/// (use [`distill_lines`], which never overlap the held-out evaluation lines); the iterative
-/// schedule calibrates on its own lines every stage. The returned model runs without
-/// autodiff.
+/// calibrates the original on `calibration_lines` (for example the first
+/// [`super::CALIBRATION_LINES`] of [`distill_lines`], which never overlap the held-out
+/// evaluation lines); the iterative schedule calibrates on its own lines every stage. The
+/// returned model runs without autodiff.
 ///
 /// ```no_run
 /// use std::path::Path;
@@ -139,11 +139,10 @@ pub fn compress_model(
         None => {
             let calibration = if params.method.needs_calibration() {
                 let tokenizer = BertTokenizer::from_dir(dir)?;
-                let n = calibration_lines.len().min(super::CALIBRATION_LINES);
                 Some(super::calibrate(
                     &original,
                     &tokenizer,
-                    &calibration_lines[..n],
+                    calibration_lines,
                     super::CALIBRATION_BATCH,
                     &plain,
                 )?)
