@@ -80,14 +80,10 @@ pub fn calibrate(
     if batch == 0 {
         return Err(Error::config("batch size", 0, "at least 1"));
     }
-    let names: Vec<String> = crate::linear::Linears::linears(model)
+    let (names, widths): (Vec<String>, Vec<usize>) = crate::linear::Linears::linears(model)
         .into_iter()
-        .map(|(n, _)| n)
-        .collect();
-    let widths: Vec<usize> = crate::linear::Linears::linears(model)
-        .into_iter()
-        .map(|(_, l)| l.dims()[0])
-        .collect();
+        .map(|(n, l)| (n, l.dims()[0]))
+        .unzip();
     let mut grams: Vec<Vec<f64>> = widths.iter().map(|d| vec![0.0; d * d]).collect();
     let max_len = tokenizer.max_seq_length().min(model.max_position());
     let mut tokens = 0;

@@ -385,30 +385,11 @@ pub fn compress_linear_calibrated(
             )?)
         }
         CompressMethod::Asvd => {
-            let (gram, d) = calibration
-                .and_then(|c| c.gram(name))
-                .filter(|(_, d)| *d == d_in)
-                .ok_or_else(|| {
-                    Error::config(
-                        "method",
-                        "asvd",
-                        format!(
-                            "calibration data covering {name} (compress_bert_calibrated; memtrain compress reads --data)"
-                        ),
-                    )
-                })?;
+            let gram = asvd_gram(calibration, name, d_in)?;
             let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
-            let (device, dtype) = (w.device(), w.dtype());
             let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
-            let (a, b) = super::whitened_factors(&values, gram, d, d_out, r, &device)?;
-            let r = a.len() / d_in;
-            let tensor = |v: Vec<f64>, shape: [usize; 2]| {
-                Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), (&device, dtype))
-            };
-            LinearLayer::Factored(
-                FactoredLinearConfig::new(FactoredKind::Chain)
-                    .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
-            )
+            let (a, b) = super::whitened_factors(&values, gram, d_in, d_out, r, &w.device())?;
+            chain_from_host(a, b, &w, bias)?
         }
         CompressMethod::Ttm => {
             let r = ttm_rank_for_ratio(d_in, d_out, params.ratio)?;
@@ -482,6 +463,47 @@ pub fn compress_bert_calibrated(
     Ok((model, reports))
 }
 
+/// The input Gram matrix asvd reads for the linear `name` of width `d_in`.
+fn asvd_gram<'a>(
+    calibration: Option<&'a Calibration>,
+    name: &str,
+    d_in: usize,
+) -> Result<&'a [f64]> {
+    calibration
+        .and_then(|c| c.gram(name))
+        .filter(|(_, d)| *d == d_in)
+        .map(|(g, _)| g)
+        .ok_or_else(|| {
+            Error::config(
+                "method",
+                "asvd",
+                format!(
+                    "calibration data covering {name} (compress_bert_calibrated; memtrain compress reads --data)"
+                ),
+            )
+        })
+}
+
+/// A two-factor chain layer `x A B` from host factors `A [d_in, r]`, `B [r, d_out]`
+/// (row-major), on the device and dtype of the weight `like` it replaces.
+fn chain_from_host(
+    a: Vec<f64>,
+    b: Vec<f64>,
+    like: &Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Result<LinearLayer> {
+    let [d_in, d_out] = like.dims();
+    let r = a.len() / d_in;
+    let (device, dtype) = (like.device(), like.dtype());
+    let tensor = |v: Vec<f64>, shape: [usize; 2]| {
+        Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), (&device, dtype))
+    };
+    Ok(LinearLayer::Factored(
+        FactoredLinearConfig::new(FactoredKind::Chain)
+            .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
+    ))
+}
+
 /// [`compress_bert_calibrated`] with automatic ranks: every linear's (whitened) SVD first,
 /// then the ranks for the model's budget ([`super::allocate_ranks`]), then the factors.
 fn compress_bert_auto(
@@ -500,19 +522,7 @@ fn compress_bert_auto(
         let [d_in, d_out] = w.dims();
         let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
         let gram = match params.method {
-            CompressMethod::Asvd => Some(
-                calibration
-                    .and_then(|c| c.gram(&name))
-                    .filter(|(_, d)| *d == d_in)
-                    .map(|(g, _)| g)
-                    .ok_or_else(|| {
-                        Error::config(
-                            "method",
-                            "asvd",
-                            format!("calibration data covering {name}"),
-                        )
-                    })?,
-            ),
+            CompressMethod::Asvd => Some(asvd_gram(calibration, &name, d_in)?),
             _ => None,
         };
         spectra.push(super::Spectrum::new(
@@ -536,17 +546,9 @@ fn compress_bert_auto(
         index += 1;
         let w = layer.dense_weight().detach();
         let [d_in, d_out] = shapes[i];
-        let (device, dtype) = (w.device(), w.dtype());
         let (a, b) = spectra[i].factors(ranks[i]);
         let r = a.len() / d_in;
-        let tensor = |v: Vec<f64>, shape: [usize; 2]| {
-            Tensor::<2>::from_data(burn::tensor::TensorData::new(v, shape), (&device, dtype))
-        };
-        let bias = layer.bias().map(|b| b.detach());
-        let new = LinearLayer::Factored(
-            FactoredLinearConfig::new(FactoredKind::Chain)
-                .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
-        );
+        let new = chain_from_host(a, b, &w, layer.bias().map(|b| b.detach()))?;
         let report = LayerReport {
             name: name.to_string(),
             shape: [d_in, d_out],
