@@ -171,7 +171,7 @@ fn should_compress_a_bert_or_reject_bad_input() {
     assert_user_error(&out, "/nonexistent/minilm");
     for (method, ranks, needle) in [
         ("svd", "magic", "invalid --ranks: got \"magic\""),
-        ("cp", "auto", "auto ranks with svd or asvd"),
+        ("cp", "auto", "auto ranks with svd, asvd or fwsvd"),
     ] {
         let out = run(&[
             "compress",
@@ -490,4 +490,147 @@ fn should_compress_minilm_by_asvd_on_calibration_lines() {
         report["schedule"].as_str().unwrap().contains("2 stages"),
         "{report}"
     );
+}
+
+/// `compress --method rom` reduces each MLP to half its neurons and `eval-embed` reads the
+/// narrower model back (issue 22's README commands); `fwsvd` calibrates with gradients, and
+/// both run the iterative distillation path (the reduced MLPs train, their widths shrink per
+/// stage).
+#[test]
+fn should_compress_minilm_by_rom_and_fwsvd_one_shot_and_iteratively() {
+    let Some(model_dir) = minilm_dir() else {
+        eprintln!("skipping: run scripts/fetch-minilm.sh");
+        return;
+    };
+    let model = model_dir.to_str().unwrap();
+    let dir = scratch("rom");
+    let line = |i: usize| {
+        format!(
+            "Line {i} speaks of {} in {}.",
+            ["love", "ships", "rain", "crowns"][i % 4],
+            ["winter", "the court", "war"][i % 3]
+        )
+    };
+    let data = dir.join("lines.txt");
+    std::fs::write(&data, (0..560).map(line).collect::<Vec<_>>().join("\n")).unwrap();
+    let data = data.to_str().unwrap();
+    let out_dir = dir.join("rom2");
+    let out = run_ok(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "rom",
+        "--ratio",
+        "2",
+        "--data",
+        data,
+        "--calib-lines",
+        "48",
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["method"], "rom");
+    let layers = report["layers"].as_array().unwrap();
+    let mlp_in = &layers[4];
+    assert_eq!(mlp_in["name"], "encoder.layer.0.intermediate.dense");
+    assert_eq!(mlp_in["rank"], 768, "half of 1536 neurons: {mlp_in}");
+    let (before, after) = (
+        report["linear_params_before"].as_u64().unwrap(),
+        report["linear_params_after"].as_u64().unwrap(),
+    );
+    assert!(2 * after <= before, "{before} -> {after}");
+    let out = run_ok(&[
+        "eval-embed",
+        "--model",
+        model,
+        "--compressed",
+        out_dir.to_str().unwrap(),
+        "--data",
+        data,
+        "--lines",
+        "12",
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(eval["method"], "rom");
+    let cosine = eval["mean_cosine"].as_f64().unwrap();
+    assert!(cosine > 0.0 && cosine <= 1.0 + 1e-6, "{eval}");
+    // Sequential calibration (asvd and rom, one-shot): layer by layer on the partly compressed
+    // model.
+    let out = run_ok(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "asvd",
+        "--ratio",
+        "2",
+        "--data",
+        data,
+        "--calib-lines",
+        "32",
+        "--sequential",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["schedule"], "one-shot, sequential", "{report}");
+    assert_eq!(report["layers"].as_array().unwrap().len(), 36);
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "svd",
+        "--ratio",
+        "2",
+        "--sequential",
+    ]);
+    assert_user_error(&out, "sequential calibration with asvd or rom");
+    let out = run(&[
+        "compress",
+        "--model",
+        model,
+        "--method",
+        "rom",
+        "--ratio",
+        "2",
+        "--data",
+        data,
+        "--sequential",
+        "--iterative",
+    ]);
+    assert_user_error(&out, "sequential calibration one-shot");
+    for method in ["rom", "fwsvd"] {
+        let out = run_ok(&[
+            "compress",
+            "--model",
+            model,
+            "--method",
+            method,
+            "--ratio",
+            "2",
+            "--data",
+            data,
+            "--iterative",
+            "--stages",
+            "2",
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--json",
+        ]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            report["stages"].as_array().unwrap().len(),
+            2,
+            "{method}: {report}"
+        );
+        let after = report["linear_params_after"].as_u64().unwrap();
+        assert!(2 * after <= before + 1000, "{method}: {after}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

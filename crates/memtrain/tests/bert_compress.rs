@@ -183,6 +183,7 @@ fn should_save_and_load_every_method_on_a_tiny_bert() {
     let root = scratch("tiny");
     let source = root.join("source");
     std::fs::create_dir_all(&source).unwrap();
+    let mut file_bytes = Vec::new();
     for method in METHODS {
         let model = tiny_bert_dir(&source);
         let (compressed, reports) = compress_bert(model, &params(method, 2.0), |_| {}).unwrap();
@@ -202,11 +203,39 @@ fn should_save_and_load_every_method_on_a_tiny_bert() {
             ..read
         };
         assert_eq!(read, manifest, "{method}");
+        assert_eq!(read.packed, method.bits().is_some(), "{method}");
         assert_eq!(loaded.num_params(), compressed.num_params(), "{method}");
+        // Every factor comes back bit for bit (quantized ones from their packed codes).
+        for ((name, a), (_, b)) in compressed.linears().into_iter().zip(loaded.linears()) {
+            let bits = |l: &LinearLayer| -> Vec<u32> {
+                l.dense_weight()
+                    .into_data()
+                    .iter::<f32>()
+                    .map(f32::to_bits)
+                    .collect()
+            };
+            assert!(bits(a) == bits(b), "{method}: {name} differs after loading");
+        }
+        let bytes = std::fs::metadata(out.join("compressed.safetensors"))
+            .unwrap()
+            .len();
+        file_bytes.push((method, bytes));
         let (i, m) = ids(&device);
         let err = max_abs(compressed.embed(i.clone(), m.clone()), loaded.embed(i, m));
         assert!(err < 1e-6, "{method}: reloaded embeddings differ by {err}");
     }
+    // Packed codes: 4-bit factors take an eighth of f32 factors' bytes, so the file shrinks
+    // (the embeddings and norms stay f32 in both).
+    let size = |m: CompressMethod| file_bytes.iter().find(|(x, _)| *x == m).unwrap().1;
+    let (cp, cp4, cp8) = (
+        size(CompressMethod::Cp),
+        size(CompressMethod::CpQuant { bits: 4 }),
+        size(CompressMethod::CpQuant { bits: 8 }),
+    );
+    assert!(
+        cp4 < cp8 && cp8 < cp,
+        "cp {cp}, cp-q:8 {cp8}, cp-q:4 {cp4} bytes"
+    );
     // A directory that is not a compressed model is neither loaded nor overwritten.
     let err = load_compressed(&source, &device).unwrap_err().to_string();
     assert!(err.contains("compressed.json"), "{err}");

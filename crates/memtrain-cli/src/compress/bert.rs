@@ -39,7 +39,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
     let method: CompressMethod = match &args.method {
         Some(m) => m.parse().context("--method")?,
         None => bail!(
-            "missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS, ttm or asvd"
+            "missing --method: expected svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS, ttm, asvd, fwsvd, active or rom"
         ),
     };
     let Some(ratio) = args.ratio else {
@@ -53,6 +53,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
     let params = CompressParams {
         cp_iters: args.cp_iters,
         auto_ranks,
+        sequential: args.sequential,
         ..CompressParams::new(method, ratio)
     };
     params.validate()?;
@@ -74,7 +75,9 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
             Some(text)
         }
         (Some(_), false) => {
-            bail!("invalid --calib: {method} reads no calibration data (asvd does)")
+            bail!(
+                "invalid --calib: {method} reads no calibration data (asvd, fwsvd, active and rom do)"
+            )
         }
         (None, _) => None,
     };
@@ -85,7 +88,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
         let why = if args.iterative {
             "--iterative distills"
         } else {
-            "--method asvd calibrates"
+            "a data-aware --method calibrates"
         };
         let data = match &args.data {
             Some(p) => p.clone(),
@@ -120,6 +123,7 @@ pub(super) fn run(args: &CompressArgs, dir: &Path) -> Result<()> {
     if !args.json {
         let schedule = match iterative {
             Some(_) => it.describe(ratio),
+            None if args.sequential => "one-shot, sequential".to_string(),
             None => "one-shot".to_string(),
         };
         println!(

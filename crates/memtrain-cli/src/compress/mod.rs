@@ -26,18 +26,25 @@ pub struct CompressArgs {
     #[arg(long)]
     pub(super) model: Option<PathBuf>,
     /// With --model: svd, tucker2, cp, cp-q:BITS (quantization-aware CP, BITS in 2..=8; also
-    /// reports CP-ALS-then-quantize), cp-ptq:BITS (CP-ALS, then quantize), ttm, or asvd
-    /// (SVD in the metric of each layer's inputs on --data: data-aware).
+    /// reports CP-ALS-then-quantize), cp-ptq:BITS (CP-ALS, then quantize), ttm, or a
+    /// data-aware method that calibrates on text: asvd (SVD in the metric of each layer's
+    /// inputs), fwsvd (SVD with rows weighted by their Fisher information), active (projection
+    /// on the active subspace of the input gradients), rom (reduced-order MLPs by maxvol,
+    /// attention by asvd).
     #[arg(long)]
     pub(super) method: Option<String>,
     /// With --model: each encoder linear keeps at most 1/RATIO of its weight parameters.
     #[arg(long)]
     pub(super) ratio: Option<f64>,
-    /// With --model and svd or asvd: "uniform" (every linear at --ratio) or "auto" (the
+    /// With --model and svd, asvd or fwsvd: "uniform" (every linear at --ratio) or "auto" (the
     /// linears together keep 1/RATIO, each layer's rank chosen by the energy it keeps per
     /// parameter).
     #[arg(long, default_value = "uniform")]
     pub(super) ranks: String,
+    /// With --model and asvd or rom, one-shot: compress layer by layer, each linear calibrated
+    /// on its inputs in the partly compressed model and fitted to the original's outputs.
+    #[arg(long)]
+    pub(super) sequential: bool,
     /// With --model: compress in --stages stages of rising ratio, distilling the original
     /// embeddings for --steps steps after each.
     #[arg(long)]
@@ -54,16 +61,16 @@ pub struct CompressArgs {
     /// With --iterative: Adam learning rate.
     #[arg(long, default_value_t = 1e-4)]
     pub(super) lr: f64,
-    /// With --iterative or asvd: text to distill or calibrate on, a sentence a line (the first
+    /// With --iterative or a data-aware method: text to distill or calibrate on, a sentence a line (the first
     /// 500 non-empty lines are held out for eval-embed); default
     /// /work/shared/data/tinyshakespeare.txt.
     #[arg(long)]
     pub(super) data: Option<PathBuf>,
-    /// With asvd: text to calibrate on, all its non-empty lines (keep it apart from the text
+    /// With a data-aware method: text to calibrate on, all its non-empty lines (keep it apart from the text
     /// eval-embed measures); default: --data's lines after the 500 held out.
     #[arg(long)]
     pub(super) calib: Option<PathBuf>,
-    /// With asvd: calibration lines read (one-shot; --iterative recalibrates on its
+    /// With a data-aware method: calibration lines read (one-shot; --iterative recalibrates on its
     /// distillation lines).
     #[arg(long, default_value_t = memtrain::bert::CALIBRATION_LINES)]
     pub(super) calib_lines: usize,

@@ -1,29 +1,57 @@
-//! Calibration for data-aware compression: what each encoder linear sees on real text.
+//! Calibration for data-aware compression: what each encoder linear sees on real text, and
+//! how much the sentence embedding cares about it.
 //!
 //! [`calibrate`] runs the model on calibration lines and accumulates, for every linear, the
 //! Gram matrix `XᵀX` of its inputs over the tokens the attention mask keeps (padding
-//! excluded). Activation-whitened SVD ([`super::CompressMethod::Asvd`]) truncates a weight
-//! in the metric that matrix defines, so that `‖XW − XŴ‖` is what is minimised.
+//! excluded): what activation-whitened SVD ([`super::CompressMethod::Asvd`]) and the
+//! reduced-order model ([`super::CompressMethod::Rom`]) read.
+//!
+//! [`calibrate_sensitivity`] adds the loss's gradients, for the active subspace
+//! ([`super::CompressMethod::Active`]) and Fisher-weighted SVD
+//! ([`super::CompressMethod::Fwsvd`]). The loss is the distillation loss `1 − cos(e', e)`
+//! between the compressed and the original sentence embedding. At the original model it is 0
+//! with a zero gradient, so what matters is its curvature: to second order it is
+//! `½ ‖e' − e‖²` for unit embeddings, whose Gauss–Newton matrix is `JᵀJ` (`J` the Jacobian of
+//! the unit embedding). A Gaussian probe `z ~ N(0, I)` per sentence and the loss `⟨z, e⟩`
+//! estimate it without bias: `E_z[∇⟨z,e⟩ ∇⟨z,e⟩ᵀ] = JᵀJ`. So the statistics are the
+//! Gauss–Newton (Fisher) matrix of the distillation loss, estimated with one probe per
+//! sentence.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
-use super::model::{Bert, key_bias};
+use super::model::Bert;
 use super::tokenizer::BertTokenizer;
 use crate::error::{Error, Result};
 
 /// Calibration lines `memtrain compress` passes to [`super::compress_model`] by default and
-/// the iterative schedule reads (the first ones of the distillation lines): enough tokens (about 10k on tinyshakespeare) for `XᵀX` of the
-/// 1536-wide input to be well conditioned, in about a second of forward passes.
+/// the iterative schedule reads (the first ones of the distillation lines): enough tokens
+/// (about 10k on tinyshakespeare) for `XᵀX` of the 1536-wide input to be well conditioned, in
+/// about a second of forward passes.
 pub const CALIBRATION_LINES: usize = 512;
 
 /// Sentences per calibration batch.
 pub const CALIBRATION_BATCH: usize = 32;
 
-/// The input Gram matrix `XᵀX` of every encoder linear, in [`crate::linear::Linears`] order.
+/// What one linear saw: its input Gram matrix and, from [`calibrate_sensitivity`], the
+/// loss's gradient statistics.
+#[derive(Debug, Clone)]
+struct LayerStats {
+    name: String,
+    d_in: usize,
+    /// `XᵀX`, row-major `[d_in, d_in]`.
+    gram: Vec<f64>,
+    /// `Σ_tokens ∇ₓℓ ∇ₓℓᵀ`, row-major `[d_in, d_in]`.
+    grad_cov: Option<Vec<f64>>,
+    /// `Σ_batches Σ_j (∂ℓ/∂W_ij)²`, one per input row `i` of `W [d_in, d_out]`.
+    fisher: Option<Vec<f64>>,
+}
+
+/// The calibration statistics of every encoder linear, in [`crate::linear::Linears`] order.
 #[derive(Debug, Clone)]
 pub struct Calibration {
-    /// `(name, d_in, XᵀX row-major [d_in, d_in])`.
-    grams: Vec<(String, usize, Vec<f64>)>,
+    layers: Vec<LayerStats>,
     /// Tokens the matrices sum over.
     pub tokens: usize,
 }
@@ -36,25 +64,126 @@ impl Calibration {
     ///
     /// [`Error::Config`] naming the linear whose matrix is not `d_in × d_in`.
     pub fn from_grams(grams: Vec<(String, usize, Vec<f64>)>, tokens: usize) -> Result<Self> {
-        for (name, d, g) in &grams {
-            if g.len() != d * d {
-                return Err(Error::config(
-                    format!("Gram matrix of {name}"),
-                    format!("{} entries", g.len()),
-                    format!("{} ({d} × {d})", d * d),
-                ));
-            }
-        }
-        Ok(Calibration { grams, tokens })
+        let layers = grams
+            .into_iter()
+            .map(|(name, d_in, gram)| {
+                check_len(&name, "Gram matrix", gram.len(), d_in * d_in)?;
+                Ok(LayerStats {
+                    name,
+                    d_in,
+                    gram,
+                    grad_cov: None,
+                    fisher: None,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Calibration { layers, tokens })
     }
 
-    /// The Gram matrix of the linear `name` and its width, if calibrated.
-    pub fn gram(&self, name: &str) -> Option<(&[f64], usize)> {
-        self.grams
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, d, g)| (g.as_slice(), *d))
+    /// Adds gradient statistics computed elsewhere to the linear `name`: the input-gradient
+    /// covariance `[d_in, d_in]` (row-major) and the Fisher row sums `[d_in]`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the linear when it is not calibrated or a length is wrong.
+    pub fn with_sensitivity(
+        mut self,
+        name: &str,
+        grad_cov: Vec<f64>,
+        fisher: Vec<f64>,
+    ) -> Result<Self> {
+        let names: Vec<String> = self.layers.iter().map(|l| l.name.clone()).collect();
+        let layer = self
+            .layers
+            .iter_mut()
+            .find(|l| l.name == name)
+            .ok_or_else(|| Error::config("linear", name, names.join(", ")))?;
+        check_len(
+            name,
+            "gradient covariance",
+            grad_cov.len(),
+            layer.d_in * layer.d_in,
+        )?;
+        check_len(name, "Fisher row sums", fisher.len(), layer.d_in)?;
+        layer.grad_cov = Some(grad_cov);
+        layer.fisher = Some(fisher);
+        Ok(self)
     }
+
+    fn layer(&self, name: &str) -> Option<&LayerStats> {
+        self.layers.iter().find(|l| l.name == name)
+    }
+
+    /// The input Gram matrix `XᵀX` of the linear `name` and its width, if calibrated.
+    pub fn gram(&self, name: &str) -> Option<(&[f64], usize)> {
+        self.layer(name).map(|l| (l.gram.as_slice(), l.d_in))
+    }
+
+    /// The covariance of the loss's gradient with respect to the input of the linear `name`,
+    /// `Σ_tokens ∇ₓℓ ∇ₓℓᵀ` `[d_in, d_in]`, and its width, if [`calibrate_sensitivity`] ran.
+    pub fn grad_cov(&self, name: &str) -> Option<(&[f64], usize)> {
+        self.layer(name)
+            .and_then(|l| l.grad_cov.as_deref().map(|g| (g, l.d_in)))
+    }
+
+    /// The Fisher information of the weight of the linear `name` summed over each input row,
+    /// `[d_in]`, if [`calibrate_sensitivity`] ran.
+    pub fn fisher(&self, name: &str) -> Option<&[f64]> {
+        self.layer(name).and_then(|l| l.fisher.as_deref())
+    }
+}
+
+fn check_len(name: &str, what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(Error::config(
+            format!("{what} of {name}"),
+            format!("{got} entries"),
+            format!("{want}"),
+        ))
+    }
+}
+
+pub(super) fn check_args(lines: &[&str], batch: usize) -> Result<()> {
+    if lines.is_empty() {
+        return Err(Error::config(
+            "calibration lines",
+            0,
+            "at least one line of text to calibrate on",
+        ));
+    }
+    if batch == 0 {
+        return Err(Error::config("batch size", 0, "at least 1"));
+    }
+    Ok(())
+}
+
+/// Host values of `aᵀ b` for `[rows, n]` and `[rows, m]` tensors.
+fn gram_of(a: Tensor<2>, b: Tensor<2>) -> Vec<f64> {
+    a.transpose().matmul(b).into_data().iter::<f64>().collect()
+}
+
+fn add(acc: &mut [f64], v: &[f64]) {
+    for (a, x) in acc.iter_mut().zip(v) {
+        *a += x;
+    }
+}
+
+fn empty_stats(model: &Bert) -> Vec<LayerStats> {
+    crate::linear::Linears::linears(model)
+        .into_iter()
+        .map(|(name, l)| {
+            let d_in = l.dims()[0];
+            LayerStats {
+                name,
+                d_in,
+                gram: vec![0.0; d_in * d_in],
+                grad_cov: None,
+                fisher: None,
+            }
+        })
+        .collect()
 }
 
 /// Runs `model` on `lines` (in batches of `batch`, truncated to the tokenizer's and model's
@@ -70,21 +199,8 @@ pub fn calibrate(
     batch: usize,
     device: &Device,
 ) -> Result<Calibration> {
-    if lines.is_empty() {
-        return Err(Error::config(
-            "calibration lines",
-            0,
-            "at least one line of text to calibrate on",
-        ));
-    }
-    if batch == 0 {
-        return Err(Error::config("batch size", 0, "at least 1"));
-    }
-    let (names, widths): (Vec<String>, Vec<usize>) = crate::linear::Linears::linears(model)
-        .into_iter()
-        .map(|(n, l)| (n, l.dims()[0]))
-        .unzip();
-    let mut grams: Vec<Vec<f64>> = widths.iter().map(|d| vec![0.0; d * d]).collect();
+    check_args(lines, batch)?;
+    let mut layers = empty_stats(model);
     let max_len = tokenizer.max_seq_length().min(model.max_position());
     let mut tokens = 0;
     for chunk in lines.chunks(batch) {
@@ -93,221 +209,159 @@ pub fn calibrate(
         let [b, t] = ids.dims();
         tokens += mask.clone().sum().into_scalar::<i64>() as usize;
         let keep: Tensor<3> = mask.clone().float().reshape([b, t, 1]);
-        let bias = key_bias(mask, b, t);
-        let mut x = model.embeddings.forward(ids);
-        for (li, layer) in model.layers.iter().enumerate() {
-            x = layer.forward_seeing(x, bias.clone(), &mut |slot, input| {
-                let d = input.dims()[2];
-                let rows = (input.clone() * keep.clone()).reshape([b * t, d]);
-                let g: Vec<f64> = rows
-                    .clone()
-                    .transpose()
-                    .matmul(rows)
-                    .into_data()
-                    .iter::<f64>()
-                    .collect();
-                // Slot 0 is the shared input of query, key and value.
-                let slots: &[usize] = if slot == 0 { &[0, 1, 2] } else { &[slot] };
-                for &s in slots {
-                    for (acc, v) in grams[li * 6 + s].iter_mut().zip(&g) {
-                        *acc += v;
-                    }
-                }
-            });
-        }
+        model.forward_probed(ids, mask, &mut |li, site, x| {
+            // Query, key and value share one input: their Gram is taken once, at slot 0.
+            if !site.output && !matches!(site.slot, 1 | 2) {
+                let d = x.dims()[2];
+                let rows = (x.clone() * keep.clone()).reshape([b * t, d]);
+                add(
+                    &mut layers[li * 6 + site.slot].gram,
+                    &gram_of(rows.clone(), rows),
+                );
+            }
+            x
+        });
     }
-    Ok(Calibration {
-        grams: names
-            .into_iter()
-            .zip(widths)
-            .zip(grams)
-            .map(|((n, d), g)| (n, d, g))
-            .collect(),
-        tokens,
-    })
+    share_qkv_gram(&mut layers);
+    Ok(Calibration { layers, tokens })
 }
 
-/// The ridge added to `XᵀX` before whitening, relative to its mean diagonal: directions the
-/// calibration text barely reaches keep a little of the plain SVD's weight-space metric
-/// instead of being amplified by a near-singular whitening.
-pub const RIDGE: f64 = 1e-4;
-
-/// The SVD of a weight in the metric its truncation minimises, `M W = U S Vᵀ`, with
-/// `M = Lᵀ` for activation whitening (`XᵀX + δI = L Lᵀ`, `δ` = [`RIDGE`] × the mean diagonal)
-/// or `M = I` for the plain weight-space SVD. Truncating it to any rank gives that rank's
-/// factors ([`Spectrum::factors`]); its singular values say what each rank costs
-/// ([`Spectrum::tail_energy`]), which is what automatic ranks compare across layers.
-#[derive(Debug, Clone)]
-pub struct Spectrum {
-    d_in: usize,
-    d_out: usize,
-    /// `L` row-major `[d_in, d_in]`, lower triangular; `None` for the plain SVD.
-    l: Option<Vec<f64>>,
-    u: Vec<f64>,
-    /// Singular values, descending.
-    pub s: Vec<f64>,
-    vt: Vec<f64>,
-}
-
-impl Spectrum {
-    /// The SVD of `w [d_in, d_out]` (row-major), whitened by `gram = XᵀX` when given.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] when the Gram matrix has NaN entries or cannot be made positive
-    /// definite, or the SVD does not converge.
-    pub fn new(
-        w: &[f64],
-        gram: Option<&[f64]>,
-        d_in: usize,
-        d_out: usize,
-        device: &Device,
-    ) -> Result<Self> {
-        use memtrain_tt::linalg::host;
-        let (l, m) = match gram {
-            None => (None, w.to_vec()),
-            Some(gram) => {
-                let mean = (0..d_in).map(|i| gram[i * d_in + i]).sum::<f64>() / d_in as f64;
-                let mut g = gram.to_vec();
-                if mean.is_finite() && mean > 0.0 {
-                    for i in 0..d_in {
-                        g[i * d_in + i] += RIDGE * mean;
-                    }
-                }
-                let l = host::cholesky(&g, d_in)
-                    .or_else(|| host::ridge_cholesky(&g, d_in))
-                    .ok_or_else(|| {
-                        Error::config(
-                            "calibration",
-                            format!("a [{d_in}, {d_in}] input Gram matrix"),
-                            "a finite Gram matrix (calibration text that reaches the layer)",
-                        )
-                    })?;
-                let mut lt = vec![0.0; d_in * d_in];
-                for i in 0..d_in {
-                    for j in 0..=i {
-                        lt[j * d_in + i] = l[i * d_in + j];
-                    }
-                }
-                let m = host::matmul(&lt, w, d_in, d_in, d_out);
-                (Some(l), m)
-            }
-        };
-        let dtype = burn::tensor::DType::F64;
-        let (u, s, vt) = memtrain_tt::linalg::svd(host::tensor(m, [d_in, d_out], device, dtype))?;
-        Ok(Spectrum {
-            d_in,
-            d_out,
-            l,
-            u: host::values(u),
-            s: host::values(s),
-            vt: host::values(vt),
-        })
-    }
-
-    /// The share of the (whitened) weight's energy that truncation to rank `r` drops:
-    /// `Σ_{j ≥ r} s_j² / Σ s_j²`, the squared relative error of the truncation in its metric.
-    pub fn tail_energy(&self, r: usize) -> f64 {
-        let total: f64 = self.s.iter().map(|v| v * v).sum();
-        let tail: f64 = self.s.iter().skip(r).map(|v| v * v).sum();
-        if total > 0.0 { tail / total } else { 0.0 }
-    }
-
-    /// The rank-`r` factors `A [d_in, r]`, `B [r, d_out]` (row-major): `(M⁻¹ U_r S_r, V_rᵀ)`.
-    pub fn factors(&self, r: usize) -> (Vec<f64>, Vec<f64>) {
-        let (d_in, d_out) = (self.d_in, self.d_out);
-        let k = self.s.len();
-        let r = r.min(k);
-        let mut a = vec![0.0; d_in * r];
-        for i in 0..d_in {
-            for j in 0..r {
-                a[i * r + j] = self.u[i * k + j] * self.s[j];
-            }
-        }
-        if let Some(l) = &self.l {
-            // A = L⁻ᵀ A' by back substitution (Lᵀ is upper triangular).
-            for j in 0..r {
-                for i in (0..d_in).rev() {
-                    let mut v = a[i * r + j];
-                    for p in i + 1..d_in {
-                        v -= l[p * d_in + i] * a[p * r + j];
-                    }
-                    a[i * r + j] = v / l[i * d_in + i];
-                }
-            }
-        }
-        (a, self.vt[..r * d_out].to_vec())
+fn share_qkv_gram(layers: &mut [LayerStats]) {
+    for li in 0..layers.len() / 6 {
+        let g = layers[li * 6].gram.clone();
+        layers[li * 6 + 1].gram.clone_from(&g);
+        layers[li * 6 + 2].gram = g;
     }
 }
 
-/// Activation-whitened truncation of `w [d_in, d_out]` (row-major f64) to rank `r` in the
-/// metric of `gram = XᵀX` ([`Spectrum`] with whitening, then [`Spectrum::factors`]): the
-/// rank-`r` factors `A [d_in, r]`, `B [r, d_out]` closest to `W` in `‖X(W − Ŵ)‖_F` (exactly so
-/// as the ridge goes to 0).
+/// [`calibrate`] plus the distillation loss's gradient statistics (module docs): per linear,
+/// the covariance of the gradient with respect to its input over the unpadded tokens, and the
+/// Fisher information of its weight summed over each input row (the squared gradient of each
+/// batch's probe loss, whose cross-sentence terms vanish in expectation). `model` must be on
+/// the autodiff device `device`; `seed` draws the probes. Each batch is
+/// [`sensitivity_batch`] with Gaussian probes.
 ///
 /// # Errors
 ///
-/// As [`Spectrum::new`].
-pub fn whitened_factors(
-    w: &[f64],
-    gram: &[f64],
-    d_in: usize,
-    d_out: usize,
-    r: usize,
+/// As [`calibrate`]; [`Error::Config`] when `device` does not track gradients.
+pub fn calibrate_sensitivity(
+    model: &Bert,
+    tokenizer: &BertTokenizer,
+    lines: &[&str],
+    batch: usize,
     device: &Device,
-) -> Result<(Vec<f64>, Vec<f64>)> {
-    Ok(Spectrum::new(w, Some(gram), d_in, d_out, device)?.factors(r))
+    seed: u64,
+) -> Result<Calibration> {
+    check_args(lines, batch)?;
+    let max_len = tokenizer.max_seq_length().min(model.max_position());
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut total: Option<Calibration> = None;
+    for chunk in lines.chunks(batch) {
+        let input = tokenizer.encode_batch(chunk, max_len)?;
+        let (ids, mask) = input.tensors(device);
+        let (b, d) = (ids.dims()[0], model.d_model());
+        let z: Vec<f32> = (0..b * d).map(|_| gaussian(&mut rng)).collect();
+        let z = Tensor::<2>::from_data(TensorData::new(z, [b, d]), device);
+        let one = sensitivity_batch(model, ids, mask, z)?;
+        match &mut total {
+            None => total = Some(one),
+            Some(t) => t.add(&one),
+        }
+    }
+    Ok(total.expect("at least one line"))
 }
 
-/// Ranks for layers of `shapes` (`[d_in, d_out]`) and `spectra` within `budget` weight
-/// parameters in all (a rank-`r` layer costs `r (d_in + d_out)`): greedily, each next rank
-/// goes to the layer whose tail energy ([`Spectrum::tail_energy`]) it lowers most per
-/// parameter, every layer keeping at least rank 1 and less than its dense size; a rank that
-/// would keep less than 1e-12 of a layer's energy is not given (the budget may be left unspent).
+impl Calibration {
+    /// Adds `other`'s sums (the same model's linears) to these.
+    fn add(&mut self, other: &Calibration) {
+        self.tokens += other.tokens;
+        for (a, b) in self.layers.iter_mut().zip(&other.layers) {
+            add(&mut a.gram, &b.gram);
+            if let (Some(x), Some(y)) = (a.grad_cov.as_mut(), b.grad_cov.as_ref()) {
+                add(x, y);
+            }
+            if let (Some(x), Some(y)) = (a.fisher.as_mut(), b.fisher.as_ref()) {
+                add(x, y);
+            }
+        }
+    }
+}
+
+/// The statistics of one batch (token ids and attention mask `[batch, seq]` on the autodiff
+/// device of `model`) for the probe loss `ℓ = Σ_b ⟨z_b, e_b⟩`, `z` `[batch, d_model]`, `e` the
+/// sentence embeddings ([`Bert::embed`]): per linear, `XᵀX` and `Σ ∇ₓℓ ∇ₓℓᵀ` over the
+/// unpadded tokens and `Σ_j (∂ℓ/∂W_ij)²` (`∂ℓ/∂W = Xᵀ ∂ℓ/∂Y`). What
+/// [`calibrate_sensitivity`] sums over its batches.
 ///
 /// # Errors
 ///
-/// [`Error::Config`] naming the budget when rank 1 everywhere does not fit.
-pub fn allocate_ranks(
-    shapes: &[[usize; 2]],
-    spectra: &[Spectrum],
-    budget: usize,
-) -> Result<Vec<usize>> {
-    let cost = |i: usize| shapes[i][0] + shapes[i][1];
-    let floor: usize = (0..shapes.len()).map(cost).sum();
-    if floor > budget {
+/// [`Error::Config`] when the model's device does not track gradients, or `z` is not
+/// `[batch, d_model]`.
+pub fn sensitivity_batch(
+    model: &Bert,
+    ids: Tensor<2, burn::tensor::Int>,
+    mask: Tensor<2, burn::tensor::Int>,
+    z: Tensor<2>,
+) -> Result<Calibration> {
+    let [b, t] = ids.dims();
+    if z.dims() != [b, model.d_model()] {
         return Err(Error::config(
-            "ratio",
-            format!("a budget of {budget} weight parameters"),
-            format!("at least {floor} (rank 1 in every layer)"),
+            "probe",
+            format!("{:?}", z.dims()),
+            format!("[{b}, {}] (batch, d_model)", model.d_model()),
         ));
     }
-    let mut ranks = vec![1; shapes.len()];
-    let mut used = floor;
-    let gain = |i: usize, r: usize| {
-        let s = &spectra[i].s;
-        let total: f64 = s.iter().map(|v| v * v).sum();
-        let next = s.get(r).map_or(0.0, |v| v * v);
-        if total > 0.0 {
-            next / total / cost(i) as f64
+    let device = ids.device();
+    let mut layers = empty_stats(model);
+    let tokens = mask.clone().sum().into_scalar::<i64>() as usize;
+    let keep: Tensor<3> = mask.clone().float().reshape([b, t, 1]).inner();
+    // Per linear: its input (no graph) and the zero probes on its input and output.
+    let mut inputs: Vec<Option<(Tensor<3>, Tensor<3>)>> = vec![None; layers.len()];
+    let mut outputs: Vec<Option<Tensor<3>>> = vec![None; layers.len()];
+    let e = model.embed_probed(ids, mask, &mut |li, site, x| {
+        let p = Tensor::<3>::zeros(x.dims(), &device).require_grad();
+        let i = li * 6 + site.slot;
+        if site.output {
+            outputs[i] = Some(p.clone());
         } else {
-            0.0
+            inputs[i] = Some((x.clone().inner(), p.clone()));
         }
+        x + p
+    });
+    let grads = (e * z).sum().backward();
+    let missing = || {
+        Error::config(
+            "calibration device",
+            format!("{device:?}"),
+            "an autodiff device (the sensitivity needs gradients)",
+        )
     };
-    loop {
-        let best = (0..shapes.len())
-            .filter(|&i| {
-                let r = ranks[i];
-                r < spectra[i].s.len()
-                    && (r + 1) * cost(i) < shapes[i][0] * shapes[i][1]
-                    && used + cost(i) <= budget
-                    // A rank that keeps (numerically) nothing is not worth its parameters.
-                    && gain(i, r) * cost(i) as f64 > 1e-12
-            })
-            .max_by(|&a, &b| gain(a, ranks[a]).total_cmp(&gain(b, ranks[b])));
-        let Some(i) = best else { break };
-        ranks[i] += 1;
-        used += cost(i);
+    for (i, stats) in layers.iter_mut().enumerate() {
+        let (x, p_in) = inputs[i].take().expect("every linear is probed");
+        let p_out = outputs[i].take().expect("every linear is probed");
+        let gx = p_in.grad(&grads).ok_or_else(missing)?;
+        let gy = p_out.grad(&grads).ok_or_else(missing)?;
+        let (d_in, d_out) = (x.dims()[2], gy.dims()[2]);
+        let x = (x * keep.clone()).reshape([b * t, d_in]);
+        let gx = gx.reshape([b * t, d_in]);
+        let gy = gy.reshape([b * t, d_out]);
+        add(&mut stats.gram, &gram_of(x.clone(), x.clone()));
+        stats.grad_cov = Some(gram_of(gx.clone(), gx));
+        let gw = x.transpose().matmul(gy);
+        stats.fisher = Some(
+            gw.powi_scalar(2)
+                .sum_dim(1)
+                .into_data()
+                .iter::<f64>()
+                .collect(),
+        );
     }
-    Ok(ranks)
+    Ok(Calibration { layers, tokens })
+}
+
+/// A standard normal draw (Box–Muller).
+fn gaussian(rng: &mut StdRng) -> f32 {
+    let u: f64 = 1.0 - rng.random::<f64>();
+    let v: f64 = rng.random();
+    ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
 }

@@ -82,12 +82,38 @@ pub enum CompressMethod {
     /// in the metric of the layer's inputs on calibration text, `‖X(W − Ŵ)‖`, rather than
     /// `‖W − Ŵ‖` ([`super::whitened_factors`]); needs a [`super::Calibration`].
     Asvd,
+    /// Fisher-weighted SVD (FWSVD): the rank-`r` factors closest to `W` with each input row
+    /// weighted by its Fisher information under the distillation loss
+    /// ([`super::Spectrum::row_weighted`]); needs [`super::calibrate_sensitivity`].
+    Fwsvd,
+    /// Active subspace (ASNet): `x V (Vᵀ W)` with `V` the top-`r` eigenvectors of the
+    /// distillation loss's input-gradient covariance ([`super::active_factors`]); needs
+    /// [`super::calibrate_sensitivity`].
+    Active,
+    /// Reduced-order model by maxvol: each MLP keeps `d_ff / ratio` hidden neurons chosen on
+    /// calibration activations and refits its output projection by least squares
+    /// ([`super::rom_neurons`], [`super::rom_refit`]); the attention linears, whose heads are
+    /// too few (12) to drop half of without losing whole heads, by
+    /// [`CompressMethod::Asvd`]. Needs a [`super::Calibration`].
+    Rom,
 }
 
 impl CompressMethod {
     /// Whether the method reads calibration data ([`super::calibrate`]).
     pub fn needs_calibration(self) -> bool {
-        matches!(self, CompressMethod::Asvd)
+        matches!(
+            self,
+            CompressMethod::Asvd
+                | CompressMethod::Fwsvd
+                | CompressMethod::Active
+                | CompressMethod::Rom
+        )
+    }
+
+    /// Whether the method reads the loss's gradients ([`super::calibrate_sensitivity`], on an
+    /// autodiff device) besides the input statistics.
+    pub fn needs_sensitivity(self) -> bool {
+        matches!(self, CompressMethod::Fwsvd | CompressMethod::Active)
     }
 
     /// Bits per stored weight code: `Some(bits)` for the quantized CP methods.
@@ -109,6 +135,9 @@ impl fmt::Display for CompressMethod {
             CompressMethod::CpPtq { bits } => write!(f, "cp-ptq:{bits}"),
             CompressMethod::Ttm => write!(f, "ttm"),
             CompressMethod::Asvd => write!(f, "asvd"),
+            CompressMethod::Fwsvd => write!(f, "fwsvd"),
+            CompressMethod::Active => write!(f, "active"),
+            CompressMethod::Rom => write!(f, "rom"),
         }
     }
 }
@@ -116,12 +145,16 @@ impl fmt::Display for CompressMethod {
 impl FromStr for CompressMethod {
     type Err = Error;
 
-    /// `svd`, `tucker2`, `cp`, `cp-q:BITS`, `cp-ptq:BITS` (BITS in `2..=8`), `ttm` or `asvd`.
+    /// `svd`, `tucker2`, `cp`, `cp-q:BITS`, `cp-ptq:BITS` (BITS in `2..=8`), `ttm`, `asvd`,
+    /// `fwsvd`, `active` or `rom`.
     fn from_str(s: &str) -> Result<Self> {
-        const CHOICES: &str =
-            "svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS (BITS in 2..=8), ttm or asvd";
+        const CHOICES: &str = "svd, tucker2, cp, cp-q:BITS, cp-ptq:BITS (BITS in 2..=8), ttm, \
+                               asvd, fwsvd, active or rom";
         match s {
             "asvd" => Ok(CompressMethod::Asvd),
+            "fwsvd" => Ok(CompressMethod::Fwsvd),
+            "active" => Ok(CompressMethod::Active),
+            "rom" => Ok(CompressMethod::Rom),
             "svd" => Ok(CompressMethod::Svd),
             "tucker2" => Ok(CompressMethod::Tucker2),
             "cp" => Ok(CompressMethod::Cp),
@@ -163,11 +196,17 @@ pub struct CompressParams {
     pub tucker_iters: usize,
     /// Seed of the CP initialisation.
     pub seed: u64,
-    /// Automatic ranks (`svd` and `asvd`): instead of `1 / ratio` of every layer, the whole
+    /// Automatic ranks (`svd`, `asvd` and `fwsvd`): instead of `1 / ratio` of every layer, the whole
     /// model's linears keep `1 / ratio` of their weight parameters, and each layer's rank is
     /// chosen by how much of its (whitened) energy a rank keeps per parameter
     /// ([`super::allocate_ranks`]).
     pub auto_ranks: bool,
+    /// Sequential calibration (`asvd` and `rom`, one-shot): compress layer by layer, each
+    /// linear calibrated on the inputs it sees in the model whose earlier linears are already
+    /// compressed, and fitted to reproduce the original's output on the same tokens
+    /// ([`super::compress_bert_sequential`]), so that later layers correct the errors of
+    /// earlier ones instead of compounding them.
+    pub sequential: bool,
 }
 
 impl CompressParams {
@@ -185,11 +224,30 @@ impl CompressParams {
                 "a finite parameter reduction ratio >= 1",
             ));
         }
-        if self.auto_ranks && !matches!(self.method, CompressMethod::Svd | CompressMethod::Asvd) {
+        if self.auto_ranks
+            && !matches!(
+                self.method,
+                CompressMethod::Svd | CompressMethod::Asvd | CompressMethod::Fwsvd
+            )
+        {
             return Err(Error::config(
                 "ranks",
                 format!("auto with {}", self.method),
-                "auto ranks with svd or asvd",
+                "auto ranks with svd, asvd or fwsvd",
+            ));
+        }
+        if self.sequential && !matches!(self.method, CompressMethod::Asvd | CompressMethod::Rom) {
+            return Err(Error::config(
+                "sequential",
+                format!("with {}", self.method),
+                "sequential calibration with asvd or rom",
+            ));
+        }
+        if self.sequential && self.auto_ranks {
+            return Err(Error::config(
+                "sequential",
+                "with auto ranks",
+                "sequential calibration with uniform ranks",
             ));
         }
         for (name, v) in [
@@ -216,6 +274,7 @@ impl CompressParams {
             tucker_iters: 5,
             seed: 0,
             auto_ranks: false,
+            sequential: false,
         }
     }
 }
@@ -233,7 +292,10 @@ pub struct LayerReport {
     pub params_before: usize,
     /// Weight parameters after.
     pub params_after: usize,
-    /// `‖W - Ŵ‖_F / ‖W‖_F` against the weight before.
+    /// `‖W - Ŵ‖_F / ‖W‖_F` against the weight before. For the MLP of a reduced-order model
+    /// ([`CompressMethod::Rom`]), whose widths change: the share of `intermediate.dense`'s
+    /// weight norm in the dropped neurons, and for `output.dense` the relative error of the
+    /// MLP's output on the calibration data ([`super::rom_output_error`]).
     pub rel_error: f64,
     /// For quantized CP: the error of CP-ALS-then-quantize (same rank, same start).
     pub ptq_rel_error: Option<f64>,
@@ -243,7 +305,7 @@ pub struct LayerReport {
     pub seconds: f64,
 }
 
-fn rel_error(before: &Tensor<2>, after: Tensor<2>) -> f64 {
+pub(super) fn rel_error(before: &Tensor<2>, after: Tensor<2>) -> f64 {
     let norm = |t: Tensor<2>| t.powi_scalar(2).sum().into_scalar::<f64>().sqrt();
     norm(before.clone() - after) / norm(before.clone()).max(f64::MIN_POSITIVE)
 }
@@ -379,16 +441,42 @@ pub fn compress_linear_calibrated(
                 }
                 _ => init,
             };
-            LinearLayer::Factored(FactoredLinearConfig::new(FactoredKind::Cp).init_from(
+            let layer = FactoredLinearConfig::new(FactoredKind::Cp).init_from(
                 cp.factors.iter().map(|f| f.clone().detach()).collect(),
                 bias,
-            )?)
+            )?;
+            LinearLayer::Factored(match cp.grid {
+                Some(grid) => layer.with_grid(grid)?,
+                None => layer,
+            })
         }
-        CompressMethod::Asvd => {
-            let gram = asvd_gram(calibration, name, d_in)?;
+        CompressMethod::Asvd | CompressMethod::Rom => {
+            if params.method == CompressMethod::Rom && is_mlp(name) {
+                return Err(Error::config(
+                    "method",
+                    format!("rom on the single linear {name}"),
+                    "rom on a whole model (compress_bert_calibrated), which reduces each MLP's two linears together",
+                ));
+            }
+            let gram = calibrated(calibration, name, d_in, params.method, Stat::Gram)?;
             let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
             let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
             let (a, b) = super::whitened_factors(&values, gram, d_in, d_out, r, &w.device())?;
+            chain_from_host(a, b, &w, bias)?
+        }
+        CompressMethod::Fwsvd => {
+            let fisher = calibrated(calibration, name, d_in, params.method, Stat::Fisher)?;
+            let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
+            let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
+            let (a, b) = super::Spectrum::row_weighted(&values, fisher, d_in, d_out, &w.device())?
+                .factors(r);
+            chain_from_host(a, b, &w, bias)?
+        }
+        CompressMethod::Active => {
+            let cov = calibrated(calibration, name, d_in, params.method, Stat::GradCov)?;
+            let r = rank_for_ratio(&[d_in, d_out], params.ratio, RankMethod::Svd)?;
+            let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
+            let (a, b) = super::active_factors(&values, cov, d_in, d_out, r, &w.device())?;
             chain_from_host(a, b, &w, bias)?
         }
         CompressMethod::Ttm => {
@@ -453,6 +541,9 @@ pub fn compress_bert_calibrated(
     if params.auto_ranks {
         return compress_bert_auto(model, params, calibration, progress);
     }
+    if params.method == CompressMethod::Rom {
+        return compress_bert_rom(model, params, calibration, progress);
+    }
     let mut reports = Vec::new();
     let model = model.try_map_linears(|name, layer| {
         let (new, report) = compress_linear_calibrated(name, &layer, params, calibration)?;
@@ -463,30 +554,50 @@ pub fn compress_bert_calibrated(
     Ok((model, reports))
 }
 
-/// The input Gram matrix asvd reads for the linear `name` of width `d_in`.
-fn asvd_gram<'a>(
+/// Which calibration statistic a data-aware method reads.
+#[derive(Debug, Clone, Copy)]
+enum Stat {
+    Gram,
+    GradCov,
+    Fisher,
+}
+
+/// The statistic `stat` that `method` reads for the linear `name` of width `d_in`.
+fn calibrated<'a>(
     calibration: Option<&'a Calibration>,
     name: &str,
     d_in: usize,
+    method: CompressMethod,
+    stat: Stat,
 ) -> Result<&'a [f64]> {
-    calibration
-        .and_then(|c| c.gram(name))
-        .filter(|(_, d)| *d == d_in)
-        .map(|(g, _)| g)
-        .ok_or_else(|| {
-            Error::config(
-                "method",
-                "asvd",
-                format!(
-                    "calibration data covering {name} (compress_bert_calibrated; memtrain compress reads --data)"
-                ),
-            )
-        })
+    let found = calibration.and_then(|c| match stat {
+        Stat::Gram => c.gram(name).filter(|(_, d)| *d == d_in).map(|(g, _)| g),
+        Stat::GradCov => c.grad_cov(name).filter(|(_, d)| *d == d_in).map(|(g, _)| g),
+        Stat::Fisher => c.fisher(name).filter(|f| f.len() == d_in),
+    });
+    found.ok_or_else(|| {
+        let how = match stat {
+            Stat::Gram => "compress_bert_calibrated with calibrate",
+            Stat::GradCov | Stat::Fisher => "compress_bert_calibrated with calibrate_sensitivity",
+        };
+        Error::config(
+            "method",
+            method,
+            format!("calibration data covering {name} ({how}; memtrain compress reads --data)"),
+        )
+    })
+}
+
+/// Whether `name` is one of an MLP's two linears (`intermediate.dense`, the layer's own
+/// `output.dense`).
+fn is_mlp(name: &str) -> bool {
+    name.ends_with(".intermediate.dense")
+        || (name.ends_with(".output.dense") && !name.ends_with(".attention.output.dense"))
 }
 
 /// A two-factor chain layer `x A B` from host factors `A [d_in, r]`, `B [r, d_out]`
 /// (row-major), on the device and dtype of the weight `like` it replaces.
-fn chain_from_host(
+pub(super) fn chain_from_host(
     a: Vec<f64>,
     b: Vec<f64>,
     like: &Tensor<2>,
@@ -502,6 +613,142 @@ fn chain_from_host(
         FactoredLinearConfig::new(FactoredKind::Chain)
             .init_from(vec![tensor(a, [d_in, r]), tensor(b, [r, d_out])], bias)?,
     ))
+}
+
+/// The layer index and part of an MLP linear's name: `Some((i, true))` for
+/// `encoder.layer.{i}.intermediate.dense`, `Some((i, false))` for its `output.dense`.
+fn mlp_part(name: &str) -> Option<(usize, bool)> {
+    if !is_mlp(name) {
+        return None;
+    }
+    let rest = name.strip_prefix("encoder.layer.")?;
+    let (index, part) = rest.split_once('.')?;
+    Some((index.parse().ok()?, part == "intermediate.dense"))
+}
+
+/// One MLP's reduction: the kept neurons, the refit output weight and its error.
+struct RomPlan {
+    neurons: Vec<usize>,
+    refit: Vec<f64>,
+    output_error: f64,
+    seconds: f64,
+}
+
+/// A reduced-order MLP's input layer: the columns (and bias entries) of `neurons` of
+/// `ffn_in`, and the share of its weight norm they drop.
+pub(super) fn kept_neurons(ffn_in: &LinearLayer, neurons: &[usize]) -> (LinearLayer, f64) {
+    let w = ffn_in.dense_weight().detach();
+    let index = Tensor::<1, burn::tensor::Int>::from_data(
+        burn::tensor::TensorData::new(
+            neurons.iter().map(|&i| i as i64).collect::<Vec<_>>(),
+            [neurons.len()],
+        ),
+        &w.device(),
+    );
+    let kept = w.clone().select(1, index.clone());
+    let norm = |t: Tensor<2>| t.powi_scalar(2).sum().into_scalar::<f64>();
+    let dropped = (1.0 - norm(kept.clone()) / norm(w).max(f64::MIN_POSITIVE))
+        .max(0.0)
+        .sqrt();
+    let bias = ffn_in.bias().map(|b| b.detach().select(0, index));
+    (dense(kept, bias), dropped)
+}
+
+/// A reduced-order MLP's output layer: the refit weight `[k, d_out]` (row-major) with
+/// `ffn_out`'s bias, on its device and dtype.
+pub(super) fn refit_output(ffn_out: &LinearLayer, refit: Vec<f64>, k: usize) -> LinearLayer {
+    let w = ffn_out.dense_weight().detach();
+    let d_out = w.dims()[1];
+    let weight = Tensor::<2>::from_data(
+        burn::tensor::TensorData::new(refit, [k, d_out]),
+        (&w.device(), w.dtype()),
+    );
+    dense(weight, ffn_out.bias().map(|b| b.detach()))
+}
+
+/// A dense linear from its weight and bias.
+pub(super) fn dense(weight: Tensor<2>, bias: Option<Tensor<1>>) -> LinearLayer {
+    use burn::module::Param;
+    LinearLayer::Exact(burn::nn::Linear {
+        weight: Param::from_tensor(weight.detach()),
+        bias: bias.map(|b| Param::from_tensor(b.detach())),
+    })
+}
+
+/// [`compress_bert_calibrated`] for [`CompressMethod::Rom`]: each MLP keeps
+/// `configured_d_ff / ratio` neurons ([`super::rom_neurons`] on the Gram matrix of
+/// `output.dense`'s input, its refit by [`super::rom_refit`]); the attention linears by
+/// [`CompressMethod::Asvd`] at the same ratio.
+fn compress_bert_rom(
+    model: Bert,
+    params: &CompressParams,
+    calibration: Option<&Calibration>,
+    mut progress: impl FnMut(&LayerReport),
+) -> Result<(Bert, Vec<LayerReport>)> {
+    params.validate()?;
+    let mut plans = Vec::with_capacity(model.layers.len());
+    for (li, layer) in model.layers.iter().enumerate() {
+        let start = Instant::now();
+        let name = format!("encoder.layer.{li}.output.dense");
+        let w2 = layer.ffn_out.dense_weight().detach();
+        let [width, d_out] = w2.dims();
+        let gram = calibrated(calibration, &name, width, params.method, Stat::Gram)?;
+        let k = ((layer.configured_d_ff() as f64 / params.ratio).floor() as usize).clamp(1, width);
+        let values: Vec<f64> = w2.clone().into_data().iter::<f64>().collect();
+        let neurons = if k == width {
+            (0..width).collect()
+        } else {
+            super::rom_neurons(gram, width, k, &w2.device())?
+        };
+        let refit = super::rom_refit(gram, width, &values, d_out, &neurons)?;
+        let output_error = super::rom_output_error(gram, width, &values, d_out, &neurons, &refit);
+        plans.push(RomPlan {
+            neurons,
+            refit,
+            output_error,
+            seconds: start.elapsed().as_secs_f64(),
+        });
+    }
+    let attention = CompressParams {
+        method: CompressMethod::Asvd,
+        ..*params
+    };
+    let mut reports = Vec::new();
+    let model = model.try_map_linears(|name, layer| {
+        let Some((li, is_in)) = mlp_part(name) else {
+            let (new, report) = compress_linear_calibrated(name, &layer, &attention, calibration)?;
+            progress(&report);
+            reports.push(report);
+            return Ok(new);
+        };
+        let start = Instant::now();
+        let plan = &plans[li];
+        let w = layer.dense_weight().detach();
+        let [d_in, d_out] = w.dims();
+        let (new, rel_error) = if is_in {
+            kept_neurons(&layer, &plan.neurons)
+        } else {
+            (
+                refit_output(&layer, plan.refit.clone(), plan.neurons.len()),
+                plan.output_error,
+            )
+        };
+        let report = LayerReport {
+            name: name.to_string(),
+            shape: [d_in, d_out],
+            rank: plan.neurons.len(),
+            params_before: layer.weight_param_count(),
+            params_after: new.weight_param_count(),
+            rel_error,
+            ptq_rel_error: None,
+            als_rel_error: None,
+            seconds: plan.seconds / 2.0 + start.elapsed().as_secs_f64(),
+        };
+        progress(&report);
+        reports.push(report);
+        Ok(new)
+    })?;
+    Ok((model, reports))
 }
 
 /// [`compress_bert_calibrated`] with automatic ranks: every linear's (whitened) SVD first,
@@ -521,17 +768,18 @@ fn compress_bert_auto(
         let w = layer.dense_weight().detach();
         let [d_in, d_out] = w.dims();
         let values: Vec<f64> = w.clone().into_data().iter::<f64>().collect();
-        let gram = match params.method {
-            CompressMethod::Asvd => Some(asvd_gram(calibration, &name, d_in)?),
-            _ => None,
-        };
-        spectra.push(super::Spectrum::new(
-            &values,
-            gram,
-            d_in,
-            d_out,
-            &w.device(),
-        )?);
+        let device = w.device();
+        spectra.push(match params.method {
+            CompressMethod::Fwsvd => {
+                let fisher = calibrated(calibration, &name, d_in, params.method, Stat::Fisher)?;
+                super::Spectrum::row_weighted(&values, fisher, d_in, d_out, &device)?
+            }
+            CompressMethod::Asvd => {
+                let gram = calibrated(calibration, &name, d_in, params.method, Stat::Gram)?;
+                super::Spectrum::new(&values, Some(gram), d_in, d_out, &device)?
+            }
+            _ => super::Spectrum::new(&values, None, d_in, d_out, &device)?,
+        });
         shapes.push([d_in, d_out]);
         seconds.push(start.elapsed().as_secs_f64());
     }
@@ -572,7 +820,8 @@ fn compress_bert_auto(
 pub struct LayerSpec {
     /// The Hugging Face name.
     pub name: String,
-    /// `dense`, `chain` (SVD, Tucker-2), `cp` or `ttm`.
+    /// `dense` (unchanged, or a reduced-order MLP's narrower layer), `chain` (SVD-type
+    /// methods, Tucker-2, active subspace), `cp` or `ttm`.
     pub kind: String,
     /// Each factor's shape (`[r, m, n, r']` for TT cores).
     pub factor_shapes: Vec<Vec<usize>>,
@@ -589,9 +838,13 @@ pub struct CompressedManifest {
     pub method: String,
     /// The parameter ratio asked for.
     pub ratio: f64,
-    /// Bits per factor code for quantized CP (the factors are stored as f32 values on the
-    /// grid); `None` otherwise.
+    /// Bits per factor code for quantized CP; `None` otherwise.
     pub bits: Option<u32>,
+    /// Whether `compressed.safetensors` stores the quantized factors as packed `bits`-bit
+    /// codes with one f64 step per factor (`packed.<linear>.<k>.codes` / `.scale`) instead of
+    /// f32 values; absent (false) in manifests written before packing.
+    #[serde(default)]
+    pub packed: bool,
     /// How the model was made (one-shot, or the iterative schedule).
     pub schedule: String,
     /// Every encoder linear, in [`Bert::linears`] order.
@@ -643,11 +896,16 @@ impl CompressedManifest {
                 }
             })
             .collect();
+        let packed = model
+            .linears()
+            .iter()
+            .any(|(_, l)| matches!(l, LinearLayer::Factored(f) if f.grid().is_some()));
         CompressedManifest {
             format: FORMAT,
             method: method.to_string(),
             ratio,
             bits: method.bits(),
+            packed,
             schedule: schedule.into(),
             layers,
             weights_crc32: None,
@@ -707,9 +965,14 @@ pub fn save_compressed(
         }
     }
     let weights = tmp.join(COMPRESSED_WEIGHTS_FILE);
-    model
-        .save_into(&mut SafetensorsStore::from_file(&weights))
-        .map_err(|e| Error::checkpoint(&weights, e))?;
+    if manifest.packed {
+        let bytes = packed_weights(model)?;
+        fs::write(&weights, bytes).map_err(|e| Error::io(&weights, e))?;
+    } else {
+        model
+            .save_into(&mut SafetensorsStore::from_file(&weights))
+            .map_err(|e| Error::checkpoint(&weights, e))?;
+    }
     let written = fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
     let manifest = CompressedManifest {
         weights_crc32: Some(crc32fast::hash(&written)),
@@ -741,6 +1004,23 @@ fn skeleton(
         _ => None,
     };
     match (spec.kind.as_str(), kind) {
+        ("dense", None) => {
+            let [d_in, d_out] = match spec.factor_shapes.as_slice() {
+                [shape] => two(shape)?,
+                other => {
+                    return Err(data(format!(
+                        "{}: a dense layer lists {} shapes, not one",
+                        spec.name,
+                        other.len()
+                    )));
+                }
+            };
+            Ok(LinearLayer::Exact(
+                burn::nn::LinearConfig::new(d_in, d_out)
+                    .with_bias(spec.bias)
+                    .init(device),
+            ))
+        }
         (_, Some(kind)) => {
             let shapes = spec
                 .factor_shapes
@@ -771,7 +1051,7 @@ fn skeleton(
                 TtLinearConfig::for_matrix(&m, bias.is_some()).init_from_matrix(&m, bias)?,
             ))
         }
-        (other, None) => Err(data(format!(
+        (other, _) => Err(data(format!(
             "{}: layer kind {other:?} is not one of dense, chain, cp, ttm",
             spec.name
         ))),
@@ -842,13 +1122,19 @@ pub fn load_compressed(
     }
     let manifest_err = |reason: String| data(&manifest_path, reason);
     let mut specs = manifest.layers.iter();
-    let mut model = model.try_map_linears(|_, layer| {
+    let mut model = model.try_map_linears(|name, layer| {
         let spec = specs.next().expect("as many specs as linears");
-        if spec.kind == "dense" {
+        if spec.kind == "dense" && spec.factor_shapes == [layer.dims().to_vec()] {
             return Ok(layer);
         }
         let new = skeleton(spec, device, &manifest_err)?;
-        if new.dims() != layer.dims() {
+        // A reduced-order MLP keeps fewer hidden neurons: only its hidden width may change.
+        let fits = match mlp_part(name) {
+            Some((_, true)) => new.dims()[0] == layer.dims()[0],
+            Some((_, false)) => new.dims()[1] == layer.dims()[1],
+            None => new.dims() == layer.dims(),
+        };
+        if !fits {
             return Err(manifest_err(format!(
                 "{}: factors of a {:?} weight where config.json implies {:?}",
                 spec.name,
@@ -858,19 +1144,22 @@ pub fn load_compressed(
         }
         Ok(new)
     })?;
+    for (li, layer) in model.layers.iter().enumerate() {
+        let (hidden, back) = (layer.ffn_in.dims()[1], layer.ffn_out.dims()[0]);
+        if hidden != back {
+            return Err(manifest_err(format!(
+                "encoder.layer.{li}: intermediate.dense has {hidden} outputs but output.dense {back} inputs"
+            )));
+        }
+    }
     let path = dir.join(COMPRESSED_WEIGHTS_FILE);
     require_file(&path)?;
-    if let Some(want) = manifest.weights_crc32 {
+    if manifest.packed {
+        return load_packed(model, manifest, &path, device);
+    }
+    if manifest.weights_crc32.is_some() {
         let bytes = fs::read(&path).map_err(|e| Error::io(&path, e))?;
-        let got = crc32fast::hash(&bytes);
-        if got != want {
-            return Err(data(
-                &path,
-                format!(
-                    "checksum {got:08x} is not the {want:08x} that {MANIFEST_FILE} lists (a truncated, changed or swapped file)"
-                ),
-            ));
-        }
+        check_crc(&manifest, &bytes, &path)?;
     }
     let applied = model
         .load_from(&mut SafetensorsStore::from_file(&path))
@@ -879,4 +1168,211 @@ pub fn load_compressed(
         return Err(data(&path, format!("does not match the manifest: {why}")));
     }
     Ok((model, manifest))
+}
+
+/// Checks the checksum of `bytes` against the manifest's, naming `path`.
+fn check_crc(manifest: &CompressedManifest, bytes: &[u8], path: &Path) -> Result<()> {
+    if let Some(want) = manifest.weights_crc32 {
+        let got = crc32fast::hash(bytes);
+        if got != want {
+            return Err(Error::Data {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "checksum {got:08x} is not the {want:08x} that {MANIFEST_FILE} lists (a truncated, changed or swapped file)"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// [`load_compressed`] of a packed file: everything but the factors through burn's store,
+/// then every quantized CP layer rebuilt from its codes ([`unpack_factors`]).
+fn load_packed(
+    mut model: Bert,
+    manifest: CompressedManifest,
+    path: &Path,
+    device: &Device,
+) -> Result<(Bert, CompressedManifest)> {
+    let data = |reason: String| Error::Data {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bits = manifest
+        .bits
+        .filter(|b| (2..=8).contains(b))
+        .ok_or_else(|| {
+            data(format!(
+                "packed codes need bits in 2..=8, the manifest says {:?}",
+                manifest.bits
+            ))
+        })?;
+    let bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    check_crc(&manifest, &bytes, path)?;
+    let applied = model
+        .load_from(
+            &mut SafetensorsStore::from_bytes(Some(bytes.clone()))
+                .with_predicate(not_factor_path)
+                .allow_partial(true),
+        )
+        .map_err(|e| data(format!("cannot be loaded: {e}")))?;
+    let missing: Vec<&String> = applied
+        .missing
+        .iter()
+        .map(|m| &m.0)
+        .filter(|p| !is_factor_path(p, ""))
+        .collect();
+    if !applied.errors.is_empty() || !missing.is_empty() {
+        return Err(data(format!(
+            "does not match the manifest: {} missing, {} errors (first: {})",
+            missing.len(),
+            applied.errors.len(),
+            applied
+                .errors
+                .first()
+                .map(|e| e.to_string())
+                .or(missing.first().map(|m| m.to_string()))
+                .unwrap_or_default()
+        )));
+    }
+    let file = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| data(format!("not a safetensors file: {e}")))?;
+    let mut specs = manifest.layers.iter();
+    let model = model.try_map_linears(|_, layer| {
+        let spec = specs.next().expect("as many specs as linears");
+        match layer {
+            LinearLayer::Factored(f) if spec.kind == "cp" => {
+                let (factors, grid) = unpack_factors(&file, spec, bits, device, &data)?;
+                let bias = f.bias.as_ref().map(|b| b.val());
+                Ok(LinearLayer::Factored(
+                    FactoredLinearConfig::new(FactoredKind::Cp)
+                        .init_from(factors, bias)?
+                        .with_grid(grid)?,
+                ))
+            }
+            other => Ok(other),
+        }
+    })?;
+    Ok((model, manifest))
+}
+
+/// Whether a burn module path names a factor of a factored linear (what the packed format
+/// stores as codes instead).
+fn is_factor_path(path: &str, _container: &str) -> bool {
+    path.contains(".factors.")
+}
+
+fn not_factor_path(path: &str, container: &str) -> bool {
+    !is_factor_path(path, container)
+}
+
+/// The names of a packed factor's codes and step in `compressed.safetensors`.
+fn packed_names(linear: &str, k: usize) -> (String, String) {
+    (
+        format!("packed.{linear}.{k}.codes"),
+        format!("packed.{linear}.{k}.scale"),
+    )
+}
+
+/// The safetensors bytes of `model` with every quantized factor as `bits`-bit codes (offset
+/// by `2^(bits−1) − 1` to be non-negative, packed LSB first by
+/// [`crate::activation::codes::pack`]) and its step as one f64, and every other tensor as
+/// burn's store writes it.
+fn packed_weights(model: &Bert) -> Result<Vec<u8>> {
+    let mut packed: Vec<(String, Vec<u8>, Vec<usize>, safetensors::Dtype)> = Vec::new();
+    for (name, layer) in model.linears() {
+        let LinearLayer::Factored(f) = layer else {
+            continue;
+        };
+        let (Some(grid), Some(codes)) = (f.grid(), f.codes()?) else {
+            return Err(Error::config(
+                "model",
+                format!("{name} without a quantization grid next to quantized layers"),
+                "every factored layer quantized (the packed format stores no f32 factors)",
+            ));
+        };
+        let offset = (1i32 << (grid.bits - 1)) - 1;
+        for (k, (codes, scale)) in codes.iter().zip(&grid.scales).enumerate() {
+            let shifted: Vec<u8> = codes.iter().map(|&q| (q + offset) as u8).collect();
+            let bytes = crate::activation::codes::pack(&shifted, grid.bits);
+            let (c, s) = packed_names(&name, k);
+            let n = bytes.len();
+            packed.push((c, bytes, vec![n], safetensors::Dtype::U8));
+            packed.push((
+                s,
+                scale.to_le_bytes().to_vec(),
+                vec![1],
+                safetensors::Dtype::F64,
+            ));
+        }
+    }
+    let mut store = SafetensorsStore::from_bytes(None).with_predicate(not_factor_path);
+    let burn_err = |e: String| Error::config("compressed model", "not serializable", e);
+    model
+        .save_into(&mut store)
+        .map_err(|e| burn_err(e.to_string()))?;
+    let rest = store.get_bytes().map_err(|e| burn_err(e.to_string()))?;
+    let parsed =
+        safetensors::SafeTensors::deserialize(&rest).map_err(|e| burn_err(e.to_string()))?;
+    let (_, metadata) =
+        safetensors::SafeTensors::read_metadata(&rest).map_err(|e| burn_err(e.to_string()))?;
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = parsed.tensors();
+    for (name, bytes, shape, dtype) in &packed {
+        views.push((
+            name.clone(),
+            safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes)
+                .map_err(|e| burn_err(e.to_string()))?,
+        ));
+    }
+    safetensors::serialize(views, metadata.metadata().clone()).map_err(|e| burn_err(e.to_string()))
+}
+
+/// The factors of the packed layer `spec` (a quantized CP) from `file`: each code times its
+/// step, exactly the f32 values [`packed_weights`] stored.
+fn unpack_factors(
+    file: &safetensors::SafeTensors,
+    spec: &LayerSpec,
+    bits: u32,
+    device: &Device,
+    data: &dyn Fn(String) -> Error,
+) -> Result<(Vec<Tensor<2>>, crate::decompose::QuantGrid)> {
+    let offset = (1i32 << (bits - 1)) - 1;
+    let mut factors = Vec::new();
+    let mut scales = Vec::new();
+    for (k, shape) in spec.factor_shapes.iter().enumerate() {
+        let (c, s) = packed_names(&spec.name, k);
+        let read = |name: &str| {
+            file.tensor(name)
+                .map_err(|e| data(format!("{}: packed factor {k}: {e}", spec.name)))
+        };
+        let (codes, scale) = (read(&c)?, read(&s)?);
+        let n: usize = shape.iter().product();
+        let step: [u8; 8] = scale
+            .data()
+            .try_into()
+            .map_err(|_| data(format!("{}: factor {k}'s step is not one f64", spec.name)))?;
+        let step = f64::from_le_bytes(step);
+        if codes.data().len() != crate::activation::codes::packed_len(n, bits) || !step.is_finite()
+        {
+            return Err(data(format!(
+                "{}: factor {k} holds {} code bytes for {n} {bits}-bit codes (step {step})",
+                spec.name,
+                codes.data().len()
+            )));
+        }
+        let values: Vec<f32> = (0..n)
+            .map(|i| {
+                let q = i32::from(crate::activation::codes::get(codes.data(), i, bits)) - offset;
+                crate::linear::grid_value(step, q)
+            })
+            .collect();
+        let [rows, cols] = <[usize; 2]>::try_from(shape.as_slice())
+            .map_err(|_| data(format!("{}: factor shape {shape:?} is not 2-D", spec.name)))?;
+        factors.push(Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(values, [rows, cols]),
+            device,
+        ));
+        scales.push(step);
+    }
+    Ok((factors, crate::decompose::QuantGrid { bits, scales }))
 }

@@ -90,11 +90,22 @@ pub struct StageReport {
     pub tune_seconds: f64,
 }
 
-/// Freezes everything but the factored layers' parameters.
-fn freeze_dense(mut model: Bert) -> Bert {
-    let freeze = |l: LinearLayer| match l {
-        LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_) => l.no_grad(),
-        factored => factored,
+/// Freezes everything but the compressed layers' parameters: the factored ones, and the dense
+/// ones whose shape changed (a reduced-order MLP's, [`super::CompressMethod::Rom`]);
+/// `shapes` are the original linears' `[d_in, d_out]` in [`Linears`] order.
+fn freeze_unchanged(mut model: Bert, shapes: &[[usize; 2]]) -> Bert {
+    let mut index = 0;
+    let mut freeze = |l: LinearLayer| {
+        let original = shapes[index];
+        index += 1;
+        match l {
+            LinearLayer::Exact(_) | LinearLayer::Gemm(_) | LinearLayer::Sketched(_)
+                if l.dims() == original =>
+            {
+                l.no_grad()
+            }
+            compressed => compressed,
+        }
     };
     model.embeddings = model.embeddings.no_grad();
     model.layers = std::mem::take(&mut model.layers)
@@ -155,7 +166,7 @@ pub fn compress_bert_iterative(
         return Err(Error::config(
             "method",
             params.method,
-            "svd, tucker2, cp, ttm or asvd for iterative compression (fine-tuning moves quantized \
+            "svd, tucker2, cp, ttm, asvd, fwsvd, active or rom for iterative compression (fine-tuning moves quantized \
              factors off their grid)",
         ));
     }
@@ -171,6 +182,7 @@ pub fn compress_bert_iterative(
         .iter()
         .map(|(_, l)| l.dense_weight().detach())
         .collect();
+    let shapes: Vec<[usize; 2]> = originals.iter().map(|w| w.dims()).collect();
     let max_len = tokenizer.max_seq_length().min(student.max_position());
     let mut rng = StdRng::seed_from_u64(it.seed);
     let mut model = student;
@@ -182,8 +194,17 @@ pub fn compress_bert_iterative(
         let start = Instant::now();
         let stage_params = CompressParams { ratio, ..*params };
         // Data-aware methods calibrate on the model as this stage finds it.
-        let calibration = if params.method.needs_calibration() {
-            let n = lines.len().min(super::CALIBRATION_LINES);
+        let n = lines.len().min(super::CALIBRATION_LINES);
+        let calibration = if params.method.needs_sensitivity() {
+            Some(super::calibrate_sensitivity(
+                &model,
+                tokenizer,
+                &lines[..n],
+                super::CALIBRATION_BATCH,
+                device,
+                params.seed.wrapping_add(s as u64),
+            )?)
+        } else if params.method.needs_calibration() {
             let plain = model.clone().valid();
             Some(super::calibrate(
                 &plain,
@@ -206,7 +227,7 @@ pub fn compress_bert_iterative(
             "stage {s}/{}: ratio {ratio:.3} compressed in {compress_seconds:.1} s",
             it.stages
         ));
-        let mut student = freeze_dense(compressed);
+        let mut student = freeze_unchanged(compressed, &shapes);
         let mut opt = AdamConfig::new().init();
         let start = Instant::now();
         let mut losses = Vec::with_capacity(it.steps);
@@ -252,7 +273,10 @@ pub fn compress_bert_iterative(
         .zip(&seconds)
     {
         let after = l.dense_weight().detach();
-        r.rel_error = norm(w.clone() - after) / norm(w.clone()).max(f64::MIN_POSITIVE);
+        // A reduced-order MLP's widths changed: it keeps the last stage's error measure.
+        if after.dims() == w.dims() {
+            r.rel_error = norm(w.clone() - after) / norm(w.clone()).max(f64::MIN_POSITIVE);
+        }
         r.params_before = w.dims().iter().product();
         r.params_after = l.weight_param_count();
         r.seconds = *t;

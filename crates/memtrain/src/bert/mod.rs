@@ -36,11 +36,14 @@ mod eval;
 mod files;
 mod model;
 mod pipeline;
+mod rom;
+mod sequential;
+mod spectrum;
 mod tokenizer;
 
 pub use calibrate::{
-    CALIBRATION_BATCH, CALIBRATION_LINES, Calibration, RIDGE, Spectrum, allocate_ranks, calibrate,
-    whitened_factors,
+    CALIBRATION_BATCH, CALIBRATION_LINES, Calibration, calibrate, calibrate_sensitivity,
+    sensitivity_batch,
 };
 pub use compress::{
     COMPRESSED_WEIGHTS_FILE, CompressMethod, CompressParams, CompressedManifest, LayerReport,
@@ -52,8 +55,11 @@ pub use distill::{IterativeParams, StageReport, compress_bert_iterative};
 pub use eval::{
     EmbedReport, ModelStats, compare_embeddings, compare_embeddings_with, packed_bytes, text_lines,
 };
-pub use model::{Bert, BertEmbeddings, BertLayer};
+pub use model::{Bert, BertEmbeddings, BertLayer, Site};
 pub use pipeline::{CompressSummary, HELD_OUT_LINES, Iterative, compress_model, distill_lines};
+pub use rom::{rom_neurons, rom_output_error, rom_refit, rom_refit_to};
+pub use sequential::{SEQUENTIAL_RIDGE, compress_bert_sequential};
+pub use spectrum::{RIDGE, Spectrum, active_factors, allocate_ranks, whitened_factors};
 pub use tokenizer::{BertInput, BertTokenizer};
 
 /// The model directory `scripts/fetch-minilm.sh` fills: `$MEMTRAIN_MINILM_DIR/model`, or

@@ -119,6 +119,9 @@ pub struct BertLayer {
     /// `output.LayerNorm`.
     pub ffn_norm: LayerNorm,
     n_heads: usize,
+    /// The hidden width `config.json` gives (`ffn_in` may keep fewer neurons after
+    /// `compress --method rom`).
+    d_ff: usize,
     #[module(skip)]
     activation: BertActivation,
 }
@@ -142,49 +145,88 @@ impl BertLayer {
             ffn_out: linear(f, d),
             ffn_norm: norm(),
             n_heads: config.n_heads,
+            d_ff: f,
             activation: config.activation,
         }
+    }
+
+    /// The MLP's hidden width as configured (`config.json`'s `intermediate_size`), which a
+    /// reduced-order model ([`super::CompressMethod::Rom`]) measures its ratio against.
+    pub fn configured_d_ff(&self) -> usize {
+        self.d_ff
     }
 
     /// Hidden states `[batch, seq, d_model]` and the additive key mask `[batch, 1, 1, seq]`
     /// (0 for a token, a large negative number for padding) to `[batch, seq, d_model]`.
     pub fn forward(&self, x: Tensor<3>, key_bias: Tensor<4>) -> Tensor<3> {
-        self.forward_seeing(x, key_bias, &mut |_, _| {})
+        self.forward_probed(x, key_bias, &mut |_, x| x)
     }
 
-    /// [`BertLayer::forward`], showing `see` the input of each linear before it runs: its slot
-    /// (0 query, 1 key, 2 value, 3 attention output, 4 intermediate, 5 output; the three
-    /// projections share one input, shown once as slot 0) and the input `[batch, seq, d_in]`.
-    /// What the calibration of data-aware compression ([`super::calibrate`]) reads.
-    pub fn forward_seeing(
+    /// [`BertLayer::forward`] with `probe` called on the input and the output of every
+    /// linear, in order, and its result used in their place: the input of slot `s` (0 query,
+    /// 1 key, 2 value, 3 attention output, 4 intermediate, 5 output) as
+    /// `probe(Site::input(s), x)`, the linear's result as `probe(Site::output(s), y)`, all
+    /// `[batch, seq, width]`. Calibration ([`super::calibrate`]) reads the inputs, and
+    /// [`super::calibrate_sensitivity`] adds zero tensors that require gradients to both
+    /// to read the loss's gradients there. Returning the tensor unchanged gives
+    /// [`BertLayer::forward`].
+    pub fn forward_probed(
         &self,
         x: Tensor<3>,
         key_bias: Tensor<4>,
-        see: &mut dyn FnMut(usize, &Tensor<3>),
+        probe: &mut dyn FnMut(Site, Tensor<3>) -> Tensor<3>,
     ) -> Tensor<3> {
-        see(0, &x);
+        let mut linear = |slot: usize, layer: &LinearLayer, x: Tensor<3>| {
+            let x = probe(Site::input(slot), x);
+            probe(Site::output(slot), layer.forward(x))
+        };
         let [b, t, d] = x.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
         let heads = |y: Tensor<3>| y.reshape([b, t, h, dh]).swap_dims(1, 2);
-        let q = heads(self.query.forward(x.clone()));
-        let k = heads(self.key.forward(x.clone()));
-        let v = heads(self.value.forward(x.clone()));
+        let q = heads(linear(0, &self.query, x.clone()));
+        let k = heads(linear(1, &self.key, x.clone()));
+        let v = heads(linear(2, &self.value, x.clone()));
         let scores = q.matmul(k.swap_dims(2, 3)) / (dh as f64).sqrt() + key_bias;
         let context = softmax(scores, 3)
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([b, t, d]);
-        see(3, &context);
-        let x = self.attn_norm.forward(self.attn_out.forward(context) + x);
-        see(4, &x);
-        let inner = self.ffn_in.forward(x.clone());
+        let x = self
+            .attn_norm
+            .forward(linear(3, &self.attn_out, context) + x);
+        let inner = linear(4, &self.ffn_in, x.clone());
         let inner = match self.activation {
             BertActivation::Gelu => gelu(inner),
             BertActivation::GeluTanh => gelu_approximate(inner),
             BertActivation::Relu => relu(inner),
         };
-        see(5, &inner);
-        self.ffn_norm.forward(self.ffn_out.forward(inner) + x)
+        self.ffn_norm.forward(linear(5, &self.ffn_out, inner) + x)
+    }
+}
+
+/// Where [`BertLayer::forward_probed`] calls its probe: the input or the output of the
+/// linear in `slot` (0 query, 1 key, 2 value, 3 attention output, 4 intermediate, 5 output,
+/// the order of [`Linears::linears`] within a layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Site {
+    /// The linear's slot in its layer, `0..6`.
+    pub slot: usize,
+    /// The linear's output (`true`) or input (`false`).
+    pub output: bool,
+}
+
+impl Site {
+    /// The input of the linear in `slot`.
+    pub fn input(slot: usize) -> Self {
+        Site {
+            slot,
+            output: false,
+        }
+    }
+
+    /// The output of the linear in `slot`.
+    pub fn output(slot: usize) -> Self {
+        Site { slot, output: true }
     }
 }
 
@@ -291,6 +333,21 @@ impl Bert {
     ///
     /// When the two shapes differ or `seq` exceeds [`Bert::max_position`].
     pub fn forward(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<3> {
+        self.forward_probed(ids, mask, &mut |_, _, x| x)
+    }
+
+    /// [`Bert::forward`] with `probe(layer, site, x)` called on every linear's input and
+    /// output as [`BertLayer::forward_probed`] describes (`layer` counts from 0).
+    ///
+    /// # Panics
+    ///
+    /// As [`Bert::forward`].
+    pub fn forward_probed(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Tensor<2, Int>,
+        probe: &mut dyn FnMut(usize, Site, Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<3> {
         let [b, t] = ids.dims();
         assert_eq!(
             [b, t],
@@ -300,11 +357,11 @@ impl Bert {
             mask.dims()
         );
         let key_bias = key_bias(mask, b, t);
-        self.layers
-            .iter()
-            .fold(self.embeddings.forward(ids), |x, layer| {
-                layer.forward(x, key_bias.clone())
-            })
+        let mut x = self.embeddings.forward(ids);
+        for (li, layer) in self.layers.iter().enumerate() {
+            x = layer.forward_probed(x, key_bias.clone(), &mut |site, y| probe(li, site, y));
+        }
+        x
     }
 
     /// The sentence embedding `[batch, d_model]`: the hidden states averaged over the tokens
@@ -315,9 +372,24 @@ impl Bert {
     ///
     /// As [`Bert::forward`].
     pub fn embed(&self, ids: Tensor<2, Int>, mask: Tensor<2, Int>) -> Tensor<2> {
+        self.embed_probed(ids, mask, &mut |_, _, x| x)
+    }
+
+    /// [`Bert::embed`] with `probe(layer, site, x)` called on every linear's input and output
+    /// as [`BertLayer::forward_probed`] describes (`layer` counts from 0).
+    ///
+    /// # Panics
+    ///
+    /// As [`Bert::forward`].
+    pub fn embed_probed(
+        &self,
+        ids: Tensor<2, Int>,
+        mask: Tensor<2, Int>,
+        probe: &mut dyn FnMut(usize, Site, Tensor<3>) -> Tensor<3>,
+    ) -> Tensor<2> {
         let [b, t] = mask.dims();
         let weights = mask.clone().float().reshape([b, t, 1]);
-        let hidden = self.forward(ids, mask);
+        let hidden = self.forward_probed(ids, mask, probe);
         let d = hidden.dims()[2];
         let summed = (hidden * weights.clone()).sum_dim(1).reshape([b, d]);
         let counts = weights.sum_dim(1).reshape([b, 1]).clamp_min(1e-9);

@@ -73,8 +73,11 @@ pub struct CompressSummary {
 /// (the decompositions themselves run on the host): one-shot
 /// ([`super::compress_bert`], calling `on_layer` after each layer), or in stages with
 /// distillation in between ([`compress_bert_iterative`], calling `on_progress` with a line of
-/// progress). A data-aware method ([`super::CompressMethod::needs_calibration`]) one-shot
-/// calibrates the original on `calibration_lines` (for example the first
+/// progress); with [`CompressParams::sequential`], one-shot layer by layer on
+/// `calibration_lines` ([`super::compress_bert_sequential`]). A data-aware method ([`super::CompressMethod::needs_calibration`]) one-shot
+/// calibrates the original on `calibration_lines` (with the loss's gradients,
+/// [`super::calibrate_sensitivity`], on `device` with autodiff, when the method
+/// [`needs_sensitivity`](super::CompressMethod::needs_sensitivity)) (for example the first
 /// [`super::CALIBRATION_LINES`] of [`distill_lines`], which never overlap the held-out
 /// evaluation lines); the iterative schedule calibrates on its own lines every stage. The
 /// returned model runs without autodiff.
@@ -112,6 +115,13 @@ pub fn compress_model(
     let original = Bert::load(dir, &plain)?;
     let model_params_before = original.num_params();
     let start = Instant::now();
+    if params.sequential && iterative.is_some() {
+        return Err(crate::error::Error::config(
+            "sequential",
+            "with the iterative schedule",
+            "sequential calibration one-shot (the iterative schedule distills instead)",
+        ));
+    }
     let (model, layers, stages, schedule) = match iterative {
         Some(it) => {
             let tokenizer = BertTokenizer::from_dir(dir)?;
@@ -136,8 +146,37 @@ pub fn compress_model(
                 it.params.describe(params.ratio),
             )
         }
+        None if params.sequential => {
+            let tokenizer = BertTokenizer::from_dir(dir)?;
+            let (model, layers) = super::compress_bert_sequential(
+                original,
+                params,
+                &tokenizer,
+                calibration_lines,
+                super::CALIBRATION_BATCH,
+                &plain,
+                on_layer,
+            )?;
+            (
+                model,
+                layers,
+                Vec::new(),
+                "one-shot, sequential".to_string(),
+            )
+        }
         None => {
-            let calibration = if params.method.needs_calibration() {
+            let calibration = if params.method.needs_sensitivity() {
+                let tokenizer = BertTokenizer::from_dir(dir)?;
+                let autodiff = plain.clone().autodiff();
+                Some(super::calibrate_sensitivity(
+                    &Bert::load(dir, &autodiff)?,
+                    &tokenizer,
+                    calibration_lines,
+                    super::CALIBRATION_BATCH,
+                    &autodiff,
+                    params.seed,
+                )?)
+            } else if params.method.needs_calibration() {
                 let tokenizer = BertTokenizer::from_dir(dir)?;
                 Some(super::calibrate(
                     &original,

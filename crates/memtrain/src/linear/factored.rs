@@ -13,7 +13,7 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::tensor::{Device, Tensor};
 
-use crate::decompose::Cp;
+use crate::decompose::{Cp, QuantGrid};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,9 @@ pub struct FactoredLinear {
     pub bias: Option<Param<Tensor<1>>>,
     #[module(skip)]
     kind: FactoredKind,
+    /// The grid the factors lie on, for a quantized CP ([`FactoredLinear::with_grid`]).
+    #[module(skip)]
+    grid: Option<QuantGrid>,
 }
 
 /// Configuration of a [`FactoredLinear`]: what its factors make.
@@ -150,6 +153,7 @@ impl FactoredLinear {
                 .collect(),
             bias: None,
             kind,
+            grid: None,
         };
         let d_out = layer.dims()[1];
         if let Some(b) = &bias
@@ -165,6 +169,71 @@ impl FactoredLinear {
             bias: bias.map(|b| Param::from_tensor(b.detach())),
             ..layer
         })
+    }
+
+    /// The layer with the grid its factors lie on (a quantized [`Cp`]'s
+    /// [`grid`](Cp::grid)): factor `k`'s entries are exactly `f32(scales[k] · q)` for integers
+    /// `|q| ≤ 2^(bits−1) − 1`, so they can be stored as `bits`-bit codes
+    /// ([`FactoredLinear::codes`]) and rebuilt bit for bit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the factor for a grid with another number of scales, or a
+    /// factor entry that is not on its grid.
+    pub fn with_grid(self, grid: QuantGrid) -> Result<Self> {
+        if grid.scales.len() != self.factors.len() {
+            return Err(Error::config(
+                "grid",
+                format!("{} scales", grid.scales.len()),
+                format!("one per factor ({})", self.factors.len()),
+            ));
+        }
+        let layer = FactoredLinear {
+            grid: Some(grid),
+            ..self
+        };
+        layer.codes()?;
+        Ok(layer)
+    }
+
+    /// The grid of a quantized layer ([`FactoredLinear::with_grid`]).
+    pub fn grid(&self) -> Option<&QuantGrid> {
+        self.grid.as_ref()
+    }
+
+    /// Each factor's integer codes `q` (row-major) on the layer's grid, `None` without one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] naming the factor whose entry is not `f32(scale · q)` for an integer
+    /// `|q| ≤ 2^(bits−1) − 1`.
+    pub fn codes(&self) -> Result<Option<Vec<Vec<i32>>>> {
+        let Some(grid) = &self.grid else {
+            return Ok(None);
+        };
+        let qmax = (1i32 << (grid.bits - 1)) - 1;
+        let mut all = Vec::with_capacity(self.factors.len());
+        for (k, (f, &scale)) in self.factors.iter().zip(&grid.scales).enumerate() {
+            let values: Vec<f32> = f.val().into_data().iter::<f32>().collect();
+            let mut codes = Vec::with_capacity(values.len());
+            for v in values {
+                let q = if scale == 0.0 {
+                    0
+                } else {
+                    (f64::from(v) / scale).round() as i32
+                };
+                if q.abs() > qmax || grid_value(scale, q) != v {
+                    return Err(Error::config(
+                        format!("factor {k}"),
+                        format!("entry {v}"),
+                        format!("a value on the {}-bit grid of step {scale}", grid.bits),
+                    ));
+                }
+                codes.push(q);
+            }
+            all.push(codes);
+        }
+        Ok(Some(all))
     }
 
     /// What the factors are.
@@ -269,4 +338,10 @@ impl FactoredLinear {
             None => y,
         }
     }
+}
+
+/// The f32 value of code `q` on a grid of step `scale`: `f32(scale · q)`, rounded once from
+/// f64, as [`crate::decompose::quantize_to_grid`] makes it.
+pub fn grid_value(scale: f64, q: i32) -> f32 {
+    (scale * f64::from(q)) as f32
 }

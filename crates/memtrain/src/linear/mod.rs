@@ -19,7 +19,7 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use factored::{FactoredKind, FactoredLinear, FactoredLinearConfig};
+pub use factored::{FactoredKind, FactoredLinear, FactoredLinearConfig, grid_value};
 pub use gemm::{GemmLinearBackend, GemmLinearKernel, gemm_linear};
 pub use sketched::{
     SketchKind, SketchedLinear, SketchedLinearBackend, SketchedLinearConfig, sketch_rows,
