@@ -10,7 +10,8 @@
 # are the held-out evaluation lines; default ../shared/data/tinyshakespeare.txt), SECOND (a
 # corpus of another domain, default /usr/share/common-licenses/GPL-3), OUT (results, default
 # /tmp/compress-table; a finished row is reused, so a stopped run resumes), METHODS, RATIOS,
-# SCHEDULES (one-shot and/or iterative). Quantized CP is one-shot only (fine-tuning would move
+# SCHEDULES (one-shot and/or iterative), PRINT_ONLY=1 (print the rows already in OUT, run
+# nothing). Quantized CP is one-shot only (fine-tuning would move
 # its factors off the grid). Needs jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,7 @@ for schedule in $SCHEDULES; do
       tag="${method//:/}-$ratio-$schedule"
       row="$OUT/$tag.json"
       [ -s "$row" ] && continue
+      [ -n "${PRINT_ONLY:-}" ] && continue
       flags=()
       [ "$schedule" = iterative ] && flags+=(--iterative --steps 100)
       case "$method" in cp*) flags+=(--cp-iters "$([ "$ratio" = 2 ] && echo 2 || echo 5)") ;; esac
@@ -47,7 +49,9 @@ for schedule in $SCHEDULES; do
         --json >"$OUT/$tag.second.json"
       jq -n --slurpfile c "$OUT/$tag.compress.json" --slurpfile e "$OUT/$tag.eval.json" \
         --slurpfile s "$OUT/$tag.second.json" \
+        --argjson file_bytes "$(stat -c %s "$OUT/$tag/compressed.safetensors")" \
         --arg method "$method" --arg schedule "$schedule" --argjson ratio "$ratio" '{
+          file_bytes: $file_bytes,
           method: $method, ratio: $ratio, schedule: $schedule,
           rel_error: $c[0].mean_rel_error, compress_seconds: $c[0].seconds,
           cosine: $e[0].mean_cosine, min_cosine: $e[0].min_cosine,
@@ -63,14 +67,14 @@ for schedule in $SCHEDULES; do
   done
 done
 
-echo "| method | ratio | schedule | mean ‖W-Ŵ‖/‖W‖ | cosine (min) | agreement | cosine (min), second corpus | agreement | model bytes | encode s (original) | compress s |"
-echo "|---|---|---|---|---|---|---|---|---|---|---|"
+echo "| method | ratio | schedule | mean ‖W-Ŵ‖/‖W‖ | cosine (min) | agreement | cosine (min), second corpus | agreement | model bytes | file bytes | encode s (original) | compress s |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for schedule in $SCHEDULES; do
   for ratio in $RATIOS; do
     for method in $METHODS; do
       row="$OUT/${method//:/}-$ratio-$schedule.json"
       [ -s "$row" ] || continue
-      jq -r '"| \(.method) | \(.ratio) | \(.schedule) | \(.rel_error*1000|round/1000) | \(.cosine*1000|round/1000) (\(.min_cosine*1000|round/1000)) | \(.agreement*1000|round/10)% | \(.second_cosine*1000|round/1000) (\(.second_min_cosine*1000|round/1000)) | \(.second_agreement*1000|round/10)% | \(.model_bytes)\(if .packed_bytes then " (\(.packed_bytes) packed)" else "" end) | \(.encode_seconds*100|round/100) (\(.original_encode_seconds*100|round/100)) | \(.compress_seconds*10|round/10) |"' "$row"
+      jq -r '"| \(.method) | \(.ratio) | \(.schedule) | \(.rel_error*1000|round/1000) | \(.cosine*1000|round/1000) (\(.min_cosine*1000|round/1000)) | \(.agreement*1000|round/10)% | \(.second_cosine*1000|round/1000) (\(.second_min_cosine*1000|round/1000)) | \(.second_agreement*1000|round/10)% | \(.model_bytes)\(if .packed_bytes then " (\(.packed_bytes) packed)" else "" end) | \(.file_bytes // "-") | \(.encode_seconds*100|round/100) (\(.original_encode_seconds*100|round/100)) | \(.compress_seconds*10|round/10) |"' "$row"
     done
   done
 done

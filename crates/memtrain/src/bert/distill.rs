@@ -6,9 +6,11 @@
 //! Schedule: stage `s = 1..=S` compresses every encoder linear to the ratio
 //! `ratio^(s/S)` (so the ranks fall from mild to the target; a layer that is already
 //! factored is factorized again from the product of its factors, e.g. the SVD of `A B`),
-//! then runs `steps` Adam steps on the factors and biases of the factored layers (the
-//! embeddings, LayerNorms and any dense layer stay frozen) minimising
-//! `1 - cos(student(x), teacher(x))` over batches of text lines.
+//! then runs `steps` Adam steps on the weights and biases of the compressed layers (the
+//! factored ones, and a reduced-order model's narrower dense MLP layers; the embeddings,
+//! LayerNorms and every dense layer of the original shape stay frozen) minimising
+//! `1 - cos(student(x), teacher(x))` over batches of text lines. Data-aware methods
+//! recalibrate on the model as each stage finds it.
 
 use std::time::Instant;
 

@@ -23,10 +23,15 @@
 //! Every linear layer is a [`LinearLayer`](crate::linear::LinearLayer) reachable by its
 //! Hugging Face name through [`Linears`](crate::linear::Linears), so compressed
 //! layers can replace the dense ones: [`compress_bert`] does that by a target parameter
-//! ratio (SVD, Tucker-2, CP, quantized CP, TT-matrix), [`compress_bert_iterative`] in stages
-//! with distillation in between ([`compress_model`] runs either on a model directory), and
-//! [`save_compressed`] / [`load_compressed`] store the factors; [`compare_embeddings`]
-//! measures how close a compressed model's embeddings stay to the original's.
+//! ratio (SVD, Tucker-2, CP, quantized CP, TT-matrix), [`compress_bert_calibrated`] with the
+//! data-aware methods that read what each layer computes on calibration text ([`calibrate`],
+//! [`calibrate_sensitivity`]: activation-whitened SVD, Fisher-weighted SVD, active subspaces,
+//! reduced-order MLPs by maxvol in `rom.rs`), [`compress_bert_sequential`] layer by layer on
+//! the partly compressed model, [`compress_bert_iterative`] in stages with distillation in
+//! between ([`compress_model`] runs any of them on a model directory), and
+//! [`save_compressed`] / [`load_compressed`] store the factors (quantized ones as packed
+//! codes); [`compare_embeddings`] measures how close a compressed model's embeddings stay to
+//! the original's.
 
 mod calibrate;
 mod compress;
