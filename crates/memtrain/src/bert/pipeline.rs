@@ -74,13 +74,13 @@ pub struct CompressSummary {
 /// ([`super::compress_bert`], calling `on_layer` after each layer), or in stages with
 /// distillation in between ([`compress_bert_iterative`], calling `on_progress` with a line of
 /// progress); with [`CompressParams::sequential`], one-shot layer by layer on
-/// `calibration_lines` ([`super::compress_bert_sequential`]). A data-aware method ([`super::CompressMethod::needs_calibration`]) one-shot
-/// calibrates the original on `calibration_lines` (with the loss's gradients,
-/// [`super::calibrate_sensitivity`], on `device` with autodiff, when the method
-/// [`needs_sensitivity`](super::CompressMethod::needs_sensitivity)) (for example the first
-/// [`super::CALIBRATION_LINES`] of [`distill_lines`], which never overlap the held-out
-/// evaluation lines); the iterative schedule calibrates on its own lines every stage. The
-/// returned model runs without autodiff.
+/// `calibration_lines` ([`super::compress_bert_sequential`]). A data-aware method
+/// ([`super::CompressMethod::needs_calibration`]) one-shot calibrates the original on
+/// `calibration_lines`, for example the first [`super::CALIBRATION_LINES`] of
+/// [`distill_lines`], which never overlap the held-out evaluation lines (with the loss's
+/// gradients, [`super::calibrate_sensitivity`] on `device` with autodiff, when it
+/// [`needs_sensitivity`](super::CompressMethod::needs_sensitivity)); the iterative schedule
+/// calibrates on its own lines every stage. The returned model runs without autodiff.
 ///
 /// ```no_run
 /// use std::path::Path;
@@ -111,10 +111,6 @@ pub fn compress_model(
     on_progress: impl FnMut(&str),
 ) -> Result<(Bert, CompressSummary)> {
     params.validate()?;
-    let plain = device.clone().without_autodiff();
-    let original = Bert::load(dir, &plain)?;
-    let model_params_before = original.num_params();
-    let start = Instant::now();
     if params.sequential && iterative.is_some() {
         return Err(crate::error::Error::config(
             "sequential",
@@ -122,6 +118,10 @@ pub fn compress_model(
             "sequential calibration one-shot (the iterative schedule distills instead)",
         ));
     }
+    let plain = device.clone().without_autodiff();
+    let original = Bert::load(dir, &plain)?;
+    let model_params_before = original.num_params();
+    let start = Instant::now();
     let (model, layers, stages, schedule) = match iterative {
         Some(it) => {
             let tokenizer = BertTokenizer::from_dir(dir)?;
