@@ -11,19 +11,12 @@ use crate::{Error, Result};
 pub const DEFAULT_MEMORY_LIMIT: u64 = 64 << 30;
 
 /// The bytes a fit, a build or a demo may plan to allocate, and where that number comes from:
-/// this machine's physical memory (`MemTotal` of `/proc/meminfo`), or
+/// this machine's physical memory ([`memtrain_tt::machine::physical_bytes`]), or
 /// [`DEFAULT_MEMORY_LIMIT`] where that cannot be read.
 pub fn memory_limit() -> (u64, &'static str) {
-    let total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            kib.checked_mul(1024)
-        });
-    match total {
-        Some(bytes) if bytes > 0 => (bytes, "this machine's memory"),
-        _ => (
+    match memtrain_tt::machine::physical_bytes() {
+        Some(bytes) => (bytes, "this machine's memory"),
+        None => (
             DEFAULT_MEMORY_LIMIT,
             "the default limit; this machine's memory is unknown",
         ),

@@ -41,6 +41,7 @@
 
 mod error;
 pub mod linalg;
+pub mod machine;
 pub mod matrix;
 pub mod ops;
 mod shape;

@@ -118,15 +118,8 @@ pub fn adamw_state_bytes(n_params: usize) -> usize {
     2 * F32 * n_params
 }
 
-/// This machine's physical memory in bytes (`sysconf`'s pages × page size), or `None` where
-/// the system does not say.
+/// This machine's physical memory in bytes, or `None` where the system does not say
+/// ([`memtrain_tt::machine::physical_bytes`], which `memtrain-index`'s memory limit reads too).
 pub fn physical_bytes() -> Option<u64> {
-    // SAFETY: sysconf reads system constants; no memory is passed.
-    let (pages, page) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+    memtrain_tt::machine::physical_bytes()
 }
