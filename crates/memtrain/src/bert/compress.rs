@@ -627,11 +627,39 @@ fn mlp_part(name: &str) -> Option<(usize, bool)> {
 }
 
 /// One MLP's reduction: the kept neurons, the refit output weight and its error.
-struct RomPlan {
-    neurons: Vec<usize>,
-    refit: Vec<f64>,
-    output_error: f64,
-    seconds: f64,
+pub(super) struct RomPlan {
+    pub(super) neurons: Vec<usize>,
+    pub(super) refit: Vec<f64>,
+    pub(super) output_error: f64,
+    pub(super) seconds: f64,
+}
+
+/// The reduction of `layer`'s MLP to `configured_d_ff / ratio` neurons from `gram = H̃ᵀH̃`
+/// and `cross = H̃ᵀH` of its hidden activations ([`super::rom_neurons`],
+/// [`super::rom_refit_to`]; `cross = gram` for one-shot calibration). `seconds` is left 0.
+pub(super) fn plan_rom(
+    layer: &super::BertLayer,
+    ratio: f64,
+    gram: &[f64],
+    cross: &[f64],
+) -> Result<RomPlan> {
+    let w2 = layer.ffn_out.dense_weight().detach();
+    let [width, d_out] = w2.dims();
+    let k = ((layer.configured_d_ff() as f64 / ratio).floor() as usize).clamp(1, width);
+    let values: Vec<f64> = w2.clone().into_data().iter::<f64>().collect();
+    let neurons = if k == width {
+        (0..width).collect()
+    } else {
+        super::rom_neurons(gram, width, k, &w2.device())?
+    };
+    let refit = super::rom_refit_to(gram, cross, width, &values, d_out, &neurons)?;
+    let output_error = super::rom_output_error(gram, width, &values, d_out, &neurons, &refit);
+    Ok(RomPlan {
+        neurons,
+        refit,
+        output_error,
+        seconds: 0.0,
+    })
 }
 
 /// A reduced-order MLP's input layer: the columns (and bias entries) of `neurons` of
@@ -690,24 +718,11 @@ fn compress_bert_rom(
     for (li, layer) in model.layers.iter().enumerate() {
         let start = Instant::now();
         let name = format!("encoder.layer.{li}.output.dense");
-        let w2 = layer.ffn_out.dense_weight().detach();
-        let [width, d_out] = w2.dims();
+        let width = layer.ffn_out.dims()[0];
         let gram = calibrated(calibration, &name, width, params.method, Stat::Gram)?;
-        let k = ((layer.configured_d_ff() as f64 / params.ratio).floor() as usize).clamp(1, width);
-        let values: Vec<f64> = w2.clone().into_data().iter::<f64>().collect();
-        let neurons = if k == width {
-            (0..width).collect()
-        } else {
-            super::rom_neurons(gram, width, k, &w2.device())?
-        };
-        let refit = super::rom_refit(gram, width, &values, d_out, &neurons)?;
-        let output_error = super::rom_output_error(gram, width, &values, d_out, &neurons, &refit);
-        plans.push(RomPlan {
-            neurons,
-            refit,
-            output_error,
-            seconds: start.elapsed().as_secs_f64(),
-        });
+        let mut plan = plan_rom(layer, params.ratio, gram, gram)?;
+        plan.seconds = start.elapsed().as_secs_f64();
+        plans.push(plan);
     }
     let attention = CompressParams {
         method: CompressMethod::Asvd,

@@ -19,8 +19,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::compress::{
-    CompressMethod, CompressParams, LayerReport, chain_from_host, kept_neurons, refit_output,
-    rel_error,
+    CompressMethod, CompressParams, LayerReport, chain_from_host, kept_neurons, plan_rom,
+    refit_output, rel_error,
 };
 use super::model::{Bert, BertLayer, Site, key_bias};
 use super::tokenizer::BertTokenizer;
@@ -208,24 +208,12 @@ pub fn compress_bert_sequential(
                 let (gram, cross) = &stats[1];
                 let layer = &mut current.layers[l];
                 let start = Instant::now();
-                let w2 = layer.ffn_out.dense_weight().detach();
-                let [width, d_out] = w2.dims();
-                let k = ((layer.configured_d_ff() as f64 / params.ratio).floor() as usize)
-                    .clamp(1, width);
-                let dev = w2.device();
-                let values: Vec<f64> = w2.clone().into_data().iter::<f64>().collect();
-                let neurons = if k == width {
-                    (0..width).collect()
-                } else {
-                    super::rom_neurons(gram, width, k, &dev)?
-                };
-                let refit = super::rom_refit_to(gram, cross, width, &values, d_out, &neurons)?;
-                let out_error =
-                    super::rom_output_error(gram, width, &values, d_out, &neurons, &refit);
-                let (new_in, dropped) = kept_neurons(&layer.ffn_in, &neurons);
-                let new_out = refit_output(&layer.ffn_out, refit, k);
+                let plan = plan_rom(layer, params.ratio, gram, cross)?;
+                let k = plan.neurons.len();
+                let (new_in, dropped) = kept_neurons(&layer.ffn_in, &plan.neurons);
+                let new_out = refit_output(&layer.ffn_out, plan.refit, k);
                 let seconds = per + start.elapsed().as_secs_f64() / 2.0;
-                for (s, new, err) in [(4, new_in, dropped), (5, new_out, out_error)] {
+                for (s, new, err) in [(4, new_in, dropped), (5, new_out, plan.output_error)] {
                     let old = std::mem::replace(slot(layer, s), new);
                     let new = slot(layer, s);
                     let report = LayerReport {

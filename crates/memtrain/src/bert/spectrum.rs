@@ -299,12 +299,7 @@ pub(crate) fn top_eigenvectors(
     r: usize,
     device: &Device,
 ) -> Result<Vec<f64>> {
-    let dtype = burn::tensor::DType::F64;
-    // For a symmetric PSD matrix the left singular vectors are the eigenvectors.
-    let (u, _, _) = memtrain_tt::linalg::svd(host::tensor(sym.to_vec(), [n, n], device, dtype))?;
-    let u = host::values(u);
-    let k = u.len() / n;
-    Ok((0..n)
-        .flat_map(|i| u[i * k..i * k + r].iter().copied())
-        .collect())
+    // For a symmetric PSD matrix the leading left singular vectors are the eigenvectors.
+    let m = host::tensor(sym.to_vec(), [n, n], device, burn::tensor::DType::F64);
+    Ok(host::values(memtrain_tt::linalg::leading_left(m, r)?))
 }
