@@ -5,7 +5,7 @@ use crate::cloud::{TtCloud, mat_mat, vec_mat};
 use crate::data::Points;
 use crate::exact::{assign, check_dim};
 use crate::kernel::{TopK, dot};
-use crate::lists::Lists;
+use crate::lists::{Lists, Storage};
 use crate::{Error, Result};
 
 /// Bytes of the search tables [`TtIndex`] derives from its cloud (prefix vectors and centre
@@ -58,17 +58,17 @@ impl TtSearch {
 /// lists' ids and offsets; the raw vectors (`4 N D`) are excluded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TtIndex {
-    cloud: TtCloud,
-    leaf_level: usize,
-    lists: Lists,
+    pub(crate) cloud: TtCloud,
+    pub(crate) leaf_level: usize,
+    pub(crate) lists: Lists,
     /// Per level `j = 1..=L`: prefix vectors `[n_j, r_j]`.
-    prefix: Vec<Vec<f32>>,
+    pub(crate) prefix: Vec<Vec<f32>>,
     /// Per level: `|p S_j|²` per cluster.
-    norms: Vec<Vec<f32>>,
+    pub(crate) norms: Vec<Vec<f32>>,
     /// `S_L` `[r_L, D]`.
-    suffix: Vec<f32>,
+    pub(crate) suffix: Vec<f32>,
     /// Per level `j = 1..L-1`: `M_{j+1}` `[r_j, r_{j+1}]`.
-    means: Vec<Vec<f32>>,
+    pub(crate) means: Vec<Vec<f32>>,
 }
 
 impl TtIndex {
@@ -241,6 +241,61 @@ impl TtIndex {
         4 * floats + self.lists.structure_bytes()
     }
 
+    /// The index with its vectors stored as `storage`, encoded from `points` (those it was
+    /// built from, in the same order).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when `points` are not the indexed points' count and dimension.
+    pub fn with_storage(mut self, points: &Points, storage: Storage) -> Result<Self> {
+        self.lists = self.lists.restored(points, storage)?;
+        Ok(self)
+    }
+
+    /// Inserts `points` into the lists of their nearest leaves (the centres as the index's
+    /// tables hold them, refined or not) with the ids `len()..len() + points.len()`, encoded
+    /// on the existing sq8 grid when the vectors are stored as sq8 (coordinates outside its
+    /// range are clamped). The cloud and the tables are unchanged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for points of another dimension, or when the index would hold more
+    /// than `u32::MAX` points.
+    pub fn add(&mut self, points: &Points) -> Result<()> {
+        if points.dim() != self.cloud.dim() {
+            return Err(Error::invalid(
+                "data dimension",
+                points.dim(),
+                format!("{}, the index's dimension", self.cloud.dim()),
+            ));
+        }
+        if points.is_empty() {
+            return Ok(());
+        }
+        let first = self.len();
+        if first + points.len() > u32::MAX as usize {
+            return Err(Error::invalid(
+                "points",
+                first + points.len(),
+                format!("at most {} in one index", u32::MAX),
+            ));
+        }
+        let u = self.projections(points);
+        let leaf_of = self.nearest_leaves(&u[self.leaf_level - 1]);
+        self.lists.insert(points, &leaf_of, first as u32);
+        Ok(())
+    }
+
+    /// Points in the index.
+    pub fn len(&self) -> usize {
+        self.lists.ids.len()
+    }
+
+    /// Whether the index holds no points.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The `k` nearest points found for `query` as `(squared distance, id)`, nearest first.
     ///
     /// # Errors
@@ -248,6 +303,22 @@ impl TtIndex {
     /// [`Error::Invalid`] for a query of another dimension, a zero beam or probe, or a beam
     /// list of the wrong length.
     pub fn search(&self, query: &[f32], k: usize, params: &TtSearch) -> Result<Vec<(f32, u32)>> {
+        let leaves = self.probe(query, params)?;
+        let mut top = TopK::new(k);
+        let prepared = self.lists.prepare(query);
+        for leaf in leaves {
+            self.lists.scan(leaf as usize, &prepared, &mut top);
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// The coarse search alone: the `params.probe` leaves [`TtIndex::search`] scans for
+    /// `query`, nearest centre first (the beam descent, `O(r)` a cluster).
+    ///
+    /// # Errors
+    ///
+    /// As [`TtIndex::search`].
+    pub fn probe(&self, query: &[f32], params: &TtSearch) -> Result<Vec<u32>> {
         check_dim(query, self.cloud.dim())?;
         let levels = self.leaf_level;
         if params.probe == 0 || params.beam.contains(&0) {
@@ -302,10 +373,29 @@ impl TtIndex {
             }
             kept = top.into_sorted().into_iter().map(|(_, c)| c).collect();
         }
-        let mut top = TopK::new(k);
-        for leaf in kept {
-            self.lists.scan(leaf as usize, query, &mut top);
-        }
-        Ok(top.into_sorted())
+        Ok(kept)
+    }
+
+    /// The centre of `leaf` (`< leaves()`) in data space, as the index's tables hold it
+    /// (refined or not): `p S_L + offset`.
+    ///
+    /// # Panics
+    ///
+    /// When `leaf` is not below [`TtIndex::leaves`].
+    pub fn leaf_centre(&self, leaf: usize) -> Vec<f32> {
+        let r = self.cloud.ranks()[self.leaf_level];
+        let p = &self.prefix[self.leaf_level - 1][leaf * r..(leaf + 1) * r];
+        let mut c = vec_mat(p, &self.suffix, self.cloud.dim());
+        c.iter_mut()
+            .zip(self.cloud.offset())
+            .for_each(|(a, b)| *a += b);
+        c
+    }
+
+    /// The index with no points: the cloud and search tables only (what a coarse quantizer
+    /// needs, [`TtIndex::probe`] and [`TtIndex::leaf_centre`]).
+    pub fn without_points(mut self) -> Self {
+        self.lists = Lists::empty(self.leaves(), self.cloud.dim());
+        self
     }
 }

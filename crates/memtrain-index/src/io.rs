@@ -2,20 +2,26 @@
 //!
 //! Layout (little-endian): the magic `MTTTIDX\0`, the format version (`u32`), the payload
 //! length (`u64`), the payload's CRC-32 (`u32`), then the payload: mode count, modes, ranks,
-//! dimension, leaf level, cores, basis, offset, list offsets, ids and vectors.
+//! dimension, leaf level, cores, basis, offset, the search tables of every level down to the
+//! leaves (prefix vectors and centre norms: they differ from the cloud's after
+//! [`TtIndex::refine`]), list offsets, ids, the storage (`0` f32, `1` sq8) and the vectors
+//! (f32: `N D` floats; sq8: the grid's `D` minima and `D` steps, then `N D` code bytes).
+//!
+//! Version 1 files (no tables, f32 vectors only) still load: their tables are derived from
+//! the cloud.
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::cloud::TtCloud;
 use crate::index::TtIndex;
-use crate::lists::Lists;
+use crate::lists::{Lists, Vectors};
 use crate::{Error, Result};
 
 /// The first eight bytes of every index file.
 pub const MAGIC: &[u8; 8] = b"MTTTIDX\0";
 /// The format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 /// Writes `index` to `path` through a temporary file and a rename, so a crash never leaves
@@ -60,10 +66,10 @@ pub fn load(path: &Path) -> Result<TtIndex> {
         return Err(Error::file(path, "truncated header"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(Error::file(
             path,
-            format!("index format version {version}; this build reads version {VERSION}"),
+            format!("index format version {version}; this build reads versions 1 to {VERSION}"),
         ));
     }
     let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
@@ -81,7 +87,7 @@ pub fn load(path: &Path) -> Result<TtIndex> {
     if crc32fast::hash(payload) != crc {
         return Err(Error::file(path, "checksum mismatch: the file is corrupt"));
     }
-    decode(payload).map_err(|reason| Error::file(path, reason))
+    decode(payload, version).map_err(|reason| Error::file(path, reason))
 }
 
 fn encode(index: &TtIndex) -> Vec<u8> {
@@ -106,11 +112,26 @@ fn encode(index: &TtIndex) -> Vec<u8> {
     }
     f32s(&mut out, cloud.basis());
     f32s(&mut out, cloud.offset());
+    for (prefix, norms) in index.prefix.iter().zip(&index.norms) {
+        f32s(&mut out, prefix);
+        f32s(&mut out, norms);
+    }
     u32s(&mut out, &[lists.offsets.len() as u32]);
     u32s(&mut out, &lists.offsets);
     u32s(&mut out, &[lists.ids.len() as u32]);
     u32s(&mut out, &lists.ids);
-    f32s(&mut out, &lists.vectors);
+    match &lists.vectors {
+        Vectors::F32(v) => {
+            u32s(&mut out, &[0]);
+            f32s(&mut out, v);
+        }
+        Vectors::Sq8 { codes, min, step } => {
+            u32s(&mut out, &[1]);
+            f32s(&mut out, min);
+            f32s(&mut out, step);
+            out.extend_from_slice(codes);
+        }
+    }
     out
 }
 
@@ -144,7 +165,7 @@ impl Reader<'_> {
     }
 }
 
-fn decode(payload: &[u8]) -> Result<TtIndex, String> {
+fn decode(payload: &[u8], version: u32) -> Result<TtIndex, String> {
     let mut r = Reader {
         bytes: payload,
         at: 0,
@@ -165,25 +186,8 @@ fn decode(payload: &[u8]) -> Result<TtIndex, String> {
     let basis = r.f32s(ranks[k].checked_mul(d).ok_or("basis size overflow")?)?;
     let offset = r.f32s(d)?;
     let cloud = TtCloud::new(shape, ranks, cores, basis, offset).map_err(|e| e.to_string())?;
-    let n_offsets = r.usize()?;
-    let offsets = r.u32s(n_offsets)?;
-    let n = r.usize()?;
-    let ids = r.u32s(n)?;
-    let vectors = r.f32s(n.checked_mul(d).ok_or("vector size overflow")?)?;
-    if r.at != payload.len() {
-        return Err(format!(
-            "{} unexpected trailing bytes",
-            payload.len() - r.at
-        ));
-    }
-    let leaves: usize = cloud.shape()[..leaf_level.min(k)].iter().product();
-    let consistent = (1..=k).contains(&leaf_level)
-        && offsets.len() == leaves + 1
-        && offsets.first() == Some(&0)
-        && offsets.last().map(|&x| x as usize) == Some(n)
-        && offsets.windows(2).all(|w| w[0] <= w[1]);
-    if !consistent {
-        return Err("inconsistent lists (offsets do not match the leaves)".into());
+    if !(1..=k).contains(&leaf_level) {
+        return Err(format!("leaf level {leaf_level} outside 1..={k}"));
     }
     let tables = crate::index::table_bytes(cloud.shape(), cloud.ranks(), leaf_level);
     crate::budget::check_bytes(
@@ -196,11 +200,56 @@ fn decode(payload: &[u8]) -> Result<TtIndex, String> {
         tables,
     )
     .map_err(|e| e.to_string())?;
+    let mut stored = Vec::new();
+    if version >= 2 {
+        let mut clusters = 1usize;
+        for j in 1..=leaf_level {
+            clusters *= cloud.shape()[j - 1];
+            let prefix = r.f32s(clusters * cloud.ranks()[j])?;
+            let norms = r.f32s(clusters)?;
+            stored.push((prefix, norms));
+        }
+    }
+    let n_offsets = r.usize()?;
+    let offsets = r.u32s(n_offsets)?;
+    let n = r.usize()?;
+    let ids = r.u32s(n)?;
+    let size = n.checked_mul(d).ok_or("vector size overflow")?;
+    let tag = if version >= 2 { r.usize()? } else { 0 };
+    let vectors = match tag {
+        0 => Vectors::F32(r.f32s(size)?),
+        1 => {
+            let min = r.f32s(d)?;
+            let step = r.f32s(d)?;
+            let codes = r.take(size)?.to_vec();
+            Vectors::Sq8 { codes, min, step }
+        }
+        other => return Err(format!("unknown vector storage {other} (0 f32, 1 sq8)")),
+    };
+    if r.at != payload.len() {
+        return Err(format!(
+            "{} unexpected trailing bytes",
+            payload.len() - r.at
+        ));
+    }
+    let leaves: usize = cloud.shape()[..leaf_level].iter().product();
+    let consistent = offsets.len() == leaves + 1
+        && offsets.first() == Some(&0)
+        && offsets.last().map(|&x| x as usize) == Some(n)
+        && offsets.windows(2).all(|w| w[0] <= w[1])
+        && ids.iter().all(|&i| (i as usize) < n);
+    if !consistent {
+        return Err("inconsistent lists (offsets or ids do not match the leaves)".into());
+    }
     let lists = Lists {
         offsets,
         ids,
         vectors,
         dim: d,
     };
-    Ok(TtIndex::from_parts(cloud, leaf_level, lists))
+    let mut index = TtIndex::from_parts(cloud, leaf_level, lists);
+    if !stored.is_empty() {
+        (index.prefix, index.norms) = stored.into_iter().unzip();
+    }
+    Ok(index)
 }

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use crate::data::Points;
 use crate::exact::{assign, check_dim};
 use crate::kernel::{TopK, dot};
-use crate::lists::Lists;
+use crate::lists::{Lists, Storage};
 use crate::{Error, Result};
 
 /// An IVF-Flat index: `nlist` k-means centroids, every point in the list of its nearest
@@ -81,6 +81,17 @@ impl IvfIndex {
         })
     }
 
+    /// The index with its vectors stored as `storage`, encoded from `points` (those it was
+    /// built from).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] when `points` are not the indexed points' count and dimension.
+    pub fn with_storage(mut self, points: &Points, storage: Storage) -> Result<Self> {
+        self.lists = self.lists.restored(points, storage)?;
+        Ok(self)
+    }
+
     /// Number of lists.
     pub fn nlist(&self) -> usize {
         self.norms.len()
@@ -115,8 +126,9 @@ impl IvfIndex {
             );
         }
         let mut top = TopK::new(k);
+        let prepared = self.lists.prepare(query);
         for (_, c) in lists.into_sorted() {
-            self.lists.scan(c as usize, query, &mut top);
+            self.lists.scan(c as usize, &prepared, &mut top);
         }
         Ok(top.into_sorted())
     }

@@ -44,6 +44,7 @@ mod lists;
 pub mod metrics;
 pub mod ood;
 pub mod parse;
+mod refine;
 
 pub use budget::{DEFAULT_MEMORY_LIMIT, memory_limit};
 pub use cloud::TtCloud;
@@ -55,4 +56,4 @@ pub use fit::{
 };
 pub use index::{TtIndex, TtSearch};
 pub use ivf::IvfIndex;
-pub use lists::Lists;
+pub use lists::{Lists, Storage};
