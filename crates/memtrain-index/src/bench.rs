@@ -1,7 +1,9 @@
 //! The recall/QPS benchmark behind `memtrain index bench`: the TT index, k-means IVF, HNSW
 //! ([`hnsw_rs`]) and brute force, all built and measured in one run, one query at a time on
-//! the calling thread, with recall@10 as [ann-benchmarks](https://ann-benchmarks.com) counts
-//! it.
+//! the calling thread (and, with [`BenchConfig::threads`], the same queries split across
+//! threads), with recall@10 as [ann-benchmarks](https://ann-benchmarks.com) counts it. The TT
+//! and IVF indexes are measured with each [`Storage`] of their lists (`tt`, `tt-sq8`, `ivf`,
+//! `ivf-sq8` rows).
 //!
 //! [`run`] is the entry point; [`measure`], [`qps_at`], [`summary`] and [`compression`] are
 //! its parts, usable on their own.
@@ -15,15 +17,15 @@ use crate::data::Points;
 use crate::kernel::l2sq;
 use crate::metrics::{recall_at_k, sliced_wasserstein};
 use crate::{
-    Error, ExactIndex, FitConfig, FitProgress, IvfIndex, Result, TtCloud, TtIndex, TtSearch,
-    check_capacity, fit, ground_truth,
+    Error, ExactIndex, FitConfig, FitProgress, IvfIndex, Result, Storage, TtCloud, TtIndex,
+    TtSearch, check_capacity, fit, ground_truth,
 };
 
 /// Neighbours per query: every row is recall@`K`.
 pub const K: usize = 10;
 
 /// Probe counts of the TT and IVF sweeps (those above the number of leaves are skipped).
-const PROBES: [usize; 12] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128];
+const PROBES: [usize; 13] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128];
 /// Beam widths of the TT sweep (one beam of 1 when the leaves are the first level).
 const BEAMS: [usize; 5] = [4, 8, 16, 32, 64];
 /// `ef` values of the HNSW sweep.
@@ -38,7 +40,8 @@ const HNSW_EF_CONSTRUCTION: usize = 200;
 /// Its [`Display`](fmt::Display) is the line the benchmark prints.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    /// `tt`, `ivf`, `hnsw` or `exact`.
+    /// `tt`, `ivf`, `hnsw` or `exact`; `-sq8` after `tt` and `ivf` for lists stored as
+    /// 8-bit codes ([`Storage::Sq8`]).
     pub method: String,
     /// The method's settings, e.g. `beam=8,probe=16` or `nlist=256,nprobe=4`.
     pub params: String,
@@ -50,20 +53,46 @@ pub struct Row {
     pub build_seconds: f64,
     /// Bytes of the index beyond the vectors it holds (0 where unknown).
     pub index_bytes: usize,
+    /// Every byte the index holds per base vector: its structure plus the vectors as it
+    /// stores them (raw float32, sq8 codes), over the number of base vectors. 0 in files
+    /// written before this key existed.
+    #[serde(default)]
+    pub bytes_per_vector: f64,
+    /// Threads of the [`Row::qps_threads`] measurement (1: none was made).
+    #[serde(default = "one")]
+    pub threads: usize,
+    /// Queries per second in all, the queries split across [`Row::threads`] threads;
+    /// `None` when only one thread was measured.
+    #[serde(default)]
+    pub qps_threads: Option<f64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl fmt::Display for Row {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:<6} {:<22} recall@10 {:.4}  {:>9.1} QPS  build {:>6.1} s  {:>10} B",
+            "{:<7} {:<22} recall@10 {:.4}  {:>9.1} QPS  build {:>6.1} s  {:>10} B  {:>7.1} B/vector",
             self.method,
             self.params,
             self.recall_at_10,
             self.qps,
             self.build_seconds,
-            self.index_bytes
-        )
+            self.index_bytes,
+            self.bytes_per_vector
+        )?;
+        if let Some(q) = self.qps_threads {
+            write!(
+                f,
+                "  {q:>9.1} QPS on {} threads ({:.2}x)",
+                self.threads,
+                q / self.qps
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -84,6 +113,18 @@ pub struct BenchConfig {
     pub kmeans_iters: usize,
     /// Whether to build and sweep the HNSW baseline.
     pub hnsw: bool,
+    /// Lloyd rounds of [`TtIndex::refine`] after building the TT index (0: the cloud's own
+    /// centres).
+    pub refine: usize,
+    /// The list storages the TT and IVF indexes are measured with, at least one.
+    pub storages: Vec<Storage>,
+    /// Threads of the second measurement of every row ([`Row::qps_threads`]); 1: none.
+    pub threads: usize,
+    /// When above 0, a second TT index is trained, built and refined on all but this
+    /// fraction of the base points (at least one held back), the rest is inserted with
+    /// [`TtIndex::add`], and the grown index is swept at beam 32 (`tt-add` rows, f32): the
+    /// recall of points the cloud never saw. Below 1.
+    pub add_fraction: f64,
     /// Live heap bytes of the process, to measure what building an index allocates (the
     /// `memtrain` crate's counting allocator, `memtrain::memory::live_bytes`). `None`: the TT
     /// index reports its formula only and HNSW reports 0 bytes.
@@ -100,6 +141,10 @@ impl Default for BenchConfig {
             exact_queries: 500,
             kmeans_iters: 10,
             hnsw: true,
+            refine: 10,
+            storages: Storage::ALL.to_vec(),
+            threads: 1,
+            add_fraction: 0.0,
             byte_meter: None,
         }
     }
@@ -128,6 +173,16 @@ pub enum Progress<'a> {
     Row(&'a Row),
     /// The TT cloud's compression of the data.
     Compression(&'a Compression),
+    /// The second TT index ([`BenchConfig::add_fraction`]) is trained on `trained` points
+    /// and `added` more were inserted, in `seconds` (training included).
+    Added {
+        /// Points the cloud was trained on and built with.
+        trained: usize,
+        /// Points inserted afterwards.
+        added: usize,
+        /// Seconds to train, build, refine and insert.
+        seconds: f64,
+    },
 }
 
 /// The TT index as [`run`] built it.
@@ -288,8 +343,29 @@ pub fn measure(
     queries: &Points,
     truth: &[Vec<(f32, u32)>],
     n: usize,
-    mut search: impl FnMut(&[f32]) -> Result<Vec<u32>>,
+    search: impl Fn(&[f32]) -> Result<Vec<u32>> + Sync,
 ) -> Result<Measurement> {
+    measure_threads(base, queries, truth, n, 1, search)
+}
+
+/// [`measure`] with the `n` queries split into `threads` contiguous blocks, each searched one
+/// query at a time on its own thread (scoped threads, started inside the timed span); the
+/// queries per second are the total, `n` over the wall time. `threads` 1 runs on this thread.
+///
+/// # Errors
+///
+/// As [`measure`], and [`Error::Invalid`] for `threads` 0.
+pub fn measure_threads(
+    base: &Points,
+    queries: &Points,
+    truth: &[Vec<(f32, u32)>],
+    n: usize,
+    threads: usize,
+    search: impl Fn(&[f32]) -> Result<Vec<u32>> + Sync,
+) -> Result<Measurement> {
+    if threads == 0 {
+        return Err(Error::invalid("threads", 0, "at least 1"));
+    }
     let available = queries.len().min(truth.len());
     if n == 0 || n > available {
         return Err(Error::invalid(
@@ -299,9 +375,35 @@ pub fn measure(
         ));
     }
     let start = Instant::now();
-    let found: Vec<Vec<u32>> = (0..n)
-        .map(|i| search(queries.row(i)))
-        .collect::<Result<_>>()?;
+    let found: Vec<Vec<u32>> = if threads == 1 {
+        (0..n)
+            .map(|i| search(queries.row(i)))
+            .collect::<Result<_>>()?
+    } else {
+        let per = n.div_ceil(threads);
+        let search = &search;
+        let blocks: Vec<Result<Vec<Vec<u32>>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..n)
+                .step_by(per)
+                .map(|a| {
+                    scope.spawn(move || {
+                        (a..(a + per).min(n))
+                            .map(|i| search(queries.row(i)))
+                            .collect::<Result<Vec<_>>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a search thread panicked"))
+                .collect()
+        });
+        let mut found = Vec::with_capacity(n);
+        for block in blocks {
+            found.extend(block?);
+        }
+        found
+    };
     let qps = n as f64 / start.elapsed().as_secs_f64();
     let mut total = 0.0;
     for (i, ids) in found.iter().enumerate() {
@@ -322,6 +424,14 @@ pub fn measure(
         recall: total / n as f64,
         qps,
     })
+}
+
+/// The row method of `base` (`tt`, `ivf`) with lists stored as `storage`.
+fn method(base: &str, storage: Storage) -> String {
+    match storage {
+        Storage::F32 => base.to_string(),
+        Storage::Sq8 => format!("{base}-sq8"),
+    }
 }
 
 /// The ids of a search result.
@@ -376,6 +486,23 @@ pub fn run(
     if config.limit == Some(0) {
         return Err(Error::invalid("limit", 0, "at least 1 query"));
     }
+    if config.threads == 0 {
+        return Err(Error::invalid("threads", 0, "at least 1"));
+    }
+    if !(0.0..1.0).contains(&config.add_fraction) {
+        return Err(Error::invalid(
+            "add fraction",
+            config.add_fraction,
+            "0 (none) up to but not including 1",
+        ));
+    }
+    if config.storages.is_empty() {
+        return Err(Error::invalid(
+            "storages",
+            "none",
+            "at least one of f32, sq8",
+        ));
+    }
     if queries.dim() != base.dim() {
         return Err(Error::invalid(
             "query dimension",
@@ -418,6 +545,17 @@ pub fn run(
         progress(Progress::Row(&row));
         rows.push(row);
     };
+    // One setting: one thread, then `config.threads` when more than one.
+    let timed = |search: &(dyn Fn(&[f32]) -> Result<Vec<u32>> + Sync)| -> Result<(Measurement, Option<f64>)> {
+        let m = measure(base, &queries, &truth, nq, search)?;
+        let parallel = if config.threads > 1 {
+            Some(measure_threads(base, &queries, &truth, nq, config.threads, search)?.qps)
+        } else {
+            None
+        };
+        Ok((m, parallel))
+    };
+    let per_vector = |bytes: usize| bytes as f64 / base.len() as f64;
 
     let exact = ExactIndex::new(base);
     let n_exact = config.exact_queries.clamp(1, nq);
@@ -432,6 +570,9 @@ pub fn run(
             qps: m.qps,
             build_seconds: 0.0,
             index_bytes: 0,
+            bytes_per_vector: per_vector(4 * base.len() * base.dim()),
+            threads: 1,
+            qps_threads: None,
         },
         progress,
     );
@@ -447,6 +588,11 @@ pub fn run(
     let live = config.byte_meter.map(|meter| meter());
     let start = Instant::now();
     let tt = TtIndex::build(cloud, base, leaf)?;
+    let tt = if config.refine > 0 {
+        tt.refine(base, config.refine)?
+    } else {
+        tt
+    };
     let build_seconds = fit_seconds + start.elapsed().as_secs_f64();
     // The cloud was allocated before and moved in; the lists copy the vectors.
     let measured_bytes = config
@@ -465,32 +611,86 @@ pub fn run(
     };
     progress(Progress::TtBuilt(&stats));
     let beams: &[usize] = if leaf == 1 { &[1] } else { &BEAMS };
-    for &beam in beams {
+    for &storage in &config.storages {
+        let stored;
+        let tt = if storage == tt.lists().storage() {
+            &tt
+        } else {
+            stored = tt.clone().with_storage(base, storage)?;
+            &stored
+        };
+        let bytes = per_vector(tt.structure_bytes() + tt.lists().vector_bytes());
+        for &beam in beams {
+            for probe in PROBES {
+                if probe > tt.leaves() {
+                    continue;
+                }
+                let params = TtSearch::new(beam, probe);
+                let (m, parallel) = timed(&|q| Ok(ids(tt.search(q, K, &params)?)))?;
+                push(
+                    Row {
+                        method: method("tt", storage),
+                        params: format!("beam={beam},probe={probe}"),
+                        recall_at_10: m.recall,
+                        qps: m.qps,
+                        build_seconds,
+                        index_bytes: stats.structure_bytes,
+                        bytes_per_vector: bytes,
+                        threads: config.threads,
+                        qps_threads: parallel,
+                    },
+                    progress,
+                );
+            }
+        }
+    }
+    let compression = compression(base, tt.cloud());
+    progress(Progress::Compression(&compression));
+    let tt_leaves = tt.leaves();
+    drop(tt);
+
+    if config.add_fraction > 0.0 && base.len() >= 2 {
+        let n = base.len();
+        let held = ((n as f64 * config.add_fraction).round() as usize).clamp(1, n - 1);
+        let head = base.head(n - held);
+        let tail = base.select(&(n - held..n).collect::<Vec<_>>());
+        let start = Instant::now();
+        let cloud =
+            fit(&head, &shape, &config.fit, &mut |_| {}).map_err(|e| Error::Fit(Box::new(e)))?;
+        let mut grown = TtIndex::build(cloud, &head, leaf)?.refine(&head, config.refine)?;
+        grown.add(&tail)?;
+        let seconds = start.elapsed().as_secs_f64();
+        progress(Progress::Added {
+            trained: head.len(),
+            added: tail.len(),
+            seconds,
+        });
+        let bytes = per_vector(grown.structure_bytes() + grown.lists().vector_bytes());
+        let beam = if leaf == 1 { 1 } else { 32 };
         for probe in PROBES {
-            if probe > tt.leaves() {
+            if probe > grown.leaves() {
                 continue;
             }
             let params = TtSearch::new(beam, probe);
-            let m = measure(base, &queries, &truth, nq, |q| {
-                Ok(ids(tt.search(q, K, &params)?))
-            })?;
+            let (m, parallel) = timed(&|q| Ok(ids(grown.search(q, K, &params)?)))?;
             push(
                 Row {
-                    method: "tt".into(),
+                    method: "tt-add".into(),
                     params: format!("beam={beam},probe={probe}"),
                     recall_at_10: m.recall,
                     qps: m.qps,
-                    build_seconds,
-                    index_bytes: stats.structure_bytes,
+                    build_seconds: seconds,
+                    index_bytes: grown.structure_bytes(),
+                    bytes_per_vector: bytes,
+                    threads: config.threads,
+                    qps_threads: parallel,
                 },
                 progress,
             );
         }
     }
-    let compression = compression(base, tt.cloud());
-    progress(Progress::Compression(&compression));
 
-    let same = tt.leaves().min(base.len());
+    let same = tt_leaves.min(base.len());
     let usual = ((4.0 * (base.len() as f64).sqrt()).round() as usize).clamp(1, base.len());
     let mut nlists = vec![same];
     if usual != same {
@@ -500,29 +700,40 @@ pub fn run(
         let start = Instant::now();
         let ivf = IvfIndex::build(base, nlist, config.kmeans_iters, config.fit.seed)?;
         let ivf_seconds = start.elapsed().as_secs_f64();
-        for nprobe in PROBES {
-            if nprobe > nlist {
-                continue;
+        for &storage in &config.storages {
+            let stored;
+            let ivf = if storage == ivf.lists().storage() {
+                &ivf
+            } else {
+                stored = ivf.clone().with_storage(base, storage)?;
+                &stored
+            };
+            let bytes = per_vector(ivf.structure_bytes() + ivf.lists().vector_bytes());
+            for nprobe in PROBES {
+                if nprobe > nlist {
+                    continue;
+                }
+                let (m, parallel) = timed(&|q| Ok(ids(ivf.search(q, K, nprobe)?)))?;
+                push(
+                    Row {
+                        method: method("ivf", storage),
+                        params: format!("nlist={nlist},nprobe={nprobe}"),
+                        recall_at_10: m.recall,
+                        qps: m.qps,
+                        build_seconds: ivf_seconds,
+                        index_bytes: ivf.structure_bytes(),
+                        bytes_per_vector: bytes,
+                        threads: config.threads,
+                        qps_threads: parallel,
+                    },
+                    progress,
+                );
             }
-            let m = measure(base, &queries, &truth, nq, |q| {
-                Ok(ids(ivf.search(q, K, nprobe)?))
-            })?;
-            push(
-                Row {
-                    method: "ivf".into(),
-                    params: format!("nlist={nlist},nprobe={nprobe}"),
-                    recall_at_10: m.recall,
-                    qps: m.qps,
-                    build_seconds: ivf_seconds,
-                    index_bytes: ivf.structure_bytes(),
-                },
-                progress,
-            );
         }
     }
 
     if config.hnsw {
-        for row in hnsw(base, &queries, &truth, config.byte_meter)? {
+        for row in hnsw(base, &queries, &truth, config.byte_meter, config.threads)? {
             push(row, progress);
         }
     }
@@ -541,6 +752,7 @@ fn hnsw(
     queries: &Points,
     truth: &[Vec<(f32, u32)>],
     meter: Option<fn() -> usize>,
+    threads: usize,
 ) -> Result<Vec<Row>> {
     use hnsw_rs::prelude::{DistL2, Hnsw};
     let vectors: Vec<Vec<f32>> = (0..base.len()).map(|i| base.row(i).to_vec()).collect();
@@ -557,13 +769,19 @@ fn hnsw(
     });
     let mut rows = Vec::with_capacity(HNSW_EF.len());
     for ef in HNSW_EF {
-        let m = measure(base, queries, truth, queries.len(), |q| {
+        let search = |q: &[f32]| -> Result<Vec<u32>> {
             Ok(index
                 .search(q, K, ef)
                 .into_iter()
                 .map(|n| n.d_id as u32)
                 .collect())
-        })?;
+        };
+        let m = measure(base, queries, truth, queries.len(), search)?;
+        let parallel = if threads > 1 {
+            Some(measure_threads(base, queries, truth, queries.len(), threads, search)?.qps)
+        } else {
+            None
+        };
         rows.push(Row {
             method: "hnsw".into(),
             params: format!("M={HNSW_M},ef={ef}"),
@@ -571,6 +789,9 @@ fn hnsw(
             qps: m.qps,
             build_seconds: seconds,
             index_bytes: bytes,
+            bytes_per_vector: (bytes + 4 * base.len() * base.dim()) as f64 / base.len() as f64,
+            threads,
+            qps_threads: parallel,
         });
     }
     Ok(rows)
@@ -611,6 +832,9 @@ pub fn compression(base: &Points, cloud: &TtCloud) -> Compression {
 ///     qps,
 ///     build_seconds: 0.0,
 ///     index_bytes: 0,
+///     bytes_per_vector: 0.0,
+///     threads: 1,
+///     qps_threads: None,
 /// };
 /// let rows = [row(0.8, 1000.0), row(0.9, 10.0)];
 /// // Halfway between the two points, in log(QPS): sqrt(1000 · 10) = 100.
@@ -651,51 +875,77 @@ pub fn qps_at(rows: &[Row], method: &str, params_prefix: &str, recall: f64) -> O
 /// Recall@10 the [`summary`] asks of the TT index.
 pub const SUMMARY_RECALL: f64 = 0.95;
 
-/// The fastest TT setting at recall@10 >= [`SUMMARY_RECALL`] against each IVF at that same
-/// recall, from [`summary`].
+/// The fastest setting of a TT method at a recall@10 target against each IVF list count of
+/// an IVF method at that same recall, from [`summary_at`].
 ///
 /// Its [`Display`](fmt::Display) is the benchmark's closing lines, one per comparison.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
-    /// The fastest TT row at recall@10 >= [`SUMMARY_RECALL`]; `None` when no row gets there.
+    /// The TT method compared (`tt`, `tt-sq8`).
+    pub tt_method: String,
+    /// The IVF method compared (`ivf`, `ivf-sq8`).
+    pub ivf_method: String,
+    /// The recall@10 target.
+    pub target: f64,
+    /// The fastest TT row at recall@10 >= the target; `None` when no row gets there.
     pub tt: Option<Row>,
     /// Per IVF list count (`nlist=...`), its QPS at the TT row's recall by [`qps_at`]
     /// (`None`: never reaches it). Empty when `tt` is `None`.
     pub ivf: Vec<(String, Option<f64>)>,
 }
 
-/// Compares the fastest TT setting at recall@10 >= [`SUMMARY_RECALL`] with each IVF list count
-/// of `rows` at that same recall.
+/// The summaries the benchmark prints: for each storage with TT and IVF rows (`tt` against
+/// `ivf`, `tt-sq8` against `ivf-sq8`), [`summary_at`] recall@10 [`SUMMARY_RECALL`] and 0.99.
+pub fn summaries(rows: &[Row]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for (tt, ivf) in [("tt", "ivf"), ("tt-sq8", "ivf-sq8")] {
+        if rows.iter().any(|r| r.method == tt) {
+            for target in [SUMMARY_RECALL, 0.99] {
+                out.push(summary_at(rows, tt, ivf, target));
+            }
+        }
+    }
+    out
+}
+
+/// [`summary_at`] of `tt` against `ivf` at [`SUMMARY_RECALL`].
 pub fn summary(rows: &[Row]) -> Summary {
+    summary_at(rows, "tt", "ivf", SUMMARY_RECALL)
+}
+
+/// Compares the fastest `tt_method` setting at recall@10 >= `target` with each list count of
+/// `ivf_method` in `rows` at that same recall (the TT row's own recall).
+pub fn summary_at(rows: &[Row], tt_method: &str, ivf_method: &str, target: f64) -> Summary {
     let tt = rows
         .iter()
-        .filter(|r| r.method == "tt" && r.recall_at_10 >= SUMMARY_RECALL)
+        .filter(|r| r.method == tt_method && r.recall_at_10 >= target)
         .max_by(|a, b| a.qps.total_cmp(&b.qps));
+    let mut out = Summary {
+        tt_method: tt_method.to_string(),
+        ivf_method: ivf_method.to_string(),
+        target,
+        tt: tt.cloned(),
+        ivf: Vec::new(),
+    };
     let Some(tt) = tt else {
-        return Summary {
-            tt: None,
-            ivf: Vec::new(),
-        };
+        return out;
     };
     let mut nlists: Vec<&str> = rows
         .iter()
-        .filter(|r| r.method == "ivf")
+        .filter(|r| r.method == ivf_method)
         .filter_map(|r| r.params.split(',').next())
         .collect();
     nlists.dedup();
-    let ivf = nlists
+    out.ivf = nlists
         .into_iter()
         .map(|nlist| {
             (
                 nlist.to_string(),
-                qps_at(rows, "ivf", nlist, tt.recall_at_10),
+                qps_at(rows, ivf_method, &format!("{nlist},"), tt.recall_at_10),
             )
         })
         .collect();
-    Summary {
-        tt: Some(tt.clone()),
-        ivf,
-    }
+    out
 }
 
 impl fmt::Display for Summary {
@@ -703,27 +953,31 @@ impl fmt::Display for Summary {
         let Some(tt) = &self.tt else {
             return write!(
                 f,
-                "summary: no tt setting in the sweep reaches recall@10 {SUMMARY_RECALL}"
+                "summary: no {} setting in the sweep reaches recall@10 {}",
+                self.tt_method, self.target
             );
         };
         write!(
             f,
-            "summary: tt {} reaches recall@10 {:.4} at {:.0} QPS",
-            tt.params, tt.recall_at_10, tt.qps
+            "summary: {} {} reaches recall@10 {:.4} at {:.0} QPS",
+            self.tt_method, tt.params, tt.recall_at_10, tt.qps
         )?;
         for (nlist, qps) in &self.ivf {
             match qps {
                 Some(q) => write!(
                     f,
-                    "\nsummary: ivf {nlist} at recall@10 {:.4} (interpolated): {q:.0} QPS; \
-                     tt/ivf = {:.2}",
+                    "\nsummary: {} {nlist} at recall@10 {:.4} (interpolated): {q:.0} QPS; \
+                     {}/{} = {:.2}",
+                    self.ivf_method,
                     tt.recall_at_10,
+                    self.tt_method,
+                    self.ivf_method,
                     tt.qps / q
                 )?,
                 None => write!(
                     f,
-                    "\nsummary: ivf {nlist} never reaches recall@10 {:.4}",
-                    tt.recall_at_10
+                    "\nsummary: {} {nlist} never reaches recall@10 {:.4}",
+                    self.ivf_method, tt.recall_at_10
                 )?,
             }
         }

@@ -38,6 +38,9 @@ fn row(method: &str, params: &str, recall_at_10: f64, qps: f64) -> Row {
         qps,
         build_seconds: 0.0,
         index_bytes: 0,
+        bytes_per_vector: 0.0,
+        threads: 1,
+        qps_threads: None,
     }
 }
 
@@ -79,7 +82,10 @@ fn should_sweep_every_method_with_the_exact_one_at_recall_one() {
     assert_eq!(seen, report.rows.len());
     let methods: std::collections::BTreeSet<&str> =
         report.rows.iter().map(|r| r.method.as_str()).collect();
-    assert_eq!(methods, ["exact", "hnsw", "ivf", "tt"].into());
+    assert_eq!(
+        methods,
+        ["exact", "hnsw", "ivf", "ivf-sq8", "tt", "tt-sq8"].into()
+    );
     for r in &report.rows {
         assert!(
             (0.0..=1.0).contains(&r.recall_at_10),
@@ -316,10 +322,14 @@ fn should_keep_the_json_keys_of_a_row() {
     let json = serde_json::to_string(&r).unwrap();
     assert_eq!(
         json,
-        r#"{"method":"tt","params":"beam=4,probe=1","recall_at_10":0.5,"qps":10.0,"build_seconds":0.0,"index_bytes":0}"#
+        r#"{"method":"tt","params":"beam=4,probe=1","recall_at_10":0.5,"qps":10.0,"build_seconds":0.0,"index_bytes":0,"bytes_per_vector":0.0,"threads":1,"qps_threads":null}"#
     );
     let back: Row = serde_json::from_str(&json).unwrap();
     assert_eq!(serde_json::to_string(&back).unwrap(), json);
+    // A file written before the keys bytes_per_vector, threads and qps_threads still reads.
+    let old = r#"{"method":"tt","params":"beam=4,probe=1","recall_at_10":0.5,"qps":10.0,"build_seconds":0.0,"index_bytes":0}"#;
+    let back: Row = serde_json::from_str(old).unwrap();
+    assert_eq!(back, r);
 }
 
 /// Ten well-separated clusters, one per class: 400 training and 100 test points.

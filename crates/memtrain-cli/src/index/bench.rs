@@ -7,7 +7,7 @@ use clap::Args;
 use memtrain_index::bench::{self, BenchConfig};
 use memtrain_index::data::FASHION_MNIST_DIR;
 
-use super::{CloudArgs, fit_config, load, shape_of, show};
+use super::{CloudArgs, ListArgs, fit_config, load, shape_of, show};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -20,6 +20,19 @@ pub struct BenchArgs {
     queries: Option<PathBuf>,
     #[command(flatten)]
     cloud: CloudArgs,
+    #[command(flatten)]
+    lists: ListArgs,
+    /// The list storages TT and IVF are measured with: f32, sq8, or both (f32,sq8).
+    #[arg(long, default_value = "f32,sq8")]
+    storage: String,
+    /// Also measure every setting with the queries split across this many threads (total
+    /// QPS next to the single-thread QPS).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Also build the TT index on all but this fraction of the base vectors, add the rest
+    /// with `TtIndex::add`, and measure it (`tt-add` rows); 0: skip.
+    #[arg(long, default_value_t = 0.1)]
+    add_fraction: f64,
     /// Only the first N queries.
     #[arg(long)]
     limit: Option<usize>,
@@ -44,6 +57,21 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("invalid --limit: got 0, expected at least 1 query");
     }
+    if args.threads == 0 {
+        bail!("invalid --threads: got 0, expected at least 1");
+    }
+    if !(0.0..1.0).contains(&args.add_fraction) {
+        bail!(
+            "invalid --add-fraction: got {}, expected 0 (skip) up to but not including 1",
+            args.add_fraction
+        );
+    }
+    let storages = args
+        .storage
+        .split(',')
+        .map(|s| s.trim().parse::<memtrain_index::Storage>())
+        .collect::<memtrain_index::Result<Vec<_>>>()
+        .context("--storage")?;
     if args.exact_queries == 0 {
         bail!("invalid --exact-queries: got 0, expected at least 1 query");
     }
@@ -76,6 +104,10 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         exact_queries: args.exact_queries,
         kmeans_iters: args.kmeans_iters,
         hnsw: !args.no_hnsw,
+        refine: args.lists.refine,
+        storages,
+        threads: args.threads,
+        add_fraction: args.add_fraction,
         byte_meter: Some(memtrain::memory::live_bytes),
     };
     let mut bar = None;
@@ -90,9 +122,18 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         }
         bench::Progress::Row(row) => println!("{row}"),
         bench::Progress::Compression(c) => println!("{c}"),
+        bench::Progress::Added {
+            trained,
+            added,
+            seconds,
+        } => eprintln!(
+            "tt-add: trained and built on {trained} points, then added {added} ({seconds:.1} s)"
+        ),
         _ => {}
     })?;
-    println!("{}", bench::summary(&report.rows));
+    for line in bench::summaries(&report.rows) {
+        println!("{line}");
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report.rows)?;
         crate::output::write_atomic(path, json.as_bytes()).context("--json")?;

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use memtrain_index::{TtIndex, fit, io};
+use memtrain_index::{Storage, TtIndex, fit, io};
 
-use super::{CloudArgs, check_cloud, fit_config, load, shape_of, show};
+use super::{CloudArgs, ListArgs, check_cloud, fit_config, load, shape_of, show};
 use crate::output::human_bytes;
 
 #[derive(Args, Debug)]
@@ -18,6 +18,12 @@ pub struct BuildArgs {
     data: PathBuf,
     #[command(flatten)]
     cloud: CloudArgs,
+    #[command(flatten)]
+    lists: ListArgs,
+    /// How the lists store the vectors: f32 (exact distances) or sq8 (one byte a
+    /// coordinate, 4x smaller, distances from the codes).
+    #[arg(long, default_value = "f32")]
+    storage: String,
     /// Index only the first N points of --data.
     #[arg(long)]
     limit: Option<usize>,
@@ -35,6 +41,7 @@ pub(super) fn run(args: BuildArgs) -> Result<()> {
         Some(n) if n < points.len() => points.head(n),
         _ => points,
     };
+    let storage: Storage = args.storage.parse().context("--storage")?;
     let (shape, leaf) = shape_of(&args.cloud, points.len())?;
     check_cloud(&args.cloud, &shape, leaf, points.len(), points.dim())?;
     let mut bar = None;
@@ -45,7 +52,9 @@ pub(super) fn run(args: BuildArgs) -> Result<()> {
     .context("training the TT cloud")?;
     drop(bar);
     eprintln!("trained the cloud; building the inverted lists...");
-    let index = TtIndex::build(cloud, &points, leaf)?;
+    let index = TtIndex::build(cloud, &points, leaf)?
+        .refine(&points, args.lists.refine)?
+        .with_storage(&points, storage)?;
     let seconds = start.elapsed().as_secs_f64();
     io::save(&index, &args.out).context("--out")?;
     println!(

@@ -4,6 +4,7 @@
 //! progress callback, and print. What they share (loading points, the cloud's flags and
 //! shape, the training progress bar) is in this file.
 
+mod add;
 mod bench;
 mod build;
 mod ood;
@@ -31,6 +32,8 @@ enum IndexCommand {
     Build(build::BuildArgs),
     /// Search an index for the nearest neighbours of each query.
     Query(query::QueryArgs),
+    /// Insert new points into an index file (each into its nearest leaf).
+    Add(add::AddArgs),
     /// Recall@10 against queries per second: TT index, k-means IVF, HNSW and brute force,
     /// all built and measured in this run.
     Bench(bench::BenchArgs),
@@ -73,10 +76,20 @@ pub struct CloudArgs {
     seed: u64,
 }
 
+/// How the index's leaves are refined and its vectors stored.
+#[derive(Args, Debug, Clone)]
+pub struct ListArgs {
+    /// Lloyd rounds refining the cloud's cluster tables on the data (0: the cloud's own
+    /// centres).
+    #[arg(long, default_value_t = 10)]
+    refine: usize,
+}
+
 pub fn run(args: IndexArgs) -> Result<()> {
     match args.command {
         IndexCommand::Build(a) => build::run(a),
         IndexCommand::Query(a) => query::run(a),
+        IndexCommand::Add(a) => add::run(a),
         IndexCommand::Bench(a) => bench::run(a),
         IndexCommand::Ood(a) => ood::run(a),
         IndexCommand::Plot(a) => plot::run(a),

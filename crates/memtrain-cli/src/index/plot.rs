@@ -76,6 +76,7 @@ pub(super) fn curves(rows: &[Row], path: &Path) -> Result<()> {
         for (s, key) in series.iter().enumerate() {
             let color = match key.as_str() {
                 "tt" => RGBColor(214, 39, 40),
+                "tt-sq8" => RGBColor(120, 0, 0),
                 "hnsw" => RGBColor(44, 160, 44),
                 "exact" => BLACK,
                 _ => {
@@ -148,7 +149,8 @@ pub(super) fn curves(rows: &[Row], path: &Path) -> Result<()> {
     })
 }
 
-/// Colours of the series other than tt (red), hnsw (green) and exact (black): the IVFs.
+/// Colours of the series other than tt (red), tt-sq8 (dark red), hnsw (green) and exact
+/// (black): the IVFs and the other TT modes.
 const PALETTE: [plotters::style::RGBColor; 6] = [
     plotters::style::RGBColor(31, 119, 180),
     plotters::style::RGBColor(255, 127, 14),
@@ -180,10 +182,12 @@ fn qps_label(qps: f64) -> String {
     format!("{text}{unit}")
 }
 
-/// The plot series of a row: its method, and its list count for IVF.
+/// The plot series of a row: its method, and its list count for IVF (`ivf`, `ivf-sq8`).
 fn series_key(row: &Row) -> String {
     match row.method.as_str() {
-        "ivf" => format!("ivf {}", row.params.split(',').next().unwrap_or("")),
+        m if m.starts_with("ivf") => {
+            format!("{m} {}", row.params.split(',').next().unwrap_or(""))
+        }
         m => m.to_string(),
     }
 }
