@@ -32,6 +32,7 @@
 pub mod bench;
 mod budget;
 mod cloud;
+pub mod codes;
 pub mod data;
 mod error;
 mod exact;
