@@ -6,6 +6,11 @@
 pub fn l2sq(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "l2sq of vectors of different lengths");
     #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU has AVX-512F (checked just above), and the lengths are equal.
+        return unsafe { x86::l2sq_512(a, b) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2 and FMA (checked just above), and the lengths are equal.
         return unsafe { x86::l2sq(a, b) };
@@ -33,6 +38,11 @@ pub fn l2sq_sq8(shifted: &[f32], step: &[f32], code: &[u8]) -> f32 {
         shifted.len() == step.len() && step.len() == code.len(),
         "l2sq_sq8 of vectors of different lengths"
     );
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        // SAFETY: the CPU has AVX-512F, and the three lengths are equal.
+        return unsafe { x86::l2sq_sq8_512(shifted, step, code) };
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         // SAFETY: the CPU has AVX2 and FMA, and the three lengths are equal.
@@ -64,6 +74,70 @@ pub fn l2sq_sq8_portable(shifted: &[f32], step: &[f32], code: &[u8]) -> f32 {
 /// The portable [`l2sq`], for tests of the SIMD path against it.
 pub fn l2sq_portable(a: &[f32], b: &[f32]) -> f32 {
     sum_pairs(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// One implementation of the distance kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct Variant {
+    /// `portable`, `avx2` or `avx512`.
+    pub name: &'static str,
+    /// [`l2sq`] as this variant computes it.
+    pub l2sq: fn(&[f32], &[f32]) -> f32,
+    /// [`l2sq_sq8`] as this variant computes it.
+    pub l2sq_sq8: fn(&[f32], &[f32], &[u8]) -> f32,
+}
+
+/// Every variant of the kernels this CPU can run (the portable one first), so that tests
+/// check each SIMD path against the portable one, not only the path [`l2sq`] picks. Inputs
+/// must have equal lengths, as for [`l2sq`].
+pub fn variants() -> Vec<Variant> {
+    let mut out = vec![Variant {
+        name: "portable",
+        l2sq: l2sq_portable,
+        l2sq_sq8: l2sq_sq8_portable,
+    }];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx2() {
+            out.push(Variant {
+                name: "avx2",
+                // SAFETY: returned only where the CPU has AVX2 and FMA; callers pass equal
+                // lengths (checked by the assertions the safe kernels make, repeated here).
+                l2sq: |a, b| {
+                    assert_eq!(a.len(), b.len());
+                    unsafe { x86::l2sq(a, b) }
+                },
+                l2sq_sq8: |q, s, c| {
+                    assert!(q.len() == s.len() && s.len() == c.len());
+                    // SAFETY: as above.
+                    unsafe { x86::l2sq_sq8(q, s, c) }
+                },
+            });
+        }
+        if avx512() {
+            out.push(Variant {
+                name: "avx512",
+                // SAFETY: returned only where the CPU has AVX-512F; equal lengths asserted.
+                l2sq: |a, b| {
+                    assert_eq!(a.len(), b.len());
+                    unsafe { x86::l2sq_512(a, b) }
+                },
+                l2sq_sq8: |q, s, c| {
+                    assert!(q.len() == s.len() && s.len() == c.len());
+                    // SAFETY: as above.
+                    unsafe { x86::l2sq_sq8_512(q, s, c) }
+                },
+            });
+        }
+    }
+    out
+}
+
+/// Whether the AVX-512 kernels run (std caches the CPU check).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
 }
 
 /// Whether the AVX2 + FMA kernels run (std caches the CPU check).
@@ -138,12 +212,11 @@ mod x86 {
         unsafe {
             let level = |at: usize| {
                 let bytes = _mm_loadl_epi64(pc.add(at) as *const __m128i);
-                let e = _mm256_fnmadd_ps(
+                _mm256_fnmadd_ps(
                     _mm256_loadu_ps(ps.add(at)),
                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)),
                     _mm256_loadu_ps(pq.add(at)),
-                );
-                e
+                )
             };
             let mut acc = [_mm256_setzero_ps(); 4];
             let mut i = 0;
@@ -169,6 +242,97 @@ mod x86 {
                 i += 1;
             }
             s
+        }
+    }
+
+    /// [`l2sq`] on 16-lane registers: two accumulators of 16 floats, a masked tail.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F, and `a.len() == b.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn l2sq_512(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        // SAFETY (whole body): AVX-512F by the caller; full loads read 16 floats at `i` with
+        // `i + 16 <= n`; the tail's masked loads touch only the `n - i` remaining lanes.
+        unsafe {
+            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let mut i = 0;
+            while i + 32 <= n {
+                let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+                let d1 = _mm512_sub_ps(
+                    _mm512_loadu_ps(pa.add(i + 16)),
+                    _mm512_loadu_ps(pb.add(i + 16)),
+                );
+                s0 = _mm512_fmadd_ps(d0, d0, s0);
+                s1 = _mm512_fmadd_ps(d1, d1, s1);
+                i += 32;
+            }
+            while i < n {
+                let m: __mmask16 = if n - i >= 16 {
+                    0xffff
+                } else {
+                    (1u16 << (n - i)) - 1
+                };
+                let d = _mm512_sub_ps(
+                    _mm512_maskz_loadu_ps(m, pa.add(i)),
+                    _mm512_maskz_loadu_ps(m, pb.add(i)),
+                );
+                s0 = _mm512_fmadd_ps(d, d, s0);
+                i += 16;
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+        }
+    }
+
+    /// [`l2sq_sq8`] on 16-lane registers, a masked tail.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have AVX-512F, and the three lengths must be equal.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn l2sq_sq8_512(shifted: &[f32], step: &[f32], code: &[u8]) -> f32 {
+        let n = code.len();
+        let (pq, ps, pc) = (shifted.as_ptr(), step.as_ptr(), code.as_ptr());
+        // SAFETY (whole body): AVX-512F by the caller; full loads read 16 floats or 16 bytes
+        // at `i` with `i + 16 <= n`; the tail copies its bytes into a local block and masks
+        // its float loads to the `n - i` remaining lanes.
+        unsafe {
+            let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let level = |at: usize, bytes: __m128i, m: __mmask16| {
+                _mm512_fnmadd_ps(
+                    _mm512_maskz_loadu_ps(m, ps.add(at)),
+                    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)),
+                    _mm512_maskz_loadu_ps(m, pq.add(at)),
+                )
+            };
+            let mut i = 0;
+            while i + 32 <= n {
+                let e0 = level(i, _mm_loadu_si128(pc.add(i) as *const __m128i), 0xffff);
+                let e1 = level(
+                    i + 16,
+                    _mm_loadu_si128(pc.add(i + 16) as *const __m128i),
+                    0xffff,
+                );
+                s0 = _mm512_fmadd_ps(e0, e0, s0);
+                s1 = _mm512_fmadd_ps(e1, e1, s1);
+                i += 32;
+            }
+            while i < n {
+                let left = (n - i).min(16);
+                let mut block = [0u8; 16];
+                std::ptr::copy_nonoverlapping(pc.add(i), block.as_mut_ptr(), left);
+                let m: __mmask16 = if left == 16 {
+                    0xffff
+                } else {
+                    (1u16 << left) - 1
+                };
+                let e = level(i, _mm_loadu_si128(block.as_ptr() as *const __m128i), m);
+                s0 = _mm512_fmadd_ps(e, e, s0);
+                i += 16;
+            }
+            _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
         }
     }
 

@@ -3,7 +3,7 @@
 
 use memtrain_index::bench::{self, BenchConfig, measure, measure_threads};
 use memtrain_index::data::{Points, clustered};
-use memtrain_index::kernel::{l2sq, l2sq_portable, l2sq_sq8, l2sq_sq8_portable};
+use memtrain_index::kernel::{l2sq, l2sq_portable, l2sq_sq8_portable, variants};
 use memtrain_index::{
     ExactIndex, FitConfig, IvfIndex, Storage, TtIndex, TtSearch, fit, ground_truth, io,
 };
@@ -106,36 +106,45 @@ fn should_stay_exact_and_consistent_after_refinement() {
     }
 }
 
-/// The AVX2 kernels agree with the portable ones on every length, tails included.
+/// Every SIMD variant of the kernels this CPU runs agrees with the portable one on every
+/// length, tails included; the sq8 kernel agrees with the distance to the decoded vector.
 #[test]
 fn should_agree_with_the_portable_kernels() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let variants = variants();
+    eprintln!(
+        "kernel variants on this CPU: {:?}",
+        variants.iter().map(|v| v.name).collect::<Vec<_>>()
+    );
     for n in 0..100 {
         let a: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
         let b: Vec<f32> = (0..n).map(|_| rng.random_range(-3.0f32..3.0)).collect();
-        let (fast, slow) = (l2sq(&a, &b), l2sq_portable(&a, &b));
-        assert!(
-            (fast - slow).abs() <= 1e-5 * (1.0 + slow),
-            "n {n}: {fast} {slow}"
-        );
         let step: Vec<f32> = (0..n).map(|_| rng.random_range(0.0f32..0.1)).collect();
         let code: Vec<u8> = (0..n).map(|_| rng.random()).collect();
-        let (fast, slow) = (
-            l2sq_sq8(&a, &step, &code),
-            l2sq_sq8_portable(&a, &step, &code),
-        );
-        assert!(
-            (fast - slow).abs() <= 1e-5 * (1.0 + slow),
-            "n {n}: {fast} {slow}"
-        );
-        // Against the decoded vector.
+        let slow = l2sq_portable(&a, &b);
+        let slow8 = l2sq_sq8_portable(&a, &step, &code);
+        for v in &variants {
+            let fast = (v.l2sq)(&a, &b);
+            assert!(
+                (fast - slow).abs() <= 1e-5 * (1.0 + slow),
+                "{} n {n}: {fast} {slow}",
+                v.name
+            );
+            let fast8 = (v.l2sq_sq8)(&a, &step, &code);
+            assert!(
+                (fast8 - slow8).abs() <= 1e-5 * (1.0 + slow8),
+                "{} n {n}: {fast8} {slow8}",
+                v.name
+            );
+        }
+        assert_eq!(l2sq(&a, &b), (variants.last().unwrap().l2sq)(&a, &b));
         let decoded: Vec<f32> = step
             .iter()
             .zip(&code)
             .map(|(s, &c)| s * f32::from(c))
             .collect();
         let direct = l2sq_portable(&a, &decoded);
-        assert!((slow - direct).abs() <= 1e-4 * (1.0 + direct), "n {n}");
+        assert!((slow8 - direct).abs() <= 1e-4 * (1.0 + direct), "n {n}");
     }
 }
 
