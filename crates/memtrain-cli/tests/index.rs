@@ -468,3 +468,100 @@ fn should_refuse_malformed_index_invocations_without_panicking() {
     assert_eq!(rows[0]["ids"].as_array().unwrap().len(), 64);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn should_build_and_query_a_compressed_index_or_reject_bad_codes() {
+    let dir = scratch("index-codes");
+    let data = memtrain_index::data::clustered(300, 8, 4, 0);
+    let (d, q) = (dir.join("data.npy"), dir.join("queries.npy"));
+    memtrain_index::data::write_npy(&d, &data).unwrap();
+    // The first 20 points as the queries: each is its own nearest neighbour.
+    memtrain_index::data::write_npy(&q, &data.head(20)).unwrap();
+    let idx = dir.join("codes.idx");
+    let (d_s, q_s, idx_s) = (
+        d.to_str().unwrap(),
+        q.to_str().unwrap(),
+        idx.to_str().unwrap(),
+    );
+    let build = |extra: &[&str]| {
+        let mut a = vec![
+            "index", "build", "--data", d_s, "--out", idx_s, "--shape", "4,4,20", "--steps", "20",
+            "--batch", "128", "--rank", "4",
+        ];
+        a.extend_from_slice(extra);
+        memtrain()
+            .env("MEMTRAIN_PROGRESS_SECONDS", "0")
+            .args(&a)
+            .output()
+            .unwrap()
+    };
+    // Every leaf scanned (16 leaves at level 2).
+    let query = [
+        "index",
+        "query",
+        "--index",
+        idx_s,
+        "--queries",
+        q_s,
+        "--beam",
+        "4",
+        "--probe",
+        "16",
+        "--json",
+    ];
+    // (--codes, the code bytes used: one 8-bit code a coordinate at most, found themselves)
+    for (codes, used, found_self) in [("6", 6, 12), ("32", 8, 19)] {
+        let out = build(&["--codes", codes]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("compressed 300 points"), "{stdout}");
+        assert!(stdout.contains(&format!("{used}-byte codes")), "{stdout}");
+        assert!(stdout.contains("bytes per vector"), "{stdout}");
+        assert!(stdout.contains("bytes in all"), "{stdout}");
+        let out = run_ok(&query);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 20);
+        let mut hits = 0;
+        for (i, row) in rows.iter().enumerate() {
+            let ids = row["ids"].as_array().unwrap();
+            assert_eq!(ids.len(), 10);
+            let dists: Vec<f64> = row["distances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert!(dists.windows(2).all(|w| w[0] <= w[1]), "{dists:?}");
+            hits += usize::from(ids[0].as_u64() == Some(i as u64));
+        }
+        assert!(
+            hits >= found_self,
+            "--codes {codes}: {hits} of 20 found themselves"
+        );
+    }
+    // A compressed file is no plain index for `index add`.
+    run_err(
+        &["index", "add", "--index", idx_s, "--data", q_s],
+        "a compressed index",
+    );
+    // Bad --codes: refused before training (one line on stderr, no progress lines).
+    for (extra, words) in [
+        (&["--codes", "0"][..], &["--codes", "got 0", "1..=32"][..]),
+        (&["--codes", "33"], &["--codes", "got 33", "1..=32"]),
+        (
+            &["--codes", "4", "--storage", "sq8"],
+            &["--storage sq8", "--codes"],
+        ),
+    ] {
+        let out = build(extra);
+        for w in words {
+            assert_user_error(&out, w);
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

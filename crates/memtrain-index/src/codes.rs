@@ -74,7 +74,7 @@ impl CodeLayout {
         }
     }
 
-    fn check(&self, dim: usize) -> Result<()> {
+    pub(crate) fn check(&self, dim: usize) -> Result<()> {
         let ok = (1..=dim).contains(&self.projected)
             && (1..=self.projected).contains(&self.subspaces)
             && (self.bits == 4 || self.bits == 8)
@@ -151,24 +151,24 @@ impl CodeLayout {
 /// ```
 #[derive(Debug, Clone)]
 pub struct CompressedIndex {
-    coarse: TtIndex,
-    offsets: Vec<u32>,
-    ids: Vec<u32>,
-    layout: CodeLayout,
+    pub(crate) coarse: TtIndex,
+    pub(crate) offsets: Vec<u32>,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) layout: CodeLayout,
     /// `[m, D]` as 8-bit integers, row `i` scaled by `scales[i]`; empty when `m = D`.
-    projection: Vec<i8>,
+    pub(crate) projection: Vec<i8>,
     /// `[m]`.
-    scales: Vec<f32>,
+    pub(crate) scales: Vec<f32>,
     /// The projected leaf-centre basis `[r, m]`: row `a` is `P` applied to row `a` of the
     /// coarse index's `S_L` (`[r, D]`, leaf centre `c = p S_L + offset`), so that a leaf's
     /// projected residual costs `O(r m)`, not `O(m D)`; empty when `m = D`.
-    basis: Vec<f32>,
+    pub(crate) basis: Vec<f32>,
     /// Subspace `s`: `[2^b, d_s]` at `2^b · start(s)`.
-    codebooks: Vec<f32>,
+    pub(crate) codebooks: Vec<f32>,
     /// The dropped norm's code `k` decodes to `k · norm_step`.
-    norm_step: f32,
+    pub(crate) norm_step: f32,
     /// `[N, c]`, in list order.
-    codes: Vec<u8>,
+    pub(crate) codes: Vec<u8>,
 }
 
 impl CompressedIndex {
@@ -252,11 +252,7 @@ impl CompressedIndex {
         };
         let m = layout.projected;
         let project = |r: &[f32]| -> Vec<f32> { apply(&projection, &scales, r) };
-        let basis: Vec<f32> = if projection.is_empty() {
-            Vec::new()
-        } else {
-            coarse.suffix.chunks_exact(d).flat_map(project).collect()
-        };
+        let basis = projected_basis(&coarse, &projection, &scales);
         let train: Vec<Vec<f32>> = sample.iter().map(|&at| project(&residual(at))).collect();
         let k = layout.centroids();
         let mut codebooks = vec![0.0f32; k * m];
@@ -392,6 +388,75 @@ impl CompressedIndex {
         Ok(top.into_sorted())
     }
 
+    /// The index read from its parts (with `basis` left empty, derived here), checked so that
+    /// search cannot panic: the coarse index holds no points, the layout fits its dimension,
+    /// the offsets run monotonically from 0 to `N` over its leaves, the ids are below `N`,
+    /// every part has its layout's length, the floats are finite and a 4-bit code's unused
+    /// high nibble is 0. `Err` says what is wrong.
+    pub(crate) fn validated(mut self) -> std::result::Result<Self, String> {
+        let d = self.coarse.cloud().dim();
+        let layout = self.layout;
+        layout.check(d).map_err(|e| e.to_string())?;
+        if !self.coarse.is_empty() {
+            return Err(format!(
+                "the coarse index holds {} points, expected none",
+                self.coarse.len()
+            ));
+        }
+        let (n, leaves) = (self.ids.len(), self.coarse.leaves());
+        let offsets_ok = self.offsets.len() == leaves + 1
+            && self.offsets.first() == Some(&0)
+            && self.offsets.last().map(|&x| x as usize) == Some(n)
+            && self.offsets.windows(2).all(|w| w[0] <= w[1]);
+        if !offsets_ok {
+            return Err(format!(
+                "inconsistent offsets: expected {} monotone offsets from 0 to {n} (one per \
+                 leaf and one more)",
+                leaves + 1
+            ));
+        }
+        if let Some(id) = self.ids.iter().find(|&&i| i as usize >= n) {
+            return Err(format!("id {id} out of range: expected below {n}"));
+        }
+        let m = layout.projected;
+        let rows = if m < d { m } else { 0 };
+        let c = layout.code_bytes();
+        let lengths = [
+            ("projection", self.projection.len(), rows * d),
+            ("projection scales", self.scales.len(), rows),
+            ("codebooks", self.codebooks.len(), layout.centroids() * m),
+            ("codes", self.codes.len(), n.saturating_mul(c)),
+        ];
+        for (what, got, want) in lengths {
+            if got != want {
+                return Err(format!(
+                    "{what}: {got} values, expected {want} for {layout:?}"
+                ));
+            }
+        }
+        let finite = self
+            .scales
+            .iter()
+            .chain(&self.codebooks)
+            .chain([&self.norm_step])
+            .all(|x| x.is_finite());
+        if !finite || self.norm_step < 0.0 {
+            return Err("non-finite projection scale, codebook entry or norm step".into());
+        }
+        if layout.bits == 4 && layout.subspaces % 2 == 1 {
+            let last = layout.subspaces / 2;
+            if let Some(at) = (0..n).find(|at| self.codes[at * c + last] >> 4 != 0) {
+                return Err(format!(
+                    "code of point {at}: {} in its unused high nibble, expected 0 (4-bit codes \
+                     below 2^4)",
+                    self.codes[at * c + last] >> 4
+                ));
+            }
+        }
+        self.basis = projected_basis(&self.coarse, &self.projection, &self.scales);
+        Ok(self)
+    }
+
     /// The code layout.
     pub fn layout(&self) -> CodeLayout {
         self.layout
@@ -426,6 +491,19 @@ impl CompressedIndex {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+/// The coarse index's leaf-centre basis `S_L` `[r, D]` under the 8-bit projection, `[r, m]`;
+/// empty without a projection.
+fn projected_basis(coarse: &TtIndex, projection: &[i8], scales: &[f32]) -> Vec<f32> {
+    if projection.is_empty() {
+        return Vec::new();
+    }
+    coarse
+        .suffix
+        .chunks_exact(coarse.cloud().dim())
+        .flat_map(|row| apply(projection, scales, row))
+        .collect()
 }
 
 /// Each row of `rows` `[m, d]` as 8-bit integers and its scale (its largest magnitude / 127).

@@ -9,12 +9,19 @@
 //!
 //! Version 1 files (no tables, f32 vectors only) still load: their tables are derived from
 //! the cloud.
+//!
+//! A [`CompressedIndex`] has a file of its own, [`save_compressed`] and [`load_compressed`]:
+//! the same header with the magic `MTTTPQ\0\0` and its own version, and a payload that nests
+//! the plain payload of its coarse index (which holds no points) before the codes (the layout
+//! is at `encode_compressed`). Each reader names the other kind of file when given one;
+//! [`load_any`] reads either.
 
 use std::io::Write;
 use std::path::Path;
 
 use crate::cloud::TtCloud;
-use crate::index::TtIndex;
+use crate::codes::{CodeLayout, CompressedIndex};
+use crate::index::{TtIndex, TtSearch};
 use crate::lists::{Lists, Vectors};
 use crate::{Error, Result};
 
@@ -22,6 +29,10 @@ use crate::{Error, Result};
 pub const MAGIC: &[u8; 8] = b"MTTTIDX\0";
 /// The format version this build writes and reads.
 pub const VERSION: u32 = 2;
+/// The first eight bytes of every compressed index file ([`save_compressed`]).
+pub const COMPRESSED_MAGIC: &[u8; 8] = b"MTTTPQ\0\0";
+/// The compressed format version this build writes and reads.
+pub const COMPRESSED_VERSION: u32 = 1;
 const HEADER: usize = 8 + 4 + 8 + 4;
 
 /// Writes `index` to `path` through a temporary file and a rename, so a crash never leaves
@@ -31,13 +42,172 @@ const HEADER: usize = 8 + 4 + 8 + 4;
 ///
 /// [`Error::Io`] when the file cannot be written.
 pub fn save(index: &TtIndex, path: &Path) -> Result<()> {
-    let payload = encode(index);
+    write_framed(path, MAGIC, VERSION, &encode(index))
+}
+
+/// Reads an index written by [`save`].
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read; [`Error::File`] for a foreign file (wrong
+/// magic), a compressed index (written by [`save_compressed`]), another format version, a
+/// truncated file, or a checksum mismatch.
+pub fn load(path: &Path) -> Result<TtIndex> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    load_plain(path, &bytes)
+}
+
+/// Writes the compressed index `index` to `path` (magic [`COMPRESSED_MAGIC`]), through a
+/// temporary file and a rename like [`save`].
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be written.
+///
+/// # Example
+///
+/// ```
+/// use memtrain_index::codes::CompressedIndex;
+/// use memtrain_index::{FitConfig, TtIndex, TtSearch, data, fit, io};
+///
+/// let points = data::clustered(256, 8, 4, 0);
+/// let config = FitConfig { rank: 4, steps: 10, batch: 128, ..FitConfig::default() };
+/// let cloud = fit(&points, &[4, 4, 16], &config, &mut |_| {}).unwrap();
+/// let index = TtIndex::build(cloud, &points, 2).unwrap();
+/// let bank = CompressedIndex::build(index, &points, 4, 0).unwrap();
+/// let path = std::env::temp_dir().join(format!("doc-{}.mtpq", std::process::id()));
+/// io::save_compressed(&bank, &path).unwrap();
+/// let loaded = io::load_compressed(&path).unwrap();
+/// let search = TtSearch::new(4, 4);
+/// assert_eq!(
+///     loaded.search(points.row(3), 5, &search).unwrap(),
+///     bank.search(points.row(3), 5, &search).unwrap()
+/// );
+/// // A plain-index reader names what the file is.
+/// let err = io::load(&path).unwrap_err().to_string();
+/// assert!(err.contains("compressed index"), "{err}");
+/// std::fs::remove_file(&path).unwrap();
+/// ```
+pub fn save_compressed(index: &CompressedIndex, path: &Path) -> Result<()> {
+    write_framed(
+        path,
+        COMPRESSED_MAGIC,
+        COMPRESSED_VERSION,
+        &encode_compressed(index),
+    )
+}
+
+/// Reads a compressed index written by [`save_compressed`], checking every length, the
+/// layout, the offsets, the ids and the codes, so that a corrupt file is an error.
+///
+/// # Errors
+///
+/// [`Error::Io`] when the file cannot be read; [`Error::File`] for a foreign file, a plain
+/// index (written by [`save`]), another format version, a truncated file, a checksum
+/// mismatch, or an inconsistent payload.
+pub fn load_compressed(path: &Path) -> Result<CompressedIndex> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    load_compressed_bytes(path, &bytes)
+}
+
+/// An index file of either kind, as [`load_any`] reads it.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// A plain index ([`save`]): the lists hold the vectors.
+    Plain(TtIndex),
+    /// A compressed index ([`save_compressed`]): codes, no raw vectors.
+    Compressed(CompressedIndex),
+}
+
+impl Loaded {
+    /// The dimension of the indexed vectors.
+    pub fn dim(&self) -> usize {
+        self.coarse().cloud().dim()
+    }
+
+    /// The TT index: the index itself, or the compressed index's coarse quantizer.
+    pub fn coarse(&self) -> &TtIndex {
+        match self {
+            Loaded::Plain(index) => index,
+            Loaded::Compressed(bank) => bank.coarse(),
+        }
+    }
+
+    /// Points in the index.
+    pub fn len(&self) -> usize {
+        match self {
+            Loaded::Plain(index) => index.len(),
+            Loaded::Compressed(bank) => bank.len(),
+        }
+    }
+
+    /// Whether the index holds no points.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// [`TtIndex::search`] or [`CompressedIndex::search`]: the `k` nearest as `(squared
+    /// distance, id)`, the distances exact from f32 vectors and estimates from sq8 vectors
+    /// or codes.
+    ///
+    /// # Errors
+    ///
+    /// As the index's own `search`.
+    pub fn search(&self, query: &[f32], k: usize, params: &TtSearch) -> Result<Vec<(f32, u32)>> {
+        match self {
+            Loaded::Plain(index) => index.search(query, k, params),
+            Loaded::Compressed(bank) => bank.search(query, k, params),
+        }
+    }
+}
+
+/// Reads an index file of either kind, told apart by its magic.
+///
+/// # Errors
+///
+/// As [`load`] or [`load_compressed`]; a file of neither kind is a foreign file.
+pub fn load_any(path: &Path) -> Result<Loaded> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(COMPRESSED_MAGIC) {
+        load_compressed_bytes(path, &bytes).map(Loaded::Compressed)
+    } else {
+        load_plain(path, &bytes).map(Loaded::Plain)
+    }
+}
+
+fn load_plain(path: &Path, bytes: &[u8]) -> Result<TtIndex> {
+    if bytes.starts_with(COMPRESSED_MAGIC) {
+        return Err(Error::file(
+            path,
+            "a compressed index (memtrain index build --codes), not a plain index with its \
+             vectors: read it with io::load_compressed or io::load_any",
+        ));
+    }
+    let (payload, version) = framed(path, bytes, MAGIC, VERSION)?;
+    decode(payload, version).map_err(|reason| Error::file(path, reason))
+}
+
+fn load_compressed_bytes(path: &Path, bytes: &[u8]) -> Result<CompressedIndex> {
+    if bytes.starts_with(MAGIC) {
+        return Err(Error::file(
+            path,
+            "a plain index (memtrain index build without --codes), not a compressed index: \
+             read it with io::load or io::load_any",
+        ));
+    }
+    let (payload, version) = framed(path, bytes, COMPRESSED_MAGIC, COMPRESSED_VERSION)?;
+    decode_compressed(payload, version).map_err(|reason| Error::file(path, reason))
+}
+
+/// `magic`, `version`, the payload's length and CRC-32, the payload; through a temporary
+/// file and a rename.
+fn write_framed(path: &Path, magic: &[u8; 8], version: u32, payload: &[u8]) -> Result<()> {
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(magic);
+    bytes.extend_from_slice(&version.to_le_bytes());
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    bytes.extend_from_slice(&payload);
+    bytes.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    bytes.extend_from_slice(payload);
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -51,31 +221,31 @@ pub fn save(index: &TtIndex, path: &Path) -> Result<()> {
     })
 }
 
-/// Reads an index written by [`save`].
-///
-/// # Errors
-///
-/// [`Error::Io`] when the file cannot be read; [`Error::File`] for a foreign file (wrong
-/// magic), another format version, a truncated file, or a checksum mismatch.
-pub fn load(path: &Path) -> Result<TtIndex> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    if bytes.len() < 8 || &bytes[..8] != MAGIC {
+/// The checked payload of a file written by [`write_framed`] with `magic`, and its version
+/// (`1..=latest`).
+fn framed<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    latest: u32,
+) -> Result<(&'a [u8], u32)> {
+    if bytes.len() < 8 || &bytes[..8] != magic {
         return Err(Error::file(path, "not a memtrain index file (bad magic)"));
     }
     if bytes.len() < HEADER {
         return Err(Error::file(path, "truncated header"));
     }
     let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-    if !(1..=VERSION).contains(&version) {
+    if !(1..=latest).contains(&version) {
         return Err(Error::file(
             path,
-            format!("index format version {version}; this build reads versions 1 to {VERSION}"),
+            format!("index format version {version}; this build reads versions 1 to {latest}"),
         ));
     }
-    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes")) as usize;
+    let len = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(bytes[20..24].try_into().expect("4 bytes"));
     let payload = &bytes[HEADER..];
-    if payload.len() != len {
+    if payload.len() as u64 != len {
         return Err(Error::file(
             path,
             format!(
@@ -87,7 +257,7 @@ pub fn load(path: &Path) -> Result<TtIndex> {
     if crc32fast::hash(payload) != crc {
         return Err(Error::file(path, "checksum mismatch: the file is corrupt"));
     }
-    decode(payload, version).map_err(|reason| Error::file(path, reason))
+    Ok((payload, version))
 }
 
 fn encode(index: &TtIndex) -> Vec<u8> {
@@ -252,4 +422,112 @@ fn decode(payload: &[u8], version: u32) -> Result<TtIndex, String> {
         (index.prefix, index.norms) = stored.into_iter().unzip();
     }
     Ok(index)
+}
+
+/// The compressed payload: the coarse index's format version (`u32`) and payload length
+/// (`u64`), its plain payload (no points), the layout (`projected`, `subspaces`, `bits`,
+/// `norm` as `u32`s), offset and id counts each before its `u32`s, the 8-bit projection
+/// (`m D` bytes) and its `m` scales when `m < D`, the codebooks (`2^b m` floats), the norm's
+/// step (a float), then the `N c` code bytes.
+fn encode_compressed(bank: &CompressedIndex) -> Vec<u8> {
+    let coarse = encode(&bank.coarse);
+    let mut out = Vec::with_capacity(coarse.len() + bank.bytes());
+    let u32s = |out: &mut Vec<u8>, v: &[u32]| {
+        v.iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+    };
+    let f32s = |out: &mut Vec<u8>, v: &[f32]| {
+        v.iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
+    };
+    u32s(&mut out, &[VERSION]);
+    out.extend_from_slice(&(coarse.len() as u64).to_le_bytes());
+    out.extend_from_slice(&coarse);
+    let l = bank.layout;
+    u32s(
+        &mut out,
+        &[
+            l.projected as u32,
+            l.subspaces as u32,
+            l.bits,
+            u32::from(l.norm),
+        ],
+    );
+    u32s(&mut out, &[bank.offsets.len() as u32]);
+    u32s(&mut out, &bank.offsets);
+    u32s(&mut out, &[bank.ids.len() as u32]);
+    u32s(&mut out, &bank.ids);
+    out.extend(bank.projection.iter().map(|&x| x as u8));
+    f32s(&mut out, &bank.scales);
+    f32s(&mut out, &bank.codebooks);
+    f32s(&mut out, &[bank.norm_step]);
+    out.extend_from_slice(&bank.codes);
+    out
+}
+
+fn decode_compressed(payload: &[u8], _version: u32) -> Result<CompressedIndex, String> {
+    let mut r = Reader {
+        bytes: payload,
+        at: 0,
+    };
+    let coarse_version = r.u32s(1)?[0];
+    if !(1..=VERSION).contains(&coarse_version) {
+        return Err(format!(
+            "coarse index format version {coarse_version}; this build reads versions 1 to \
+             {VERSION}"
+        ));
+    }
+    let len = u64::from_le_bytes(r.take(8)?.try_into().expect("8 bytes"));
+    let len = usize::try_from(len).map_err(|_| "coarse index size overflow")?;
+    let coarse = decode(r.take(len)?, coarse_version).map_err(|e| format!("coarse index: {e}"))?;
+    let d = coarse.cloud().dim();
+    let words = r.u32s(4)?;
+    let norm = match words[3] {
+        0 => false,
+        1 => true,
+        other => return Err(format!("norm flag {other}, expected 0 or 1")),
+    };
+    let layout = CodeLayout {
+        projected: words[0] as usize,
+        subspaces: words[1] as usize,
+        bits: words[2],
+        norm,
+    };
+    layout.check(d).map_err(|e| e.to_string())?;
+    let m = layout.projected;
+    let n_offsets = r.usize()?;
+    let offsets = r.u32s(n_offsets)?;
+    let n = r.usize()?;
+    let ids = r.u32s(n)?;
+    let (projection, scales) = if m < d {
+        let projection = r.take(m * d)?.iter().map(|&x| x as i8).collect();
+        (projection, r.f32s(m)?)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let codebooks = r.f32s(m << layout.bits)?;
+    let norm_step = r.f32s(1)?[0];
+    let size = n
+        .checked_mul(layout.code_bytes())
+        .ok_or("code size overflow")?;
+    let codes = r.take(size)?.to_vec();
+    if r.at != payload.len() {
+        return Err(format!(
+            "{} unexpected trailing bytes",
+            payload.len() - r.at
+        ));
+    }
+    CompressedIndex {
+        coarse,
+        offsets,
+        ids,
+        layout,
+        projection,
+        scales,
+        basis: Vec::new(),
+        codebooks,
+        norm_step,
+        codes,
+    }
+    .validated()
 }

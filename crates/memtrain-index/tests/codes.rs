@@ -5,7 +5,7 @@ use memtrain_index::codes::{CodeLayout, CompressedIndex};
 use memtrain_index::data::{Points, clustered};
 use memtrain_index::kernel::l2sq;
 use memtrain_index::metrics::recall_at_k;
-use memtrain_index::{Error, FitConfig, TtIndex, TtSearch, fit, ground_truth};
+use memtrain_index::{Error, FitConfig, TtIndex, TtSearch, fit, ground_truth, io};
 
 const N: usize = 512;
 const D: usize = 16;
@@ -240,4 +240,172 @@ fn should_be_reproducible_and_stable_across_seeds() {
     let rm = recalls.iter().sum::<f64>() / seeds as f64;
     let rsd = (recalls.iter().map(|r| (r - rm).powi(2)).sum::<f64>() / (seeds as f64 - 1.0)).sqrt();
     assert!(rm > 0.5 && rsd < 0.08, "recalls {recalls:?}");
+}
+
+/// A scratch directory of this test process.
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("memtrain-codes-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `(distance bits, id)` of every point found for the first 16 points as queries.
+fn answers(bank: &CompressedIndex, p: &Points) -> Vec<Vec<(u32, u32)>> {
+    (0..16)
+        .map(|i| {
+            bank.search(p.row(i), 10, &all_leaves())
+                .unwrap()
+                .into_iter()
+                .map(|(d, id)| (d.to_bits(), id))
+                .collect()
+        })
+        .collect()
+}
+
+/// Layouts covering every path of the format: a projection with the norm byte, 8-bit codes
+/// of every coordinate, and an odd number of 4-bit codes (a padding nibble).
+fn layouts() -> [CodeLayout; 3] {
+    [
+        CodeLayout::for_bytes(3, D),
+        CodeLayout::for_bytes(4 * D, D),
+        CodeLayout {
+            projected: D,
+            subspaces: 5,
+            bits: 4,
+            norm: false,
+        },
+    ]
+}
+
+#[test]
+fn should_round_trip_a_compressed_file_bit_for_bit() {
+    let p = points();
+    let idx = index(&p).refine(&p, 2).unwrap();
+    let dir = scratch("round-trip");
+    let (a, b) = (dir.join("a.mtpq"), dir.join("b.mtpq"));
+    for layout in layouts() {
+        let bank = CompressedIndex::build_with(idx.clone(), &p, layout, 1).unwrap();
+        io::save_compressed(&bank, &a).unwrap();
+        let loaded = io::load_compressed(&a).unwrap();
+        assert_eq!(loaded.layout(), layout);
+        assert_eq!(loaded.coarse(), bank.coarse());
+        assert_eq!(loaded.len(), N);
+        assert_eq!(loaded.bytes(), bank.bytes());
+        assert_eq!(answers(&loaded, &p), answers(&bank, &p), "{layout:?}");
+        io::save_compressed(&loaded, &b).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        // load_any tells the two kinds apart and searches alike.
+        let any = io::load_any(&a).unwrap();
+        assert!(matches!(any, io::Loaded::Compressed(_)));
+        assert_eq!((any.dim(), any.len()), (D, N));
+        let q = p.row(5);
+        assert_eq!(
+            any.search(q, 10, &all_leaves()).unwrap(),
+            bank.search(q, 10, &all_leaves()).unwrap()
+        );
+    }
+    io::save(&idx, &b).unwrap();
+    let any = io::load_any(&b).unwrap();
+    assert!(matches!(any, io::Loaded::Plain(_)));
+    assert_eq!(any.coarse(), &idx);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn file_error(e: Error, needle: &str) {
+    let text = e.to_string();
+    assert!(matches!(e, Error::File { .. }), "{text}");
+    assert!(text.contains(needle), "{text} should say {needle}");
+}
+
+#[test]
+fn should_refuse_truncated_corrupt_foreign_and_cross_kind_files() {
+    let p = points();
+    let idx = index(&p);
+    let bank = CompressedIndex::build(idx.clone(), &p, 6, 0).unwrap();
+    let dir = scratch("refuse");
+    let (good, plain, bad) = (dir.join("good"), dir.join("plain"), dir.join("bad"));
+    io::save_compressed(&bank, &good).unwrap();
+    io::save(&idx, &plain).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let write = |b: &[u8]| std::fs::write(&bad, b).unwrap();
+    write(&bytes[..bytes.len() - 5]);
+    file_error(io::load_compressed(&bad).unwrap_err(), "truncated");
+    write(&bytes[..12]);
+    file_error(io::load_compressed(&bad).unwrap_err(), "truncated header");
+    let mut flipped = bytes.clone();
+    flipped[40] ^= 0x10;
+    write(&flipped);
+    file_error(io::load_compressed(&bad).unwrap_err(), "checksum");
+    let mut version = bytes.clone();
+    version[8] = 9;
+    write(&version);
+    file_error(io::load_compressed(&bad).unwrap_err(), "version 9");
+    write(b"PK\x03\x04 a zip header, not an index");
+    file_error(
+        io::load_compressed(&bad).unwrap_err(),
+        "not a memtrain index",
+    );
+    file_error(io::load_any(&bad).unwrap_err(), "not a memtrain index");
+    // Each reader names the other kind of file.
+    file_error(io::load(&good).unwrap_err(), "a compressed index");
+    file_error(io::load(&good).unwrap_err(), "--codes");
+    file_error(io::load_compressed(&plain).unwrap_err(), "a plain index");
+    // Every error names the file.
+    let msg = io::load_compressed(&plain).unwrap_err().to_string();
+    assert!(msg.contains("plain"), "{msg}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `bytes` with its header's CRC-32 recomputed over the payload.
+fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&bytes[24..]);
+    bytes[20..24].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn should_refuse_checksummed_corruption_without_panicking() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let p = points();
+    let idx = index(&p);
+    let dir = scratch("flips");
+    let (good, bad) = (dir.join("good"), dir.join("bad"));
+    let odd = layouts()[2];
+    let bank = CompressedIndex::build_with(idx.clone(), &p, odd, 0).unwrap();
+    io::save_compressed(&bank, &good).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    // The last byte is the last point's third code byte: its high nibble pads 5 subspaces.
+    let mut nibble = bytes.clone();
+    *nibble.last_mut().unwrap() |= 0x30;
+    std::fs::write(&bad, with_crc(nibble)).unwrap();
+    file_error(io::load_compressed(&bad).unwrap_err(), "nibble");
+    // The layout word `bits` (after the coarse payload's version and length, and itself).
+    let coarse_len = u64::from_le_bytes(bytes[28..36].try_into().unwrap()) as usize;
+    let bits_at = 36 + coarse_len + 8;
+    assert_eq!(bytes[bits_at], 4);
+    let mut bits = bytes.clone();
+    bits[bits_at] = 40;
+    std::fs::write(&bad, with_crc(bits)).unwrap();
+    file_error(io::load_compressed(&bad).unwrap_err(), "code layout");
+    // Random flips past the checksum: an error, or an index that searches.
+    let mut rng = StdRng::seed_from_u64(5);
+    let after = bits_at - 8;
+    for case in 0..200 {
+        let mut b = bytes.clone();
+        let at = if case % 2 == 0 {
+            // The structural words after the coarse payload: layout, counts, offsets.
+            after + rng.random_range(0..96)
+        } else {
+            rng.random_range(24..b.len())
+        };
+        b[at] ^= rng.random_range(1..=255u8);
+        std::fs::write(&bad, with_crc(b)).unwrap();
+        if let Ok(loaded) = io::load_compressed(&bad) {
+            loaded.search(p.row(0), 10, &all_leaves()).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

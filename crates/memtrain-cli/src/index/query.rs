@@ -10,8 +10,9 @@ use super::load;
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
-    /// An index written by `memtrain index build`. Each query prints a line
-    /// `query I: ID (DISTANCE) ...`, nearest first, distances Euclidean.
+    /// An index written by `memtrain index build`, plain or compressed (--codes). Each query
+    /// prints a line `query I: ID (DISTANCE) ...`, nearest first, distances Euclidean as the
+    /// index estimates them: exact from f32 lists, approximate from sq8 lists or codes.
     #[arg(long)]
     index: PathBuf,
     /// Queries: a float32 [Q, D] .npy file, or a Fashion-MNIST directory (its test images).
@@ -35,14 +36,14 @@ pub struct QueryArgs {
 }
 
 pub(super) fn run(args: QueryArgs) -> Result<()> {
-    let index = io::load(&args.index).context("--index")?;
+    let index = io::load_any(&args.index).context("--index")?;
     let (points, test) = load(&args.queries, "--queries")?;
     let queries = test.unwrap_or(points);
-    if queries.dim() != index.cloud().dim() {
+    if queries.dim() != index.dim() {
         bail!(
             "dimension mismatch: the queries have dimension {}, the index {}",
             queries.dim(),
-            index.cloud().dim()
+            index.dim()
         );
     }
     for (flag, value) in [
