@@ -186,6 +186,9 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
             "qps",
             "build_seconds",
             "index_bytes",
+            "bytes_per_vector",
+            "threads",
+            "qps_threads",
         ]
         .into();
         assert_eq!(keys, want);
@@ -193,10 +196,12 @@ fn should_build_query_and_bench_an_index_or_reject_bad_input() {
         let recall = row["recall_at_10"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&recall));
     }
-    let all: std::collections::BTreeSet<String> = ["exact", "hnsw", "ivf", "tt"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let all: std::collections::BTreeSet<String> = [
+        "exact", "hnsw", "ivf", "ivf-sq8", "tt", "tt-add", "tt-pq", "tt-sq8",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     assert_eq!(methods, all);
     // Scanning every leaf is exact.
     let tt_max = rows
@@ -325,6 +330,12 @@ fn should_refuse_malformed_index_invocations_without_panicking() {
         (bench(&["--shape", "0"]), "--shape"),
         (bench(&["--leaf-level", "0"]), "--leaf-level"),
         (bench(&["--rank", "0"]), "rank"),
+        (bench(&["--codes", "0"]), "--codes"),
+        (bench(&["--codes", "14,x"]), "--codes"),
+        (bench(&["--codes", "13"]), "1..=12"),
+        (bench(&["--storage", "f16"]), "f32 or sq8"),
+        (bench(&["--threads", "0"]), "--threads"),
+        (bench(&["--add-fraction", "1"]), "--add-fraction"),
         (
             argv(&["index", "bench", "--data", &path("missing.npy")]),
             "missing.npy",

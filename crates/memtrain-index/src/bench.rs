@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codes::CompressedIndex;
 use crate::data::Points;
 use crate::kernel::l2sq;
 use crate::metrics::{recall_at_k, sliced_wasserstein};
@@ -41,7 +42,9 @@ const HNSW_EF_CONSTRUCTION: usize = 200;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// `tt`, `ivf`, `hnsw` or `exact`; `-sq8` after `tt` and `ivf` for lists stored as
-    /// 8-bit codes ([`Storage::Sq8`]).
+    /// 8-bit codes ([`Storage::Sq8`]); `tt-pq` for the compressed mode
+    /// ([`CompressedIndex`], no raw vectors); `tt-add` for the index grown by
+    /// [`TtIndex::add`] ([`BenchConfig::add_fraction`]).
     pub method: String,
     /// The method's settings, e.g. `beam=8,probe=16` or `nlist=256,nprobe=4`.
     pub params: String,
@@ -120,6 +123,9 @@ pub struct BenchConfig {
     pub storages: Vec<Storage>,
     /// Threads of the second measurement of every row ([`Row::qps_threads`]); 1: none.
     pub threads: usize,
+    /// Code bytes per vector of the compressed mode ([`CompressedIndex`] over the TT index,
+    /// no raw vectors): one `tt-pq` sweep at beam 32 per entry; empty: none.
+    pub codes: Vec<usize>,
     /// When above 0, a second TT index is trained, built and refined on all but this
     /// fraction of the base points (at least one held back), the rest is inserted with
     /// [`TtIndex::add`], and the grown index is swept at beam 32 (`tt-add` rows, f32): the
@@ -144,6 +150,7 @@ impl Default for BenchConfig {
             refine: 10,
             storages: Storage::ALL.to_vec(),
             threads: 1,
+            codes: Vec::new(),
             add_fraction: 0.0,
             byte_meter: None,
         }
@@ -496,6 +503,17 @@ pub fn run(
             "0 (none) up to but not including 1",
         ));
     }
+    if let Some(&c) = config
+        .codes
+        .iter()
+        .find(|&&c| !(1..=4 * base.dim()).contains(&c))
+    {
+        return Err(Error::invalid(
+            "code bytes",
+            c,
+            format!("1..={} (at most the raw 4 D bytes)", 4 * base.dim()),
+        ));
+    }
     if config.storages.is_empty() {
         return Err(Error::invalid(
             "storages",
@@ -642,6 +660,33 @@ pub fn run(
                     progress,
                 );
             }
+        }
+    }
+    for &code_bytes in &config.codes {
+        let start = Instant::now();
+        let bank = CompressedIndex::build(tt.clone(), base, code_bytes, config.fit.seed)?;
+        let seconds = build_seconds + start.elapsed().as_secs_f64();
+        let beam = if leaf == 1 { 1 } else { 32 };
+        for probe in PROBES {
+            if probe > bank.coarse().leaves() {
+                continue;
+            }
+            let params = TtSearch::new(beam, probe);
+            let (m, parallel) = timed(&|q| Ok(ids(bank.search(q, K, &params)?)))?;
+            push(
+                Row {
+                    method: "tt-pq".into(),
+                    params: format!("codes={code_bytes},beam={beam},probe={probe}"),
+                    recall_at_10: m.recall,
+                    qps: m.qps,
+                    build_seconds: seconds,
+                    index_bytes: bank.bytes(),
+                    bytes_per_vector: bank.bytes_per_vector(),
+                    threads: config.threads,
+                    qps_threads: parallel,
+                },
+                progress,
+            );
         }
     }
     let compression = compression(base, tt.cloud());

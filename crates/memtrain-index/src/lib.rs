@@ -7,7 +7,11 @@
 //! |---|---|
 //! | [`TtCloud`] | `Π N_j` points of dimension `D` as a tensor train over `[N_1, ..., N_k, D]` |
 //! | [`fit`] | trains a cloud on data: sliced Wasserstein plus a nearest-neighbour loss |
-//! | [`TtIndex`] | beam descent through the cloud's cluster hierarchy, then an exact scan |
+//! | [`TtIndex`] | beam descent through the cloud's cluster hierarchy, then a scan of the leaves' lists |
+//! | [`TtIndex::refine`] | Lloyd's k-means on the cluster tables, inside the cloud's subspaces |
+//! | [`Lists`], [`Storage`] | the inverted lists, raw f32 or 8-bit codes (sq8) |
+//! | [`kernel`] | the distance kernels every method shares (AVX-512, AVX2, portable) |
+//! | [`codes`] | the compressed mode: a leaf and a residual code per vector, no raw vectors |
 //! | [`IvfIndex`], [`ExactIndex`] | the k-means IVF-Flat and brute-force baselines |
 //! | [`io`] | one-file save and load with a versioned header and a checksum |
 //! | [`data`] | `.npy`, Fashion-MNIST IDX, generated clustered data |

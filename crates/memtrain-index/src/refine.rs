@@ -28,8 +28,10 @@ impl TtIndex {
     /// The index with its cluster tables refitted to `points` by `rounds` rounds of Lloyd's
     /// k-means at the leaf level (every point to the nearest leaf centre, every leaf centre to
     /// the mean of its points projected onto the leaf subspace), then the tables of the
-    /// levels above refitted to the final leaves' points, and the lists rebuilt. A leaf that
-    /// loses all its points keeps its centre. `rounds` 0 only reassigns the points.
+    /// levels above refitted to the final leaves' points, and the lists rebuilt. A cluster
+    /// left without points (at any level) is retired: its norm becomes infinite, so the
+    /// search never spends a beam slot or a probe on it and [`TtIndex::add`] never fills
+    /// it. `rounds` 0 only reassigns the points (and retires the empty clusters).
     ///
     /// Uses every core the machine has for the assignment (`O(N · leaves · r)` a round).
     ///
@@ -88,6 +90,15 @@ impl TtIndex {
         for _ in 0..rounds {
             me.refit_level(levels, &u[levels - 1], &leaf_of, leaves, &grams[levels - 1]);
             leaf_of = me.nearest_leaves(&u[levels - 1]);
+        }
+        // The final assignment stands (every point in its nearest live leaf); the leaves it
+        // left empty retire.
+        let mut filled = vec![false; leaves];
+        leaf_of.iter().for_each(|&l| filled[l as usize] = true);
+        for (norm, filled) in me.norms[levels - 1].iter_mut().zip(filled) {
+            if !filled {
+                *norm = f32::INFINITY;
+            }
         }
         debug_assert_eq!(u[levels - 1].len(), n * r);
         // The levels above: a cluster's points are those of the leaves below it.
@@ -180,7 +191,8 @@ impl TtIndex {
 
     /// Refits the prefix table of level `j` (`clusters` rows): each cluster with points
     /// (`of[i]` is point `i`'s cluster) gets `G⁻¹ ū`, the least-squares centre of its points in
-    /// the level's subspace; its norm `p G pᵀ` is recomputed.
+    /// the level's subspace; its norm `p G pᵀ` is recomputed. A cluster without points
+    /// retires (infinite norm).
     fn refit_level(&mut self, j: usize, u: &[f32], of: &[u32], clusters: usize, gram: &[f64]) {
         let r = self.cloud.ranks()[j];
         let mut sums = vec![0.0f64; clusters * r];
@@ -204,6 +216,7 @@ impl TtIndex {
         let norms = &mut self.norms[j - 1];
         for (c, &count) in counts.iter().enumerate() {
             if count == 0 {
+                norms[c] = f32::INFINITY;
                 continue;
             }
             let p = &sums[c * r..(c + 1) * r];

@@ -44,6 +44,21 @@ fn objective(index: &TtIndex, points: &Points) -> f64 {
     total
 }
 
+/// The centre of every leaf with points; far away (all coordinates 1e18) for the empty
+/// leaves, which refinement retires.
+fn live_centres(index: &TtIndex) -> Vec<Vec<f32>> {
+    let lists = index.lists();
+    (0..index.leaves())
+        .map(|l| {
+            if lists.len_of(l) > 0 {
+                index.leaf_centre(l)
+            } else {
+                vec![1e18; index.cloud().dim()]
+            }
+        })
+        .collect()
+}
+
 /// Every id `0..n` is listed exactly once.
 fn assert_each_listed_once(index: &TtIndex, n: usize) {
     let mut ids = index.lists().ids().to_vec();
@@ -88,7 +103,7 @@ fn should_stay_exact_and_consistent_after_refinement() {
             exact.search(q, 10).unwrap()
         );
     }
-    let centres: Vec<Vec<f32>> = (0..index.leaves()).map(|l| index.leaf_centre(l)).collect();
+    let centres = live_centres(&index);
     let lists = index.lists();
     for l in 0..index.leaves() {
         for at in lists.offsets()[l] as usize..lists.offsets()[l + 1] as usize {
@@ -103,6 +118,35 @@ fn should_stay_exact_and_consistent_after_refinement() {
                 "leaf {l}: {mine} > {best}"
             );
         }
+    }
+}
+
+/// After refinement a narrow search never spends its probes on empty leaves: the first leaf
+/// probed always holds points, and a probe of every live leaf reaches only live leaves.
+#[test]
+fn should_never_probe_a_retired_leaf() {
+    let points = clustered(300, 8, 6, 21);
+    let cloud = fit(&points, &[4, 4, 2, 19], &small_fit(), &mut |_| {}).unwrap();
+    let index = TtIndex::build(cloud, &points, 3)
+        .unwrap()
+        .refine(&points, 10)
+        .unwrap();
+    let lists = index.lists();
+    let live = (0..index.leaves()).filter(|&l| lists.len_of(l) > 0).count();
+    assert!(live < index.leaves(), "the test wants some empty leaves");
+    for i in 0..points.len() {
+        let first = index.probe(points.row(i), &TtSearch::new(1, 1)).unwrap()[0];
+        assert!(
+            lists.len_of(first as usize) > 0,
+            "point {i}: probe of an empty leaf"
+        );
+        let all_live = index
+            .probe(points.row(i), &TtSearch::new(16, live))
+            .unwrap();
+        assert!(
+            all_live.iter().all(|&l| lists.len_of(l as usize) > 0),
+            "point {i}: {all_live:?}"
+        );
     }
 }
 
@@ -229,7 +273,7 @@ fn should_add_points_to_their_nearest_leaves() {
         index.add(&tail).unwrap();
         assert_eq!(index.len(), points.len());
         assert_each_listed_once(&index, points.len());
-        let centres: Vec<Vec<f32>> = (0..index.leaves()).map(|l| index.leaf_centre(l)).collect();
+        let centres = live_centres(&index);
         let lists = index.lists();
         for l in 0..index.leaves() {
             for at in lists.offsets()[l] as usize..lists.offsets()[l + 1] as usize {
@@ -358,10 +402,11 @@ fn should_bench_storages_threads_and_add() {
         threads: 2,
         add_fraction: 0.1,
         refine: 3,
+        codes: vec![4],
         ..BenchConfig::default()
     };
     let report = bench::run(&base, &queries, &config, &mut |_| {}).unwrap();
-    for method in ["exact", "tt", "tt-sq8", "tt-add", "ivf", "ivf-sq8"] {
+    for method in ["exact", "tt", "tt-sq8", "tt-add", "tt-pq", "ivf", "ivf-sq8"] {
         assert!(report.rows.iter().any(|r| r.method == method), "{method}");
     }
     let d = base.dim() as f64;
@@ -369,6 +414,7 @@ fn should_bench_storages_threads_and_add() {
         match r.method.as_str() {
             "exact" => assert_eq!(r.bytes_per_vector, 4.0 * d),
             "tt" | "ivf" | "tt-add" => assert!(r.bytes_per_vector > 4.0 * d, "{r}"),
+            "tt-pq" => assert!(r.bytes_per_vector < 4.0 * d && r.params.starts_with("codes=4,")),
             _ => assert!(
                 r.bytes_per_vector > d && r.bytes_per_vector < 4.0 * d,
                 "{r}"

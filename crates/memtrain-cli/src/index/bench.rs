@@ -25,6 +25,11 @@ pub struct BenchArgs {
     /// The list storages TT and IVF are measured with: f32, sq8, or both (f32,sq8).
     #[arg(long, default_value = "f32,sq8")]
     storage: String,
+    /// Code bytes per vector of the compressed mode (no raw vectors: a TT leaf and a code of
+    /// the residual per vector), one `tt-pq` sweep each, comma-separated; "" for none.
+    /// Default: 14 and 48 (those at most the raw 4·D bytes).
+    #[arg(long)]
+    codes: Option<String>,
     /// Also measure every setting with the queries split across this many threads (total
     /// QPS next to the single-thread QPS).
     #[arg(long, default_value_t = 1)]
@@ -95,6 +100,27 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
             base.dim()
         );
     }
+    let raw = 4 * base.dim();
+    let codes = match &args.codes {
+        None => [14, 48].into_iter().filter(|&c| c <= raw).collect(),
+        Some(list) if list.trim().is_empty() => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|c| {
+                c.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|c| (1..=raw).contains(c))
+                    .with_context(|| {
+                        format!(
+                            "invalid --codes entry {c:?}: expected code bytes per vector, \
+                             1..={raw} (at most the raw 4·D bytes for dimension {})",
+                            base.dim()
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     let (shape, leaf) = shape_of(&args.cloud, base.len())?;
     let config = BenchConfig {
         fit: fit_config(&args.cloud),
@@ -107,6 +133,7 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         refine: args.lists.refine,
         storages,
         threads: args.threads,
+        codes,
         add_fraction: args.add_fraction,
         byte_meter: Some(memtrain::memory::live_bytes),
     };
