@@ -1,7 +1,7 @@
 //! The benchmark harness (`bench`) and the OOD demo (`ood`) as library calls: small generated
 //! data, every method swept, golden values for the pure parts, and bad input as errors.
 
-use memtrain_index::bench::{self, BenchConfig, Row, default_shape, qps_at, summary};
+use memtrain_index::bench::{self, BenchConfig, Row, default_shape, index_shape, qps_at, summary};
 use memtrain_index::data::{FashionMnist, Points, clustered};
 use memtrain_index::ood::{self, OodConfig};
 use memtrain_index::{Error, FitConfig, ground_truth};
@@ -105,8 +105,8 @@ fn should_sweep_every_method_with_the_exact_one_at_recall_one() {
         .fold(0.0, f64::max);
     assert!(close(tt_max, 1.0), "best tt recall {tt_max}");
     // The default shape for 360 points, leaves at the last level but one.
-    assert_eq!(report.tt.shape, default_shape(360));
-    assert_eq!(report.tt.leaves, 16);
+    assert_eq!(report.tt.shape, index_shape(360));
+    assert_eq!(report.tt.leaves, 8);
     assert!(report.tt.measured_bytes.is_some());
     assert!(report.compression.ratio() > 1.0);
 }
@@ -290,6 +290,10 @@ fn should_summarise_the_fastest_tt_against_each_ivf() {
 fn should_choose_the_default_shape() {
     // bits = max(3, round(log2(max(8, n / 16)))); three modes of 2^ceil(bits/3),
     // 2^ceil(rest/2) and the remainder; the last mode is ceil(n / leaves).
+    // The index's shape: about 64 points a leaf, the same construction.
+    assert_eq!(index_shape(60_000), vec![16, 8, 8, 59]);
+    assert_eq!(index_shape(360), vec![2, 2, 2, 45]);
+    assert_eq!(index_shape(1), vec![2, 2, 2, 1]);
     assert_eq!(default_shape(1), vec![2, 2, 2, 1]);
     assert_eq!(default_shape(100), vec![2, 2, 2, 13]);
     assert_eq!(default_shape(360), vec![4, 2, 2, 23]);

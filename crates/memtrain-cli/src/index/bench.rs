@@ -7,7 +7,7 @@ use clap::Args;
 use memtrain_index::bench::{self, BenchConfig};
 use memtrain_index::data::FASHION_MNIST_DIR;
 
-use super::{CloudArgs, ListArgs, fit_config, load, shape_of, show};
+use super::{CloudArgs, ListArgs, Purpose, fit_config, load, shape_of, show};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -121,9 +121,9 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
             })
             .collect::<Result<Vec<_>>>()?,
     };
-    let (shape, leaf) = shape_of(&args.cloud, base.len())?;
+    let (shape, leaf) = shape_of(&args.cloud, base.len(), Purpose::Index)?;
     let config = BenchConfig {
-        fit: fit_config(&args.cloud),
+        fit: fit_config(&args.cloud, Purpose::Index),
         shape: Some(shape),
         leaf_level: Some(leaf),
         limit: args.limit,

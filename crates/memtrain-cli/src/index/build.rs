@@ -8,7 +8,7 @@ use clap::Args;
 use memtrain_index::codes::CompressedIndex;
 use memtrain_index::{Storage, TtIndex, fit, io};
 
-use super::{CloudArgs, ListArgs, check_cloud, fit_config, load, shape_of, show};
+use super::{CloudArgs, ListArgs, Purpose, check_cloud, fit_config, load, shape_of, show};
 use crate::output::human_bytes;
 
 #[derive(Args, Debug)]
@@ -67,13 +67,16 @@ pub(super) fn run(args: BuildArgs) -> Result<()> {
             );
         }
     }
-    let (shape, leaf) = shape_of(&args.cloud, points.len())?;
+    let (shape, leaf) = shape_of(&args.cloud, points.len(), Purpose::Index)?;
     check_cloud(&args.cloud, &shape, leaf, points.len(), points.dim())?;
     let mut bar = None;
     let start = Instant::now();
-    let cloud = fit(&points, &shape, &fit_config(&args.cloud), &mut |p| {
-        show(&mut bar, &p)
-    })
+    let cloud = fit(
+        &points,
+        &shape,
+        &fit_config(&args.cloud, Purpose::Index),
+        &mut |p| show(&mut bar, &p),
+    )
     .context("training the TT cloud")?;
     drop(bar);
     eprintln!("trained the cloud; building the inverted lists...");

@@ -50,9 +50,9 @@ pub struct CloudArgs {
     /// modes of about N/16 leaves in all, and a last mode of ceil(N / leaves).
     #[arg(long)]
     shape: Option<String>,
-    /// Largest TT rank.
-    #[arg(long, default_value_t = 16)]
-    rank: usize,
+    /// Largest TT rank. Default: 32 for an index (build, bench), 16 for the ood memory bank.
+    #[arg(long)]
+    rank: Option<usize>,
     /// Level of the leaves (inverted lists), 1..=modes; default: the last but one.
     #[arg(long)]
     leaf_level: Option<usize>,
@@ -113,11 +113,25 @@ pub(super) fn load(path: &Path, flag: &str) -> Result<(Points, Option<Points>)> 
     Ok((f.train, Some(f.test)))
 }
 
+/// What the cloud is for: its default shape and rank differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Purpose {
+    /// An index (build, bench): about 64 points a leaf, rank 32.
+    Index,
+    /// The ood memory bank: about 16 points a leaf, rank 16.
+    MemoryBank,
+}
+
 /// The cloud's shape (`--shape`, or the default for `n` points) and leaf level.
-pub(super) fn shape_of(cloud: &CloudArgs, n: usize) -> Result<(Vec<usize>, usize)> {
-    let shape = match &cloud.shape {
-        Some(s) => memtrain_index::parse::shape(s).context("--shape")?,
-        None => memtrain_index::bench::default_shape(n),
+pub(super) fn shape_of(
+    cloud: &CloudArgs,
+    n: usize,
+    purpose: Purpose,
+) -> Result<(Vec<usize>, usize)> {
+    let shape = match (&cloud.shape, purpose) {
+        (Some(s), _) => memtrain_index::parse::shape(s).context("--shape")?,
+        (None, Purpose::Index) => memtrain_index::bench::index_shape(n),
+        (None, Purpose::MemoryBank) => memtrain_index::bench::default_shape(n),
     };
     check_capacity(&shape, n).context("--shape")?;
     let k = shape.len();
@@ -137,15 +151,18 @@ pub(super) fn check_cloud(
     n: usize,
     d: usize,
 ) -> Result<()> {
-    let config = fit_config(cloud);
+    let config = fit_config(cloud, Purpose::Index);
     config.validate().context("training the TT cloud")?;
     check_memory(shape, d, n, leaf, &config)?;
     Ok(())
 }
 
-pub(super) fn fit_config(args: &CloudArgs) -> FitConfig {
+pub(super) fn fit_config(args: &CloudArgs, purpose: Purpose) -> FitConfig {
     FitConfig {
-        rank: args.rank,
+        rank: args.rank.unwrap_or(match purpose {
+            Purpose::Index => 32,
+            Purpose::MemoryBank => 16,
+        }),
         steps: args.steps,
         batch: args.batch,
         nn_weight: args.nn_weight,

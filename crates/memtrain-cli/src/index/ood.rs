@@ -7,7 +7,7 @@ use clap::Args;
 use memtrain_index::data::{FASHION_MNIST_DIR, read_fashion_mnist};
 use memtrain_index::ood::{self, OodConfig};
 
-use super::{CloudArgs, fit_config, shape_of, show};
+use super::{CloudArgs, Purpose, fit_config, shape_of, show};
 
 #[derive(Args, Debug)]
 pub struct OodArgs {
@@ -36,8 +36,8 @@ pub(super) fn run(args: OodArgs) -> Result<()> {
     })?;
     let classes = memtrain_index::parse::classes(&args.classes).context("--classes")?;
     let split = ood::split(&f, &classes).context("--classes")?;
-    let (shape, _) = shape_of(&args.cloud, split.bank.len())?;
-    fit_config(&args.cloud)
+    let (shape, _) = shape_of(&args.cloud, split.bank.len(), Purpose::MemoryBank)?;
+    fit_config(&args.cloud, Purpose::MemoryBank)
         .validate()
         .context("training the TT cloud")?;
     eprintln!(
@@ -47,7 +47,7 @@ pub(super) fn run(args: OodArgs) -> Result<()> {
         split.out_of_distribution.iter().filter(|&&p| p).count()
     );
     let config = OodConfig {
-        fit: fit_config(&args.cloud),
+        fit: fit_config(&args.cloud, Purpose::MemoryBank),
         shape: Some(shape),
     };
     let mut bar = None;
