@@ -123,9 +123,13 @@ pub struct BenchConfig {
     pub storages: Vec<Storage>,
     /// Threads of the second measurement of every row ([`Row::qps_threads`]); 1: none.
     pub threads: usize,
-    /// Code bytes per vector of the compressed mode ([`CompressedIndex`] over the TT index,
-    /// no raw vectors): one `tt-pq` sweep at beam 32 per entry; empty: none.
+    /// Code bytes per vector of the compressed mode ([`CompressedIndex`], no raw vectors):
+    /// one `tt-pq` sweep at beam 32 per entry; empty: none.
     pub codes: Vec<usize>,
+    /// TT rank of the compressed mode's coarse index (its cloud is part of every vector's
+    /// bytes, so a smaller rank than [`BenchConfig::fit`]'s can serve it better); when it
+    /// differs from `fit.rank`, a second cloud of the same shape is trained for it.
+    pub codes_rank: usize,
     /// When above 0, a second TT index is trained, built and refined on all but this
     /// fraction of the base points (at least one held back), the rest is inserted with
     /// [`TtIndex::add`], and the grown index is swept at beam 32 (`tt-add` rows, f32): the
@@ -151,6 +155,7 @@ impl Default for BenchConfig {
             storages: Storage::ALL.to_vec(),
             threads: 1,
             codes: Vec::new(),
+            codes_rank: 16,
             add_fraction: 0.0,
             byte_meter: None,
         }
@@ -180,6 +185,16 @@ pub enum Progress<'a> {
     Row(&'a Row),
     /// The TT cloud's compression of the data.
     Compression(&'a Compression),
+    /// Another cloud is being trained (its steps are not reported): `for_what` says which
+    /// rows it serves.
+    Training {
+        /// `tt-pq` (the compressed mode's coarse index) or `tt-add`.
+        for_what: &'static str,
+        /// Its TT rank.
+        rank: usize,
+        /// Points it is trained on.
+        points: usize,
+    },
     /// The second TT index ([`BenchConfig::add_fraction`]) is trained on `trained` points
     /// and `added` more were inserted, in `seconds` (training included).
     Added {
@@ -526,6 +541,9 @@ pub fn run(
             "0 (none) up to but not including 1",
         ));
     }
+    if !config.codes.is_empty() && config.codes_rank == 0 {
+        return Err(Error::invalid("codes rank", 0, "at least 1"));
+    }
     if let Some(&c) = config
         .codes
         .iter()
@@ -685,10 +703,32 @@ pub fn run(
             }
         }
     }
+    let coarse_seconds = Instant::now();
+    let coarse = if config.codes.is_empty() || config.codes_rank == config.fit.rank {
+        None
+    } else {
+        let fit_config = FitConfig {
+            rank: config.codes_rank,
+            ..config.fit.clone()
+        };
+        progress(Progress::Training {
+            for_what: "tt-pq",
+            rank: config.codes_rank,
+            points: base.len(),
+        });
+        let cloud =
+            fit(base, &shape, &fit_config, &mut |_| {}).map_err(|e| Error::Fit(Box::new(e)))?;
+        Some(TtIndex::build(cloud, base, leaf)?.refine(base, config.refine)?)
+    };
+    let coarse_seconds = match &coarse {
+        Some(_) => coarse_seconds.elapsed().as_secs_f64(),
+        None => build_seconds,
+    };
+    let coarse = coarse.as_ref().unwrap_or(&tt);
     for &code_bytes in &config.codes {
         let start = Instant::now();
-        let bank = CompressedIndex::build(tt.clone(), base, code_bytes, config.fit.seed)?;
-        let seconds = build_seconds + start.elapsed().as_secs_f64();
+        let bank = CompressedIndex::build(coarse.clone(), base, code_bytes, config.fit.seed)?;
+        let seconds = coarse_seconds + start.elapsed().as_secs_f64();
         let beam = if leaf == 1 { 1 } else { 32 };
         for probe in PROBES {
             if probe > bank.coarse().leaves() {
@@ -699,7 +739,10 @@ pub fn run(
             push(
                 Row {
                     method: "tt-pq".into(),
-                    params: format!("codes={code_bytes},beam={beam},probe={probe}"),
+                    params: format!(
+                        "codes={code_bytes},rank={},beam={beam},probe={probe}",
+                        coarse.cloud().ranks().iter().max().unwrap_or(&1)
+                    ),
                     recall_at_10: m.recall,
                     qps: m.qps,
                     build_seconds: seconds,
@@ -723,6 +766,11 @@ pub fn run(
         let head = base.head(n - held);
         let tail = base.select(&(n - held..n).collect::<Vec<_>>());
         let start = Instant::now();
+        progress(Progress::Training {
+            for_what: "tt-add",
+            rank: config.fit.rank,
+            points: head.len(),
+        });
         let cloud =
             fit(&head, &shape, &config.fit, &mut |_| {}).map_err(|e| Error::Fit(Box::new(e)))?;
         let mut grown = TtIndex::build(cloud, &head, leaf)?.refine(&head, config.refine)?;

@@ -27,9 +27,13 @@ pub struct BenchArgs {
     storage: String,
     /// Code bytes per vector of the compressed mode (no raw vectors: a TT leaf and a code of
     /// the residual per vector), one `tt-pq` sweep each, comma-separated; "" for none.
-    /// Default: 14 and 48 (those at most the raw 4·D bytes).
+    /// Default: 17 and 50 (those at most the raw 4·D bytes).
     #[arg(long)]
     codes: Option<String>,
+    /// TT rank of the compressed mode's coarse index (a second cloud is trained when it
+    /// differs from --rank).
+    #[arg(long, default_value_t = 16)]
+    codes_rank: usize,
     /// Also measure every setting with the queries split across this many threads (total
     /// QPS next to the single-thread QPS).
     #[arg(long, default_value_t = 1)]
@@ -61,6 +65,9 @@ pub struct BenchArgs {
 pub(super) fn run(args: BenchArgs) -> Result<()> {
     if args.limit == Some(0) {
         bail!("invalid --limit: got 0, expected at least 1 query");
+    }
+    if args.codes_rank == 0 {
+        bail!("invalid --codes-rank: got 0, expected at least 1");
     }
     if args.threads == 0 {
         bail!("invalid --threads: got 0, expected at least 1");
@@ -102,7 +109,7 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
     }
     let raw = 4 * base.dim();
     let codes = match &args.codes {
-        None => [14, 48].into_iter().filter(|&c| c <= raw).collect(),
+        None => [17, 50].into_iter().filter(|&c| c <= raw).collect(),
         Some(list) if list.trim().is_empty() => Vec::new(),
         Some(list) => list
             .split(',')
@@ -134,6 +141,7 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         storages,
         threads: args.threads,
         codes,
+        codes_rank: args.codes_rank,
         add_fraction: args.add_fraction,
         byte_meter: Some(memtrain::memory::live_bytes),
     };
@@ -149,6 +157,11 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         }
         bench::Progress::Row(row) => println!("{row}"),
         bench::Progress::Compression(c) => println!("{c}"),
+        bench::Progress::Training {
+            for_what,
+            rank,
+            points,
+        } => eprintln!("{for_what}: training another cloud (rank {rank}, {points} points)..."),
         bench::Progress::Added {
             trained,
             added,

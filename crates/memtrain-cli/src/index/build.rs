@@ -67,14 +67,26 @@ pub(super) fn run(args: BuildArgs) -> Result<()> {
             );
         }
     }
-    let (shape, leaf) = shape_of(&args.cloud, points.len(), Purpose::Index)?;
-    check_cloud(&args.cloud, &shape, leaf, points.len(), points.dim())?;
+    let purpose = if args.codes.is_some() {
+        Purpose::Compressed
+    } else {
+        Purpose::Index
+    };
+    let (shape, leaf) = shape_of(&args.cloud, points.len(), purpose)?;
+    check_cloud(
+        &args.cloud,
+        &shape,
+        leaf,
+        points.len(),
+        points.dim(),
+        purpose,
+    )?;
     let mut bar = None;
     let start = Instant::now();
     let cloud = fit(
         &points,
         &shape,
-        &fit_config(&args.cloud, Purpose::Index),
+        &fit_config(&args.cloud, purpose),
         &mut |p| show(&mut bar, &p),
     )
     .context("training the TT cloud")?;

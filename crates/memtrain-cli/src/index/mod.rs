@@ -50,7 +50,8 @@ pub struct CloudArgs {
     /// modes of about N/16 leaves in all, and a last mode of ceil(N / leaves).
     #[arg(long)]
     shape: Option<String>,
-    /// Largest TT rank. Default: 32 for an index (build, bench), 16 for the ood memory bank.
+    /// Largest TT rank. Default: 32 for an index (build, bench), 16 for a compressed index
+    /// (build --codes: its cloud is part of every vector's bytes) and the ood memory bank.
     #[arg(long)]
     rank: Option<usize>,
     /// Level of the leaves (inverted lists), 1..=modes; default: the last but one.
@@ -118,6 +119,8 @@ pub(super) fn load(path: &Path, flag: &str) -> Result<(Points, Option<Points>)> 
 pub(super) enum Purpose {
     /// An index (build, bench): about 64 points a leaf, rank 32.
     Index,
+    /// A compressed index (build --codes): about 64 points a leaf, rank 16.
+    Compressed,
     /// The ood memory bank: about 16 points a leaf, rank 16.
     MemoryBank,
 }
@@ -130,7 +133,7 @@ pub(super) fn shape_of(
 ) -> Result<(Vec<usize>, usize)> {
     let shape = match (&cloud.shape, purpose) {
         (Some(s), _) => memtrain_index::parse::shape(s).context("--shape")?,
-        (None, Purpose::Index) => memtrain_index::bench::index_shape(n),
+        (None, Purpose::Index | Purpose::Compressed) => memtrain_index::bench::index_shape(n),
         (None, Purpose::MemoryBank) => memtrain_index::bench::default_shape(n),
     };
     check_capacity(&shape, n).context("--shape")?;
@@ -150,8 +153,9 @@ pub(super) fn check_cloud(
     leaf: usize,
     n: usize,
     d: usize,
+    purpose: Purpose,
 ) -> Result<()> {
-    let config = fit_config(cloud, Purpose::Index);
+    let config = fit_config(cloud, purpose);
     config.validate().context("training the TT cloud")?;
     check_memory(shape, d, n, leaf, &config)?;
     Ok(())
@@ -161,7 +165,7 @@ pub(super) fn fit_config(args: &CloudArgs, purpose: Purpose) -> FitConfig {
     FitConfig {
         rank: args.rank.unwrap_or(match purpose {
             Purpose::Index => 32,
-            Purpose::MemoryBank => 16,
+            Purpose::Compressed | Purpose::MemoryBank => 16,
         }),
         steps: args.steps,
         batch: args.batch,
