@@ -26,7 +26,7 @@ use crate::{
 pub const K: usize = 10;
 
 /// Probe counts of the TT and IVF sweeps (those above the number of leaves are skipped).
-const PROBES: [usize; 13] = [1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128];
+const PROBES: [usize; 15] = [1, 2, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128];
 /// Beam widths of the TT sweep (one beam of 1 when the leaves are the first level).
 const BEAMS: [usize; 5] = [4, 8, 16, 32, 64];
 /// `ef` values of the HNSW sweep.
@@ -991,8 +991,9 @@ pub fn qps_at(rows: &[Row], method: &str, params_prefix: &str, recall: f64) -> O
 /// Recall@10 the [`summary`] asks of the TT index.
 pub const SUMMARY_RECALL: f64 = 0.95;
 
-/// The fastest setting of a TT method at a recall@10 target against each IVF list count of
-/// an IVF method at that same recall, from [`summary_at`].
+/// A TT method against each IVF list count of an IVF method at one recall@10 target, both
+/// read off their sweeps at that same recall ([`qps_at`]: the Pareto front, log-QPS
+/// interpolated between the two settings around the target), from [`summary_at`].
 ///
 /// Its [`Display`](fmt::Display) is the benchmark's closing lines, one per comparison.
 #[derive(Debug, Clone, PartialEq)]
@@ -1005,8 +1006,10 @@ pub struct Summary {
     pub target: f64,
     /// The fastest TT row at recall@10 >= the target; `None` when no row gets there.
     pub tt: Option<Row>,
-    /// Per IVF list count (`nlist=...`), its QPS at the TT row's recall by [`qps_at`]
-    /// (`None`: never reaches it). Empty when `tt` is `None`.
+    /// The TT method's QPS at the target by [`qps_at`]; `None` when no row gets there.
+    pub tt_qps: Option<f64>,
+    /// Per IVF list count (`nlist=...`), its QPS at the target by [`qps_at`] (`None`: never
+    /// reaches it). Empty when `tt` is `None`.
     pub ivf: Vec<(String, Option<f64>)>,
 }
 
@@ -1029,8 +1032,8 @@ pub fn summary(rows: &[Row]) -> Summary {
     summary_at(rows, "tt", "ivf", SUMMARY_RECALL)
 }
 
-/// Compares the fastest `tt_method` setting at recall@10 >= `target` with each list count of
-/// `ivf_method` in `rows` at that same recall (the TT row's own recall).
+/// Compares `tt_method` with each list count of `ivf_method` in `rows` at recall@10
+/// `target`, both interpolated on their sweeps at the target.
 pub fn summary_at(rows: &[Row], tt_method: &str, ivf_method: &str, target: f64) -> Summary {
     let tt = rows
         .iter()
@@ -1041,11 +1044,12 @@ pub fn summary_at(rows: &[Row], tt_method: &str, ivf_method: &str, target: f64) 
         ivf_method: ivf_method.to_string(),
         target,
         tt: tt.cloned(),
+        tt_qps: qps_at(rows, tt_method, "", target),
         ivf: Vec::new(),
     };
-    let Some(tt) = tt else {
+    if tt.is_none() {
         return out;
-    };
+    }
     let mut nlists: Vec<&str> = rows
         .iter()
         .filter(|r| r.method == ivf_method)
@@ -1057,7 +1061,7 @@ pub fn summary_at(rows: &[Row], tt_method: &str, ivf_method: &str, target: f64) 
         .map(|nlist| {
             (
                 nlist.to_string(),
-                qps_at(rows, ivf_method, &format!("{nlist},"), tt.recall_at_10),
+                qps_at(rows, ivf_method, &format!("{nlist},"), target),
             )
         })
         .collect();
@@ -1066,7 +1070,7 @@ pub fn summary_at(rows: &[Row], tt_method: &str, ivf_method: &str, target: f64) 
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let Some(tt) = &self.tt else {
+        let (Some(tt), Some(tt_qps)) = (&self.tt, self.tt_qps) else {
             return write!(
                 f,
                 "summary: no {} setting in the sweep reaches recall@10 {}",
@@ -1075,25 +1079,26 @@ impl fmt::Display for Summary {
         };
         write!(
             f,
-            "summary: {} {} reaches recall@10 {:.4} at {:.0} QPS",
-            self.tt_method, tt.params, tt.recall_at_10, tt.qps
+            "summary: {} at recall@10 {} (interpolated): {tt_qps:.0} QPS; its fastest setting \
+             at or above: {} ({:.4}, {:.0} QPS)",
+            self.tt_method, self.target, tt.params, tt.recall_at_10, tt.qps
         )?;
         for (nlist, qps) in &self.ivf {
             match qps {
                 Some(q) => write!(
                     f,
-                    "\nsummary: {} {nlist} at recall@10 {:.4} (interpolated): {q:.0} QPS; \
+                    "\nsummary: {} {nlist} at recall@10 {} (interpolated): {q:.0} QPS; \
                      {}/{} = {:.2}",
                     self.ivf_method,
-                    tt.recall_at_10,
+                    self.target,
                     self.tt_method,
                     self.ivf_method,
-                    tt.qps / q
+                    tt_qps / q
                 )?,
                 None => write!(
                     f,
-                    "\nsummary: {} {nlist} never reaches recall@10 {:.4}",
-                    self.ivf_method, tt.recall_at_10
+                    "\nsummary: {} {nlist} never reaches recall@10 {}",
+                    self.ivf_method, self.target
                 )?,
             }
         }

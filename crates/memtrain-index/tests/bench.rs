@@ -248,33 +248,41 @@ fn should_interpolate_qps_on_the_pareto_front() {
 }
 
 #[test]
-fn should_summarise_the_fastest_tt_against_each_ivf() {
+fn should_summarise_tt_against_each_ivf_at_the_same_recall() {
     let rows = [
         row("tt", "beam=4,probe=1", 0.9, 5000.0),
         row("tt", "beam=8,probe=4", 0.96, 800.0),
         row("tt", "beam=16,probe=8", 0.99, 400.0),
         row("ivf", "nlist=64,nprobe=1", 0.8, 1000.0),
         row("ivf", "nlist=64,nprobe=8", 0.9, 10.0),
+        row("ivf", "nlist=640,nprobe=1", 0.99, 1.0),
         row("ivf", "nlist=128,nprobe=1", 0.9, 2000.0),
         row("ivf", "nlist=128,nprobe=8", 1.0, 200.0),
     ];
     let s = summary(&rows);
+    // The fastest row at or above 0.95, and both methods read off their sweeps at 0.95.
     assert_eq!(s.tt.as_ref().unwrap().params, "beam=8,probe=4");
-    assert_eq!(s.ivf.len(), 2);
+    // TT: 0.95 is 5/6 of the way from (0.9, 5000) to (0.96, 800).
+    let tt = s.tt_qps.unwrap();
+    let want = 5000f64.powf(1.0 / 6.0) * 800f64.powf(5.0 / 6.0);
+    assert!((tt - want).abs() < 1e-6 * want, "{tt} {want}");
+    assert_eq!(s.ivf.len(), 3);
+    // nlist=64 never gets there; nlist=640 is not mistaken for nlist=64 (prefix "nlist=64,").
     assert_eq!(s.ivf[0], ("nlist=64".to_string(), None));
-    // 0.96 is 0.6 of the way from (0.9, 2000) to (1.0, 200): 2000^0.4 · 200^0.6 ≈ 502.4.
-    let q = s.ivf[1].1.unwrap();
-    assert!(
-        (q - 2000f64.powf(0.4) * 200f64.powf(0.6)).abs() < 1e-6,
-        "{q}"
-    );
+    assert_eq!(s.ivf[1], ("nlist=640".to_string(), Some(1.0)));
+    // IVF-128: 0.95 is halfway from (0.9, 2000) to (1.0, 200).
+    let q = s.ivf[2].1.unwrap();
+    assert!((q - (2000.0f64 * 200.0).sqrt()).abs() < 1e-6, "{q}");
     assert_eq!(
         s.to_string(),
         format!(
-            "summary: tt beam=8,probe=4 reaches recall@10 0.9600 at 800 QPS\n\
-             summary: ivf nlist=64 never reaches recall@10 0.9600\n\
-             summary: ivf nlist=128 at recall@10 0.9600 (interpolated): {q:.0} QPS; tt/ivf = {:.2}",
-            800.0 / q
+            "summary: tt at recall@10 0.95 (interpolated): {tt:.0} QPS; its fastest setting at or \
+             above: beam=8,probe=4 (0.9600, 800 QPS)\n\
+             summary: ivf nlist=64 never reaches recall@10 0.95\n\
+             summary: ivf nlist=640 at recall@10 0.95 (interpolated): 1 QPS; tt/ivf = {:.2}\n\
+             summary: ivf nlist=128 at recall@10 0.95 (interpolated): {q:.0} QPS; tt/ivf = {:.2}",
+            tt / 1.0,
+            tt / q
         )
     );
 

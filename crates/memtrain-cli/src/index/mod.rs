@@ -39,7 +39,7 @@ enum IndexCommand {
     Bench(bench::BenchArgs),
     /// Out-of-distribution detection with the TT cloud as the memory bank (Fashion-MNIST).
     Ood(ood::OodArgs),
-    /// Redraw the recall/QPS plot from a `bench --json` file.
+    /// Redraw the recall/QPS plot from a `bench --json` file, and print its summary.
     Plot(plot::PlotArgs),
 }
 

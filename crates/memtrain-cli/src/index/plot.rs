@@ -17,7 +17,7 @@ pub(super) struct PlotArgs {
     out: PathBuf,
 }
 
-/// Redraws the plot from a `bench --json` file.
+/// Redraws the plot from a `bench --json` file and prints the benchmark's summary lines.
 pub(super) fn run(a: PlotArgs) -> Result<()> {
     let text =
         std::fs::read_to_string(&a.json).with_context(|| format!("--json {}", a.json.display()))?;
@@ -30,7 +30,11 @@ pub(super) fn run(a: PlotArgs) -> Result<()> {
     if rows.is_empty() {
         bail!("--json {}: no rows to plot", a.json.display());
     }
-    curves(&rows, &a.out).context("--out")
+    curves(&rows, &a.out).context("--out")?;
+    for line in memtrain_index::bench::summaries(&rows) {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// Recall@10 (x) against queries per second (y, log scale), one line per method through its
@@ -151,13 +155,18 @@ pub(super) fn curves(rows: &[Row], path: &Path) -> Result<()> {
 
 /// Colours of the series other than tt (red), tt-sq8 (dark red), hnsw (green) and exact
 /// (black): the IVFs and the other TT modes.
-const PALETTE: [plotters::style::RGBColor; 6] = [
+const PALETTE: [plotters::style::RGBColor; 11] = [
     plotters::style::RGBColor(31, 119, 180),
     plotters::style::RGBColor(255, 127, 14),
     plotters::style::RGBColor(148, 103, 189),
     plotters::style::RGBColor(140, 86, 75),
     plotters::style::RGBColor(227, 119, 194),
     plotters::style::RGBColor(23, 190, 207),
+    plotters::style::RGBColor(188, 189, 34),
+    plotters::style::RGBColor(127, 127, 127),
+    plotters::style::RGBColor(0, 0, 128),
+    plotters::style::RGBColor(255, 187, 120),
+    plotters::style::RGBColor(0, 128, 128),
 ];
 
 /// The recall axis: from a multiple of 0.05 below the lowest recall (0 at least) to a little
@@ -182,12 +191,13 @@ fn qps_label(qps: f64) -> String {
     format!("{text}{unit}")
 }
 
-/// The plot series of a row: its method, and its list count for IVF (`ivf`, `ivf-sq8`).
+/// The plot series of a row: its method, its list count for IVF (`ivf`, `ivf-sq8`), and its
+/// code size for the compressed mode (`tt-pq`, with the bytes per vector).
 fn series_key(row: &Row) -> String {
+    let first = row.params.split(',').next().unwrap_or("");
     match row.method.as_str() {
-        m if m.starts_with("ivf") => {
-            format!("{m} {}", row.params.split(',').next().unwrap_or(""))
-        }
+        m if m.starts_with("ivf") => format!("{m} {first}"),
+        "tt-pq" => format!("tt-pq {first} ({:.1} B/vector)", row.bytes_per_vector),
         m => m.to_string(),
     }
 }
