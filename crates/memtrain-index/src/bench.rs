@@ -185,6 +185,8 @@ pub enum Progress<'a> {
     Row(&'a Row),
     /// The TT cloud's compression of the data.
     Compression(&'a Compression),
+    /// Where a TT search's time goes, for one storage.
+    Profile(&'a TtProfile),
     /// Another cloud is being trained (its steps are not reported): `for_what` says which
     /// rows it serves.
     Training {
@@ -290,6 +292,87 @@ impl fmt::Display for Compression {
             self.sw_subset
         )
     }
+}
+
+/// Where a TT search's time goes ([`profile`]): the coarse search (the beam descent through
+/// the tables, [`TtIndex::probe`]) timed alone over the queries, against the whole search.
+///
+/// Its [`Display`](fmt::Display) is the line the benchmark prints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TtProfile {
+    /// The lists' storage.
+    pub storage: Storage,
+    /// The search settings profiled.
+    pub params: String,
+    /// Microseconds a query in the coarse search.
+    pub coarse_us: f64,
+    /// Microseconds a query in the whole search.
+    pub total_us: f64,
+    /// Vectors scanned a query (the probed leaves' points).
+    pub vectors: f64,
+}
+
+impl TtProfile {
+    /// Nanoseconds a scanned vector: the time outside the coarse search over the vectors.
+    pub fn ns_per_vector(&self) -> f64 {
+        (self.total_us - self.coarse_us).max(0.0) * 1e3 / self.vectors.max(1.0)
+    }
+}
+
+impl fmt::Display for TtProfile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "profile: tt {} {}: {:.1} µs a query, of which the coarse search {:.1} µs ({:.0}%) \
+             and the scan of {:.0} vectors {:.1} µs ({:.1} ns a vector)",
+            self.storage,
+            self.params,
+            self.total_us,
+            self.coarse_us,
+            100.0 * self.coarse_us / self.total_us.max(f64::MIN_POSITIVE),
+            self.vectors,
+            self.total_us - self.coarse_us,
+            self.ns_per_vector()
+        )
+    }
+}
+
+/// Profiles `index` at `params` over the first `n` queries (one at a time on this thread):
+/// the coarse search alone, then the whole search.
+///
+/// # Errors
+///
+/// The first error the search returns.
+pub fn profile(
+    index: &TtIndex,
+    queries: &Points,
+    n: usize,
+    params: &TtSearch,
+) -> Result<TtProfile> {
+    let n = n.min(queries.len()).max(1);
+    let lists = index.lists();
+    let start = Instant::now();
+    let mut vectors = 0usize;
+    for i in 0..n {
+        for leaf in index.probe(queries.row(i), params)? {
+            vectors += lists.len_of(leaf as usize);
+        }
+    }
+    let coarse = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for i in 0..n {
+        index.search(queries.row(i), K, params)?;
+    }
+    let total = start.elapsed().as_secs_f64();
+    // The coarse pass also counted the vectors; that is a sum over at most `probe` leaves,
+    // negligible next to the descent.
+    Ok(TtProfile {
+        storage: lists.storage(),
+        params: format!("beam={},probe={}", params.beam[0], params.probe),
+        coarse_us: coarse * 1e6 / n as f64,
+        total_us: total * 1e6 / n as f64,
+        vectors: vectors as f64 / n as f64,
+    })
 }
 
 /// Everything [`run`] measured.
@@ -679,6 +762,8 @@ pub fn run(
             &stored
         };
         let bytes = per_vector(tt.structure_bytes() + tt.lists().vector_bytes());
+        let profiled = TtSearch::new(if leaf == 1 { 1 } else { 16 }, 10.min(tt.leaves()));
+        progress(Progress::Profile(&profile(tt, &queries, nq, &profiled)?));
         for &beam in beams {
             for probe in PROBES {
                 if probe > tt.leaves() {

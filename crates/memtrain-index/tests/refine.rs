@@ -405,7 +405,21 @@ fn should_bench_storages_threads_and_add() {
         codes: vec![4],
         ..BenchConfig::default()
     };
-    let report = bench::run(&base, &queries, &config, &mut |_| {}).unwrap();
+    let mut profiles = Vec::new();
+    let report = bench::run(&base, &queries, &config, &mut |p| {
+        if let bench::Progress::Profile(p) = p {
+            profiles.push(p.clone());
+        }
+    })
+    .unwrap();
+    // One profile per storage: the coarse search is part of the whole, the vectors scanned
+    // are those of the probed leaves.
+    assert_eq!(profiles.len(), 2);
+    for p in &profiles {
+        assert!(p.coarse_us > 0.0 && p.total_us > 0.0, "{p}");
+        assert!(p.vectors > 0.0 && p.vectors <= base.len() as f64, "{p}");
+        assert!(p.ns_per_vector().is_finite(), "{p}");
+    }
     for method in ["exact", "tt", "tt-sq8", "tt-add", "tt-pq", "ivf", "ivf-sq8"] {
         assert!(report.rows.iter().any(|r| r.method == method), "{method}");
     }

@@ -157,6 +157,7 @@ pub(super) fn run(args: BenchArgs) -> Result<()> {
         }
         bench::Progress::Row(row) => println!("{row}"),
         bench::Progress::Compression(c) => println!("{c}"),
+        bench::Progress::Profile(p) => println!("{p}"),
         bench::Progress::Training {
             for_what,
             rank,
