@@ -562,6 +562,25 @@ fn method(base: &str, storage: Storage) -> String {
     }
 }
 
+/// One setting of a sweep: [`measure`] on one thread, then the total QPS of
+/// [`measure_threads`] when `threads` is above 1 (`None` otherwise).
+fn measure_both(
+    base: &Points,
+    queries: &Points,
+    truth: &[Vec<(f32, u32)>],
+    n: usize,
+    threads: usize,
+    search: &(dyn Fn(&[f32]) -> Result<Vec<u32>> + Sync),
+) -> Result<(Measurement, Option<f64>)> {
+    let m = measure(base, queries, truth, n, search)?;
+    let parallel = if threads > 1 {
+        Some(measure_threads(base, queries, truth, n, threads, search)?.qps)
+    } else {
+        None
+    };
+    Ok((m, parallel))
+}
+
 /// The ids of a search result.
 fn ids(found: Vec<(f32, u32)>) -> Vec<u32> {
     found.into_iter().map(|p| p.1).collect()
@@ -688,14 +707,8 @@ pub fn run(
         rows.push(row);
     };
     // One setting: one thread, then `config.threads` when more than one.
-    let timed = |search: &(dyn Fn(&[f32]) -> Result<Vec<u32>> + Sync)| -> Result<(Measurement, Option<f64>)> {
-        let m = measure(base, &queries, &truth, nq, search)?;
-        let parallel = if config.threads > 1 {
-            Some(measure_threads(base, &queries, &truth, nq, config.threads, search)?.qps)
-        } else {
-            None
-        };
-        Ok((m, parallel))
+    let timed = |search: &(dyn Fn(&[f32]) -> Result<Vec<u32>> + Sync)| {
+        measure_both(base, &queries, &truth, nq, config.threads, search)
     };
     let per_vector = |bytes: usize| bytes as f64 / base.len() as f64;
 
@@ -977,12 +990,7 @@ fn hnsw(
                 .map(|n| n.d_id as u32)
                 .collect())
         };
-        let m = measure(base, queries, truth, queries.len(), search)?;
-        let parallel = if threads > 1 {
-            Some(measure_threads(base, queries, truth, queries.len(), threads, search)?.qps)
-        } else {
-            None
-        };
+        let (m, parallel) = measure_both(base, queries, truth, queries.len(), threads, &search)?;
         rows.push(Row {
             method: "hnsw".into(),
             params: format!("M={HNSW_M},ef={ef}"),

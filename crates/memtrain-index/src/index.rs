@@ -22,6 +22,14 @@ pub(crate) fn table_bytes(shape: &[usize], ranks: &[usize], leaf_level: usize) -
     tables.0
 }
 
+/// The Gram matrix `S Sᵀ` `[r, r]` of the rows of `s` `[r, d]`.
+pub(crate) fn gram(s: &[f32], d: usize) -> Vec<f32> {
+    let rows: Vec<&[f32]> = s.chunks_exact(d).collect();
+    rows.iter()
+        .flat_map(|a| rows.iter().map(|b| dot(a, b)))
+        .collect()
+}
+
 /// Search parameters of a [`TtIndex`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TtSearch {
@@ -183,12 +191,7 @@ impl TtIndex {
             let s = cloud.suffix(j);
             let r = cloud.ranks()[j];
             // |p S|² = p (S Sᵀ) pᵀ with the [r, r] Gram matrix of S.
-            let mut gram = vec![0.0f32; r * r];
-            for a in 0..r {
-                for b in 0..r {
-                    gram[a * r + b] = dot(&s[a * d..(a + 1) * d], &s[b * d..(b + 1) * d]);
-                }
-            }
+            let gram = gram(&s, d);
             norms.push(
                 p.chunks_exact(r)
                     .map(|v| dot(&vec_mat(v, &gram, r), v))

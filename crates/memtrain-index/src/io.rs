@@ -260,18 +260,22 @@ fn framed<'a>(
     Ok((payload, version))
 }
 
+/// Appends `v` little-endian.
+fn u32s(out: &mut Vec<u8>, v: &[u32]) {
+    v.iter()
+        .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+}
+
+/// Appends `v` little-endian.
+fn f32s(out: &mut Vec<u8>, v: &[f32]) {
+    v.iter()
+        .for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+}
+
 fn encode(index: &TtIndex) -> Vec<u8> {
     let cloud = index.cloud();
     let lists = index.lists();
     let mut out = Vec::new();
-    let u32s = |out: &mut Vec<u8>, v: &[u32]| {
-        v.iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
-    };
-    let f32s = |out: &mut Vec<u8>, v: &[f32]| {
-        v.iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
-    };
     let as_u32 = |v: &[usize]| v.iter().map(|&x| x as u32).collect::<Vec<_>>();
     u32s(&mut out, &[cloud.shape().len() as u32]);
     u32s(&mut out, &as_u32(cloud.shape()));
@@ -432,14 +436,6 @@ fn decode(payload: &[u8], version: u32) -> Result<TtIndex, String> {
 fn encode_compressed(bank: &CompressedIndex) -> Vec<u8> {
     let coarse = encode(&bank.coarse);
     let mut out = Vec::with_capacity(coarse.len() + bank.bytes());
-    let u32s = |out: &mut Vec<u8>, v: &[u32]| {
-        v.iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
-    };
-    let f32s = |out: &mut Vec<u8>, v: &[f32]| {
-        v.iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes()))
-    };
     u32s(&mut out, &[VERSION]);
     out.extend_from_slice(&(coarse.len() as u64).to_le_bytes());
     out.extend_from_slice(&coarse);

@@ -145,15 +145,10 @@ impl TtIndex {
 
     /// `S_j S_jᵀ` `[r_j, r_j]` in f64.
     fn gram(&self, j: usize) -> Vec<f64> {
-        let s = self.cloud.suffix(j);
-        let (r, d) = (self.cloud.ranks()[j], self.cloud.dim());
-        let mut g = vec![0.0f64; r * r];
-        for a in 0..r {
-            for b in 0..r {
-                g[a * r + b] = f64::from(dot(&s[a * d..(a + 1) * d], &s[b * d..(b + 1) * d]));
-            }
-        }
-        g
+        crate::index::gram(&self.cloud.suffix(j), self.cloud.dim())
+            .into_iter()
+            .map(f64::from)
+            .collect()
     }
 
     /// For every row of `u` (leaf-level projections), the leaf whose centre is nearest: the

@@ -5,27 +5,16 @@ use memtrain_index::codes::{CodeLayout, CompressedIndex};
 use memtrain_index::data::{Points, clustered};
 use memtrain_index::kernel::l2sq;
 use memtrain_index::metrics::recall_at_k;
-use memtrain_index::{Error, FitConfig, TtIndex, TtSearch, fit, ground_truth, io};
+use memtrain_index::{Error, TtSearch, ground_truth, io};
+
+mod common;
+use common::trained_index;
 
 const N: usize = 512;
 const D: usize = 16;
 
 fn points() -> Points {
     clustered(N, D, 8, 3)
-}
-
-/// A small index over `points()`: 16 leaves at level 2.
-fn index(points: &Points) -> TtIndex {
-    let config = FitConfig {
-        rank: 4,
-        steps: 30,
-        batch: 256,
-        projections: 32,
-        nn_batch: 128,
-        ..FitConfig::default()
-    };
-    let cloud = fit(points, &[4, 4, 32], &config, &mut |_| {}).unwrap();
-    TtIndex::build(cloud, points, 2).unwrap()
 }
 
 /// Every leaf probed.
@@ -69,7 +58,7 @@ fn formula(bank: &CompressedIndex) -> usize {
 #[test]
 fn should_find_near_exact_neighbours_at_the_largest_code() {
     let p = points();
-    let bank = CompressedIndex::build(index(&p), &p, 4 * D, 0).unwrap();
+    let bank = CompressedIndex::build(trained_index(&p), &p, 4 * D, 0).unwrap();
     assert_eq!(bank.layout().subspaces, D);
     assert_eq!(bank.layout().bits, 8);
     let r = recall(&bank, &p);
@@ -79,7 +68,7 @@ fn should_find_near_exact_neighbours_at_the_largest_code() {
 #[test]
 fn should_not_lose_recall_as_codes_grow() {
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     let recalls: Vec<f64> = [1, 2, 4, 8, 16]
         .iter()
         .map(|&c| recall(&CompressedIndex::build(idx.clone(), &p, c, 0).unwrap(), &p))
@@ -93,7 +82,7 @@ fn should_not_lose_recall_as_codes_grow() {
 #[test]
 fn should_count_bytes_by_the_formula() {
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     let projected = CodeLayout {
         projected: 8,
         subspaces: 5,
@@ -126,7 +115,7 @@ fn should_code_a_projection_to_the_leading_directions() {
         bits: 4,
         norm: true,
     };
-    let bank = CompressedIndex::build_with(index(&p), &p, layout, 0).unwrap();
+    let bank = CompressedIndex::build_with(trained_index(&p), &p, layout, 0).unwrap();
     let r = recall(&bank, &p);
     assert!(r >= 0.4, "recall {r}");
 }
@@ -162,7 +151,7 @@ fn invalid(e: Error, needle: &str) {
 #[test]
 fn should_reject_bad_input() {
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     invalid(
         CompressedIndex::build(idx.clone(), &p, 0, 0).unwrap_err(),
         "1..=64",
@@ -204,7 +193,7 @@ fn should_be_reproducible_and_stable_across_seeds() {
     // seed gives one index, and over seeds the distance estimates are unbiased within
     // k·σ/√n and the recall varies little.
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     let layout = CodeLayout {
         projected: 12,
         subspaces: 12,
@@ -281,7 +270,7 @@ fn layouts() -> [CodeLayout; 3] {
 #[test]
 fn should_round_trip_a_compressed_file_bit_for_bit() {
     let p = points();
-    let idx = index(&p).refine(&p, 2).unwrap();
+    let idx = trained_index(&p).refine(&p, 2).unwrap();
     let dir = scratch("round-trip");
     let (a, b) = (dir.join("a.mtpq"), dir.join("b.mtpq"));
     for layout in layouts() {
@@ -321,7 +310,7 @@ fn file_error(e: Error, needle: &str) {
 #[test]
 fn should_refuse_truncated_corrupt_foreign_and_cross_kind_files() {
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     let bank = CompressedIndex::build(idx.clone(), &p, 6, 0).unwrap();
     let dir = scratch("refuse");
     let (good, plain, bad) = (dir.join("good"), dir.join("plain"), dir.join("bad"));
@@ -370,7 +359,7 @@ fn should_refuse_checksummed_corruption_without_panicking() {
     use rand::{Rng, SeedableRng};
 
     let p = points();
-    let idx = index(&p);
+    let idx = trained_index(&p);
     let dir = scratch("flips");
     let (good, bad) = (dir.join("good"), dir.join("bad"));
     let odd = layouts()[2];

@@ -8,16 +8,8 @@ use memtrain_index::{
 };
 use proptest::prelude::*;
 
-fn small_fit() -> FitConfig {
-    FitConfig {
-        rank: 4,
-        steps: 30,
-        batch: 256,
-        projections: 32,
-        nn_batch: 128,
-        ..FitConfig::default()
-    }
-}
+mod common;
+use common::{assert_exact_with_every_leaf, small_fit, trained_index};
 
 fn random_points(n: usize, d: usize, seed: u64) -> Points {
     use rand::{Rng, SeedableRng};
@@ -81,32 +73,13 @@ fn should_place_centres_at_the_mean_of_their_subtree() {
     }
 }
 
-fn trained_index(points: &Points) -> TtIndex {
-    let cloud = fit(
-        points,
-        &[4, 4, points.len().div_ceil(16)],
-        &small_fit(),
-        &mut |_| {},
-    )
-    .unwrap();
-    TtIndex::build(cloud, points, 2).unwrap()
-}
-
 /// With the beam covering every cluster and every leaf probed, the search is brute force.
 #[test]
 fn should_equal_brute_force_when_the_beam_covers_every_leaf() {
     let points = clustered(600, 12, 8, 3);
     let queries = clustered(40, 12, 8, 4);
     let index = trained_index(&points);
-    let exact = ExactIndex::new(&points);
-    let all = TtSearch::new(4, index.leaves());
-    for i in 0..queries.len() {
-        let q = queries.row(i);
-        assert_eq!(
-            index.search(q, 10, &all).unwrap(),
-            exact.search(q, 10).unwrap()
-        );
-    }
+    assert_exact_with_every_leaf(&index, &points, &queries);
     // Every point is in exactly one list.
     let lists = index.lists();
     let total: usize = (0..lists.leaves()).map(|l| lists.len_of(l)).sum();

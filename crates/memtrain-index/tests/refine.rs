@@ -9,27 +9,8 @@ use memtrain_index::{
 };
 use rand::{Rng, SeedableRng};
 
-fn small_fit() -> FitConfig {
-    FitConfig {
-        rank: 4,
-        steps: 30,
-        batch: 256,
-        projections: 32,
-        nn_batch: 128,
-        ..FitConfig::default()
-    }
-}
-
-fn index_of(points: &Points) -> TtIndex {
-    let cloud = fit(
-        points,
-        &[4, 4, points.len().div_ceil(16)],
-        &small_fit(),
-        &mut |_| {},
-    )
-    .unwrap();
-    TtIndex::build(cloud, points, 2).unwrap()
-}
+mod common;
+use common::{assert_exact_with_every_leaf, small_fit, trained_index};
 
 /// Σ over the points of the squared distance to the centre of the leaf they are listed in.
 fn objective(index: &TtIndex, points: &Points) -> f64 {
@@ -59,6 +40,30 @@ fn live_centres(index: &TtIndex) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Every listed point with id `first..` sits in its nearest live leaf (to f32 rounding).
+fn assert_in_nearest_live_leaf(index: &TtIndex, points: &Points, first: usize) {
+    let centres = live_centres(index);
+    let lists = index.lists();
+    for l in 0..index.leaves() {
+        for at in lists.offsets()[l] as usize..lists.offsets()[l + 1] as usize {
+            let id = lists.ids()[at] as usize;
+            if id < first {
+                continue;
+            }
+            let x = points.row(id);
+            let mine = l2sq(x, &centres[l]);
+            let best = centres
+                .iter()
+                .map(|c| l2sq(x, c))
+                .fold(f32::INFINITY, f32::min);
+            assert!(
+                mine <= best + 1e-3 * (1.0 + best),
+                "point {id} in leaf {l}: {mine} > {best}"
+            );
+        }
+    }
+}
+
 /// Every id `0..n` is listed exactly once.
 fn assert_each_listed_once(index: &TtIndex, n: usize) {
     let mut ids = index.lists().ids().to_vec();
@@ -71,7 +76,7 @@ fn assert_each_listed_once(index: &TtIndex, n: usize) {
 #[test]
 fn should_lower_the_kmeans_objective_of_the_leaves() {
     let points = clustered(800, 12, 10, 1);
-    let built = index_of(&points);
+    let built = trained_index(&points);
     let before = objective(&built, &points);
     let mut last = before;
     for rounds in [1, 3, 10] {
@@ -93,32 +98,9 @@ fn should_lower_the_kmeans_objective_of_the_leaves() {
 fn should_stay_exact_and_consistent_after_refinement() {
     let points = clustered(600, 10, 8, 2);
     let queries = clustered(30, 10, 8, 3);
-    let index = index_of(&points).refine(&points, 5).unwrap();
-    let exact = ExactIndex::new(&points);
-    let all = TtSearch::new(4, index.leaves());
-    for i in 0..queries.len() {
-        let q = queries.row(i);
-        assert_eq!(
-            index.search(q, 10, &all).unwrap(),
-            exact.search(q, 10).unwrap()
-        );
-    }
-    let centres = live_centres(&index);
-    let lists = index.lists();
-    for l in 0..index.leaves() {
-        for at in lists.offsets()[l] as usize..lists.offsets()[l + 1] as usize {
-            let x = points.row(lists.ids()[at] as usize);
-            let mine = l2sq(x, &centres[l]);
-            let best = centres
-                .iter()
-                .map(|c| l2sq(x, c))
-                .fold(f32::INFINITY, f32::min);
-            assert!(
-                mine <= best + 1e-3 * (1.0 + best),
-                "leaf {l}: {mine} > {best}"
-            );
-        }
-    }
+    let index = trained_index(&points).refine(&points, 5).unwrap();
+    assert_exact_with_every_leaf(&index, &points, &queries);
+    assert_in_nearest_live_leaf(&index, &points, 0);
 }
 
 /// After refinement a narrow search never spends its probes on empty leaves: the first leaf
@@ -204,7 +186,7 @@ fn should_store_8_bit_data_exactly_as_sq8() {
     let points = Points::new(data, d).unwrap();
     let queries = clustered(20, d, 4, 5);
     let exact = ExactIndex::new(&points);
-    let tt = index_of(&points)
+    let tt = trained_index(&points)
         .with_storage(&points, Storage::Sq8)
         .unwrap();
     assert_eq!(tt.lists().storage(), Storage::Sq8);
@@ -238,7 +220,7 @@ fn should_bound_the_sq8_distance_error_by_half_a_step() {
         bound += ((hi - lo) / 255.0 / 2.0).powi(2);
     }
     let bound = bound.sqrt();
-    let tt = index_of(&points)
+    let tt = trained_index(&points)
         .with_storage(&points, Storage::Sq8)
         .unwrap();
     let all = TtSearch::new(4, tt.leaves());
@@ -265,7 +247,7 @@ fn should_add_points_to_their_nearest_leaves() {
     let tail = points.select(&(n0..points.len()).collect::<Vec<_>>());
     let queries = clustered(20, 10, 8, 12);
     for storage in Storage::ALL {
-        let mut index = index_of(&head)
+        let mut index = trained_index(&head)
             .refine(&head, 3)
             .unwrap()
             .with_storage(&head, storage)
@@ -273,35 +255,12 @@ fn should_add_points_to_their_nearest_leaves() {
         index.add(&tail).unwrap();
         assert_eq!(index.len(), points.len());
         assert_each_listed_once(&index, points.len());
-        let centres = live_centres(&index);
-        let lists = index.lists();
-        for l in 0..index.leaves() {
-            for at in lists.offsets()[l] as usize..lists.offsets()[l + 1] as usize {
-                let id = lists.ids()[at] as usize;
-                if id < n0 {
-                    continue;
-                }
-                let x = points.row(id);
-                let best = centres
-                    .iter()
-                    .map(|c| l2sq(x, c))
-                    .fold(f32::INFINITY, f32::min);
-                assert!(l2sq(x, &centres[l]) <= best + 1e-3 * (1.0 + best));
-            }
-        }
+        assert_in_nearest_live_leaf(&index, &points, n0);
         if storage == Storage::F32 {
-            let exact = ExactIndex::new(&points);
-            let all = TtSearch::new(4, index.leaves());
-            for i in 0..queries.len() {
-                let q = queries.row(i);
-                assert_eq!(
-                    index.search(q, 10, &all).unwrap(),
-                    exact.search(q, 10).unwrap()
-                );
-            }
+            assert_exact_with_every_leaf(&index, &points, &queries);
         }
     }
-    let mut index = index_of(&head);
+    let mut index = trained_index(&head);
     let wrong = clustered(5, 3, 2, 0);
     let msg = index.add(&wrong).unwrap_err().to_string();
     assert!(msg.contains("dimension") && msg.contains("10"), "{msg}");
@@ -315,7 +274,7 @@ fn should_round_trip_version_2_and_read_version_1() {
     let dir = std::env::temp_dir().join(format!("memtrain-refine-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (p1, p2) = (dir.join("a.idx"), dir.join("b.idx"));
-    let built = index_of(&points);
+    let built = trained_index(&points);
     for storage in Storage::ALL {
         let index = built
             .clone()
@@ -366,7 +325,7 @@ fn should_measure_the_same_recall_on_several_threads() {
     let points = clustered(500, 8, 6, 14);
     let queries = clustered(37, 8, 6, 15);
     let truth = ground_truth(&points, &queries, 10).unwrap();
-    let index = index_of(&points).refine(&points, 3).unwrap();
+    let index = trained_index(&points).refine(&points, 3).unwrap();
     let params = TtSearch::new(2, 3);
     let search = |q: &[f32]| -> memtrain_index::Result<Vec<u32>> {
         Ok(index
