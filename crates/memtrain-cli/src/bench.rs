@@ -17,8 +17,8 @@ pub struct BenchArgs {
     /// Policies to compare, SPECs separated by ';' (ratios are to the first).
     #[arg(long, default_value = "act=exact")]
     policies: String,
-    /// Steps per policy (the first allocates optimizer state and is not timed when there are
-    /// more).
+    /// Steps per policy (the first allocates optimizer state; when there are more, its time
+    /// and peak are not counted).
     #[arg(long, default_value_t = 3)]
     steps: usize,
     /// Plan for this activation budget (a size, or a fraction of plain burn's activation

@@ -40,22 +40,39 @@ pub struct PlanArgs {
 }
 
 /// How to read a schedule (also in `memtrain plan --help` and the README).
-pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
+pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; S i/n: run stage i forward and backward in n slices of the batch, one slice's graph at a time; F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
 
 fn print_plan(plan: &Plan) {
     println!(
-        "{:<6} {:>9} {:>9} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "stage", "fwd ms", "bwd ms", "out MiB", "kept MiB", "keep pk", "bwd MiB", "fwd MiB"
+        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "stage",
+        "fwd ms",
+        "bwd ms",
+        "out MiB",
+        "kept MiB",
+        "keep pk",
+        "bwd MiB",
+        "fwd MiB",
+        "grad MiB",
+        "sliced ms",
+        "sliced MiB"
     );
     let n = plan.chain.len();
     for (i, c) in plan.chain.iter().enumerate() {
         let name = if i + 1 == n {
             "head".to_string()
         } else {
-            format!("block{i}")
+            format!("b{}.{}", i / 2, if i % 2 == 0 { "attn" } else { "mlp" })
+        };
+        let (sliced_ms, sliced_mib) = match c.sliced {
+            Some(s) => (
+                format!("{:.1}", 1e3 * s.time),
+                format!("{:.1}", mib_usize(s.peak)),
+            ),
+            None => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{name:<6} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+            "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {sliced_ms:>10} {sliced_mib:>10}",
             1e3 * c.forward,
             1e3 * c.backward,
             mib_usize(c.output),
@@ -63,6 +80,7 @@ fn print_plan(plan: &Plan) {
             mib_usize(c.keep_peak),
             mib_usize(c.backward_peak),
             mib_usize(c.forward_peak),
+            mib_usize(c.grad),
         );
     }
     println!("schedule: {}", plan.schedule);
@@ -114,9 +132,11 @@ fn remat_only(args: &PlanArgs, spec: &str) -> Result<()> {
         args.measure
     );
     println!(
-        "  remat: chain peak {:.1} MiB (budget {:.1}), step peak {:.1} MiB, {:.3} s a step",
-        mib(m.remat.activation_bytes),
+        "  remat: peak {:.1} MiB (predicted {:.1}, budget {:.1}; activations alone {:.1}), step peak {:.1} MiB, {:.3} s a step",
+        mib(m.remat.chain_bytes),
+        mib_usize(m.plan.prediction.peak),
         mib(budget),
+        mib(m.remat.activation_bytes),
         mib(m.remat.peak_bytes),
         m.remat.step_seconds
     );
@@ -191,7 +211,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     }
     let show = |name: &str, p: &MemoryPlan| {
         println!(
-            "{name}: blocks {:?}, schedule {}, predicted chain peak {:.1} MiB, step {:.3} s",
+            "{name}: blocks {:?}, schedule {}, predicted peak {:.1} MiB (activations and gradients), step {:.3} s",
             p.assignment,
             p.schedule,
             mib_usize(p.peak),
@@ -224,10 +244,11 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
         for (name, plan, measured) in rows {
             println!(
-                "  {name}: chain peak {:.1} MiB (predicted {:.1}, {:+.1}%), step peak {:.1} MiB, {:.3} s a step (predicted {:.3}, {:+.1}%)",
-                mib(measured.activation_bytes),
+                "  {name}: peak {:.1} MiB (predicted {:.1}, {:+.1}%; activations alone {:.1}), step peak {:.1} MiB, {:.3} s a step (predicted {:.3}, {:+.1}%)",
+                mib(measured.chain_bytes),
                 mib_usize(plan.peak),
-                100.0 * (measured.activation_bytes as f64 / plan.peak as f64 - 1.0),
+                100.0 * (measured.chain_bytes as f64 / plan.peak as f64 - 1.0),
+                mib(measured.activation_bytes),
                 mib(measured.peak_bytes),
                 measured.step_seconds,
                 plan.time,

@@ -274,43 +274,63 @@ fn should_keep_only_the_input_in_a_tt_linear() {
     );
 }
 
-/// Under remat the measured chain peak stays within the schedule's simulated peak (from the
-/// profiled stage sizes) plus 2% and 256 KiB, and within the budget.
+/// Under remat the measured peak stays within the schedule's simulated peak (from the
+/// profiled stage sizes, parameter gradients included) plus 2% and 256 KiB, and within the
+/// budget; with sliced stages and per-stage updates it is also within 10% below it (the
+/// prediction is the measurement, not a loose bound).
 fn should_keep_remat_within_its_prediction() {
     let device = Device::flex().autodiff();
     for spec in [
         "remat=every:1",
         "remat=budget:6MiB",
         "remat=budget:5MiB,attn=memeff",
+        "remat=budget:2.5MiB,attn=memeff,act=inverted,norm=output,update=per-stage",
     ] {
         let mut cfg = TrainConfig::new(Preset::Tiny);
         cfg.batch = 8;
         cfg.policy = spec.parse().unwrap();
+        let per_stage = cfg.policy.update == memtrain::policy::UpdatePolicy::PerStage;
         let data = data_for(cfg.seq);
         let mut trainer = Trainer::new(cfg.clone(), &device).unwrap();
         let mut measured = 0;
         for _ in 0..2 {
             let batch = trainer.next_batch(&data);
             let report = trainer.try_step(&batch).unwrap().memory;
-            measured = report.activation_bytes as usize;
+            // The executor's peak, the gradients held at each moment included (per stage:
+            // the updates too; the second step's, once the optimizer state exists).
+            measured = report.chain_bytes as usize;
             // The executor measures its stages in regions nested in the step's.
             assert!(
-                report.peak_bytes >= report.activation_bytes,
-                "{spec}: step peak {} below the chain peak {} (a nested region reset it)",
+                report.peak_bytes >= report.chain_bytes
+                    && report.chain_bytes >= report.activation_bytes,
+                "{spec}: step peak {} below the chain peak {} or that below its activations {} \
+                 (a nested region reset it)",
                 report.peak_bytes,
+                report.chain_bytes,
                 report.activation_bytes
             );
         }
         let plan = trainer.remat_plan().expect("a remat policy plans");
         let predicted = plan.prediction.peak;
         eprintln!(
-            "tiny {spec}: chain peak measured {measured}, predicted {predicted}, keep-all {}",
-            plan.keep_all.peak
+            "tiny {spec}: peak measured {measured}, predicted {predicted}, keep-all {}, schedule {}",
+            plan.keep_all.peak, plan.schedule
         );
         assert!(
             measured <= predicted + predicted / 50 + (256 << 10),
             "{spec}: measured {measured} above predicted {predicted}"
         );
+        if per_stage {
+            assert!(
+                plan.schedule.sliced_stages() > 0,
+                "{spec}: {}",
+                plan.schedule
+            );
+            assert!(
+                measured + predicted / 10 >= predicted,
+                "{spec}: measured {measured} far below predicted {predicted}"
+            );
+        }
         assert!(predicted < plan.keep_all.peak, "{spec}: nothing saved");
         if let memtrain::policy::RematPolicy::Budget(b) = cfg.policy.remat {
             assert!(

@@ -1,9 +1,9 @@
 //! The planner's solver on synthetic variants: as fast as brute force over every per-block
-//! assignment, mixes variants when that is faster, and names the smallest budget when nothing
-//! fits.
+//! assignment, mixes variants when that is faster, turns per-stage updates on when they fit or
+//! are faster, and names the smallest budget when nothing fits.
 
 use memtrain::plan::{Variant, solve};
-use memtrain::policy::{ActPolicy, AttnPolicy, BlockPolicy};
+use memtrain::policy::{ActPolicy, AttnPolicy, BlockPolicy, UpdatePolicy};
 use memtrain::remat::{StageCost, optimal, simulate};
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
@@ -20,6 +20,8 @@ fn stage(forward: f64, kept: usize, backward_peak: usize) -> StageCost {
         keep_peak: kept * U,
         backward_peak: backward_peak * U,
         forward_peak: 20 * U,
+        grad: 0,
+        sliced: None,
     }
 }
 
@@ -32,6 +34,8 @@ fn head() -> StageCost {
         keep_peak: 15 * U,
         backward_peak: 10 * U,
         forward_peak: 0,
+        grad: 0,
+        sliced: None,
     }
 }
 
@@ -237,4 +241,39 @@ proptest! {
             (Err(e), Some((_, a))) => prop_assert!(false, "{} although {:?} fits", e, a),
         }
     }
+}
+
+/// With gradients as large as a block's kept tensors, the planner turns per-stage updates on
+/// where ordinary updates need more recomputation or do not fit, and leaves them off where
+/// the budget holds everything.
+#[test]
+fn should_update_per_stage_when_that_fits_or_is_faster() {
+    let with_grads = |mut v: Vec<Variant>| {
+        for variant in &mut v {
+            for s in &mut variant.stages {
+                s.grad = 40 * U;
+            }
+        }
+        v
+    };
+    let v = with_grads(variants((1.0, 100), (1.1, 40)));
+    // Room for everything and every gradient: ordinary updates.
+    let roomy = 4 * (100 + 40 + 10) * U + 200 * U;
+    let (plan, _) = solve(&v, 4, roomy as u64, 0.0).unwrap();
+    assert_eq!(plan.policy.update, UpdatePolicy::Step, "{}", plan.policy);
+    // The predicted peak counts the gradients: all four blocks' at the end.
+    assert!(plan.peak >= 4 * 40 * U, "{}", plan.peak);
+    // Tight: four blocks' gradients (160 U) do not fit next to the chain's working set.
+    let tight = 160 * U;
+    let (plan, _) = solve(&v, 4, tight as u64, 0.0).unwrap();
+    assert_eq!(
+        plan.policy.update,
+        UpdatePolicy::PerStage,
+        "{}",
+        plan.policy
+    );
+    assert!(plan.peak <= tight);
+    // Per-stage updates hold no block's gradients: the same plan as a chain without any.
+    let (without, _) = solve(&variants((1.0, 100), (1.1, 40)), 4, tight as u64, 0.0).unwrap();
+    assert!((without.time - plan.time).abs() < 1e-9);
 }

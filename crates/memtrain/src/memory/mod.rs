@@ -49,6 +49,11 @@ pub struct MemoryReport {
     /// The peak of live bytes from the forward to the end of the optimizer update, above the
     /// live bytes before the forward.
     pub peak_bytes: u64,
+    /// Under `remat=...` or `update=per-stage`: the remat executor's measured peak,
+    /// activations and the parameter gradients held at each moment (and, per stage, the
+    /// updates) included: what a plan's predicted peak predicts. 0 otherwise.
+    #[serde(default)]
+    pub chain_bytes: u64,
 }
 
 /// Bytes of the gradient tensors `grads` holds for `module`'s parameters.

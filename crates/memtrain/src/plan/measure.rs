@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::model_saved;
 use crate::policy::RematPolicy;
-use crate::remat::{self, plan_for, profile};
+use crate::remat::{self, plan_with, profile};
 use crate::stats::median;
 use crate::train::{TrainConfig, Trainer};
 
@@ -21,32 +21,44 @@ pub struct Measured {
     pub activation_bytes: u64,
     /// The largest step peak.
     pub peak_bytes: u64,
+    /// The largest remat executor peak, activations and parameter gradients
+    /// ([`crate::memory::MemoryReport::chain_bytes`]; 0 without remat): what a plan predicts.
+    pub chain_bytes: u64,
 }
 
-/// The step times of `steps` steps after a first, untimed one, the largest activation and step
-/// peaks, and the remat plan the trainer ran (`remat` when given, else the one it made on its
-/// first step, if its policy asks for one).
+/// What [`run_steps`] measured: step times, the largest activation, step and chain peaks, and
+/// the remat plan the trainer ran.
+type Steps = (Vec<f64>, u64, u64, u64, Option<remat::Plan>);
+
+/// The step times of `steps` steps after a first, untimed one, the largest activation, step
+/// and chain peaks of those steps (the first, which allocates the optimizer state, is not
+/// counted: under per-stage updates that happens inside its chain), and the remat plan the
+/// trainer ran (`remat` when given, else the one it made on its first step, if its policy asks
+/// for one).
 fn run_steps(
     config: TrainConfig,
     remat: Option<remat::Plan>,
     data: &Dataset,
     steps: usize,
     device: &Device,
-) -> Result<(Vec<f64>, u64, u64, Option<remat::Plan>)> {
+) -> Result<Steps> {
     let mut trainer = Trainer::new(config, device)?;
     if let Some(plan) = remat {
         trainer.use_remat_plan(plan)?;
     }
-    let (mut times, mut act, mut peak) = (Vec::new(), 0, 0);
-    for _ in 0..steps + 1 {
+    let (mut times, mut act, mut peak, mut chain) = (Vec::new(), 0, 0, 0);
+    for s in 0..steps + 1 {
         let batch = trainer.next_batch(data);
         let stats = trainer.try_step(&batch)?;
+        if s == 0 {
+            continue;
+        }
         times.push(stats.seconds);
         act = act.max(stats.memory.activation_bytes);
         peak = peak.max(stats.memory.peak_bytes);
+        chain = chain.max(stats.memory.chain_bytes);
     }
-    times.remove(0);
-    Ok((times, act, peak, trainer.remat_plan().cloned()))
+    Ok((times, act, peak, chain, trainer.remat_plan().cloned()))
 }
 
 /// `config`'s policy as it is (its block variants fixed) with only the remat schedule planned
@@ -83,6 +95,7 @@ pub fn plan_remat(
 ) -> Result<remat::Plan> {
     let mut config = config.clone();
     config.policy.remat = RematPolicy::None;
+    let update = config.policy.update;
     let trainer = Trainer::new(config, device)?;
     let batch = trainer.next_batch(data);
     // One untimed pass first, so one-off allocations do not count in the profile.
@@ -93,7 +106,7 @@ pub fn plan_remat(
             .backward(),
     );
     let chain = profile(trainer.model(), &batch, 3);
-    plan_for(chain, RematPolicy::Budget(budget))
+    plan_with(chain, RematPolicy::Budget(budget), update)
 }
 
 /// The activation bytes `config`'s policy keeps without remat (the formula): what a fixed
@@ -138,13 +151,14 @@ pub fn measure_remat(
     plain.policy.remat = RematPolicy::None;
     let mut remat = plain.clone();
     remat.policy.remat = RematPolicy::Budget(budget);
-    let (t, a, p, plan) = run_steps(remat, None, data, steps, device)?;
+    let (t, a, p, c, plan) = run_steps(remat, None, data, steps, device)?;
     let remat = Measured {
         step_seconds: median(&t),
         activation_bytes: a,
         peak_bytes: p,
+        chain_bytes: c,
     };
-    let (t, a, p, _) = run_steps(plain, None, data, steps, device)?;
+    let (t, a, p, c, _) = run_steps(plain, None, data, steps, device)?;
     Ok(RematMeasurement {
         plan: plan.expect("a remat budget makes a plan"),
         remat,
@@ -152,6 +166,7 @@ pub fn measure_remat(
             step_seconds: median(&t),
             activation_bytes: a,
             peak_bytes: p,
+            chain_bytes: c,
         },
     })
 }
@@ -184,7 +199,7 @@ pub struct PlanMeasurement {
 /// # let device = Device::flex().autodiff();
 /// let report = make_plan(&config, 64 << 20, false, &data, &device)?;
 /// let measured = measure_plan(&report, &config, &data, 5, &device)?;
-/// println!("predicted {} bytes, measured {}", report.plan.peak, measured.plan.activation_bytes);
+/// println!("predicted {} bytes, measured {}", report.plan.peak, measured.plan.chain_bytes);
 /// # Ok(())
 /// # }
 /// ```
@@ -205,7 +220,7 @@ pub fn measure_plan(
     } else {
         &[true, false, false, true]
     };
-    let mut pooled = [(Vec::new(), 0, 0), (Vec::new(), 0, 0)];
+    let mut pooled = [(Vec::new(), 0, 0, 0), (Vec::new(), 0, 0, 0)];
     for &is_plan in order {
         let plan = if is_plan {
             &report.plan
@@ -214,16 +229,18 @@ pub fn measure_plan(
         };
         let mut c = config.clone();
         c.policy = plan.policy.clone();
-        let (times, a, p, _) = run_steps(c, Some(plan.remat_plan()), data, steps, device)?;
+        let (times, a, p, ch, _) = run_steps(c, Some(plan.remat_plan()), data, steps, device)?;
         let slot = &mut pooled[usize::from(!is_plan)];
         slot.0.extend(times);
         slot.1 = slot.1.max(a);
         slot.2 = slot.2.max(p);
+        slot.3 = slot.3.max(ch);
     }
-    let measured = |(t, a, p): &(Vec<f64>, u64, u64)| Measured {
+    let measured = |(t, a, p, c): &(Vec<f64>, u64, u64, u64)| Measured {
         step_seconds: median(t),
         activation_bytes: *a,
         peak_bytes: *p,
+        chain_bytes: *c,
     };
     Ok(PlanMeasurement {
         plan: measured(&pooled[0]),

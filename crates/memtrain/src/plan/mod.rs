@@ -42,8 +42,8 @@ use serde::Serialize;
 use crate::data::{Batch, Dataset};
 use crate::error::{Error, Result};
 use crate::model::{GptConfig, model_saved};
-use crate::policy::{BlockPolicy, MemoryPolicy, RematPolicy};
-use crate::remat::{Schedule, StageCost, optimal, simulate};
+use crate::policy::{BlockPolicy, MemoryPolicy, RematPolicy, UpdatePolicy};
+use crate::remat::{Schedule, StageCost, held_as, optimal, simulate};
 
 /// The candidate block variants: [`BlockPolicy::candidates`] (every combination of the exact
 /// savers, and with `approx` the approximate variants on top of the leanest). Off Flex the
@@ -259,10 +259,17 @@ fn chain_of(variants: &[Variant], assignment: &[usize], head: usize) -> Vec<Stag
     chain
 }
 
-fn policy_of(variants: &[Variant], assignment: &[usize], head: usize, budget: u64) -> MemoryPolicy {
+fn policy_of(
+    variants: &[Variant],
+    assignment: &[usize],
+    head: usize,
+    budget: u64,
+    update: UpdatePolicy,
+) -> MemoryPolicy {
     let mut policy = MemoryPolicy {
         block: variants[head].block_policy,
         remat: RematPolicy::Budget(budget),
+        update,
         ..MemoryPolicy::default()
     };
     for (i, &v) in assignment.iter().enumerate() {
@@ -280,15 +287,16 @@ fn evaluate(
     head: usize,
     budget: u64,
     constant: f64,
+    update: UpdatePolicy,
 ) -> Option<MemoryPlan> {
-    let chain = chain_of(variants, assignment, head);
+    let chain = held_as(chain_of(variants, assignment, head), update);
     let input = input_bytes(&variants[head]);
     let quantum = (budget as usize / 512).max(4096);
     let schedule = optimal(&chain, input, budget as usize, quantum).ok()?;
     let (peak, time) = simulate(&chain, &schedule, input);
     Some(MemoryPlan {
         assignment: assignment.to_vec(),
-        policy: policy_of(variants, assignment, head, budget),
+        policy: policy_of(variants, assignment, head, budget, update),
         schedule,
         peak,
         time: time + constant,
@@ -297,22 +305,44 @@ fn evaluate(
     })
 }
 
-/// The plan with the least predicted step time within `budget`, and the best uniform plan
-/// (one variant everywhere) it improves on.
+/// The plan with the least predicted step time whose step peak (activations and parameter
+/// gradients) stays within `budget`, and the best uniform plan (one variant everywhere) it
+/// improves on. Ordinary updates are planned first; per-stage updates
+/// ([`UpdatePolicy::PerStage`], which hold one block half's gradients at a time) are chosen
+/// when nothing fits without them or when they are predicted faster (they let the schedule
+/// keep more).
 ///
 /// # Errors
 ///
 /// [`Error::Config`] when no assignment fits: the message names the smallest feasible budget
-/// (with the leanest variant everywhere and the most recomputation) and what it holds.
+/// (with the leanest variant everywhere, the most recomputation and per-stage updates) and
+/// what it holds.
 pub fn solve(
     variants: &[Variant],
     n_blocks: usize,
     budget: u64,
     constant: f64,
 ) -> Result<(MemoryPlan, MemoryPlan)> {
+    let step = solve_for(variants, n_blocks, budget, constant, UpdatePolicy::Step);
+    let stage = solve_for(variants, n_blocks, budget, constant, UpdatePolicy::PerStage);
+    match (step, stage) {
+        (Ok(a), Ok(b)) if b.0.time < a.0.time * (1.0 - 1e-6) => Ok(b),
+        (Ok(a), _) => Ok(a),
+        (Err(_), b) => b,
+    }
+}
+
+/// [`solve`] with the gradients held as `update` holds them.
+fn solve_for(
+    variants: &[Variant],
+    n_blocks: usize,
+    budget: u64,
+    constant: f64,
+    update: UpdatePolicy,
+) -> Result<(MemoryPlan, MemoryPlan)> {
     let mut best_uniform: Option<MemoryPlan> = None;
     for v in 0..variants.len() {
-        if let Some(p) = evaluate(variants, &vec![v; n_blocks], v, budget, constant)
+        if let Some(p) = evaluate(variants, &vec![v; n_blocks], v, budget, constant, update)
             && best_uniform.as_ref().is_none_or(|b| p.time < b.time)
         {
             best_uniform = Some(p);
@@ -323,7 +353,7 @@ pub fn solve(
         let lean = (0..variants.len())
             .min_by_key(|&v| held(&variants[v].widest_stage()))
             .expect("at least one candidate");
-        let chain = chain_of(variants, &vec![lean; n_blocks], lean);
+        let chain = held_as(chain_of(variants, &vec![lean; n_blocks], lean), update);
         let input = input_bytes(&variants[lean]);
         let e = optimal(
             &chain,
@@ -364,7 +394,7 @@ pub fn solve(
                 }
                 let mut a = best.assignment.clone();
                 a[i] = v;
-                if let Some(p) = evaluate(variants, &a, head, budget, constant)
+                if let Some(p) = evaluate(variants, &a, head, budget, constant, update)
                     && p.time < best.time * (1.0 - 1e-6)
                 {
                     best = p;

@@ -4,8 +4,8 @@
 
 use std::fmt;
 
-use super::RematPolicy;
 use super::size::parse_size;
+use super::{RematPolicy, UpdatePolicy};
 use crate::activation::ActPolicy;
 use crate::adapter::AdaptPolicy;
 use crate::attention::AttnPolicy;
@@ -218,6 +218,11 @@ impl fmt::Display for RematPolicy {
         }
     }
 }
+
+word_key!(UpdatePolicy, "update", "step, per-stage", [UpdatePolicy::Step], {
+    UpdatePolicy::Step => "step",
+    UpdatePolicy::PerStage => "per-stage",
+});
 
 impl PolicyKey for WeightsPolicy {
     const KEY: &'static str = "weights";

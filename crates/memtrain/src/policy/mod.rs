@@ -14,8 +14,8 @@
 //! [`crate::activation`], [`NormPolicy`] (`norm`) in [`crate::norm`], [`LinearPolicy`]
 //! (`linear`) and [`WeightsPolicy`] (`weights`) in [`crate::linear`], [`AttnPolicy`] (`attn`)
 //! in [`crate::attention`], [`OptimPolicy`] (`optim`) in [`crate::optim`], [`AdaptPolicy`]
-//! (`adapt`) in [`crate::adapter`]; [`RematPolicy`] (`remat`) is here, below the model its
-//! executor ([`crate::remat`]) runs on.
+//! (`adapt`) in [`crate::adapter`]; [`RematPolicy`] (`remat`) and [`UpdatePolicy`] (`update`)
+//! are here, below the model their executor ([`crate::remat`]) runs on.
 
 mod keys;
 mod size;
@@ -52,6 +52,26 @@ pub enum RematPolicy {
     Every(u32),
     /// The Rotor schedule of least time whose predicted activation peak fits this many bytes.
     Budget(u64),
+}
+
+/// When the optimizer updates the parameters: the `update=` key of a policy SPEC, executed by
+/// [`crate::remat::step_updating`].
+///
+/// Per-stage updates hold one block half's parameter gradients at a time instead of the
+/// model's (LOMO, GaLore's per-layer updates): the step's result is the same as an ordinary
+/// step's for the optimizers memtrain offers (AdamW, NAG-GS, GaLore), whose update of a
+/// parameter depends only on its own gradient and state. memtrain has no global-norm gradient
+/// clipping, which could not be per-stage (the norm needs every gradient before any update).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePolicy {
+    /// One update after the whole backward: every gradient is held until then.
+    #[default]
+    Step,
+    /// Each block half's parameters are updated as soon as its backward is done and their
+    /// gradients freed; the head's and the embeddings' (the tied token embedding) after the
+    /// embeddings' backward.
+    PerStage,
 }
 
 /// The per-block part of a policy.
@@ -158,10 +178,12 @@ pub struct MemoryPolicy {
     pub optim: OptimPolicy,
     /// Adapters (the base frozen).
     pub adapt: AdaptPolicy,
+    /// When the optimizer updates the parameters.
+    pub update: UpdatePolicy,
 }
 
 /// The keys a SPEC accepts.
-pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim, adapt";
+pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim, adapt, update";
 
 impl MemoryPolicy {
     /// Checks values a SPEC cannot express wrongly but a deserialized policy (a hand-edited
@@ -204,6 +226,7 @@ impl MemoryPolicy {
             round_trip(WeightsPolicy::KEY, &block.weights, WeightsPolicy::parse)?;
         }
         round_trip(RematPolicy::KEY, &self.remat, RematPolicy::parse)?;
+        round_trip(UpdatePolicy::KEY, &self.update, UpdatePolicy::parse)?;
         round_trip(OptimPolicy::KEY, &self.optim, OptimPolicy::parse)?;
         round_trip(AdaptPolicy::KEY, &self.adapt, AdaptPolicy::parse)?;
         Ok(())
@@ -263,6 +286,11 @@ impl MemoryPolicy {
             self.adapt.to_string(),
             d.adapt.to_string(),
         );
+        add(
+            UpdatePolicy::KEY,
+            self.update.to_string(),
+            d.update.to_string(),
+        );
         let mut text = if parts.is_empty() {
             "plain".to_string()
         } else {
@@ -292,8 +320,9 @@ impl MemoryPolicy {
     }
 
     /// The memory planner's `planned` policy (per-block activation, norm, linear and attention
-    /// variants, and its remat schedule) with what the planner does not choose taken from
-    /// this policy: the weights' format, the optimizer and the adapters.
+    /// variants, its remat schedule and whether it updates per stage) with what the planner
+    /// does not choose taken from this policy: the weights' format, the optimizer and the
+    /// adapters (and per-stage updates, when this policy asks for them).
     ///
     /// ```
     /// use memtrain::policy::MemoryPolicy;
@@ -306,6 +335,11 @@ impl MemoryPolicy {
         MemoryPolicy {
             optim: self.optim,
             adapt: self.adapt,
+            // Per-stage updates asked for stay on; the planner may turn them on.
+            update: match self.update {
+                UpdatePolicy::PerStage => UpdatePolicy::PerStage,
+                UpdatePolicy::Step => planned.update,
+            },
             ..planned.clone()
         }
         .with_weights(self.block.weights)
@@ -339,6 +373,7 @@ impl FromStr for MemoryPolicy {
                 RematPolicy::KEY => policy.remat = RematPolicy::parse(value)?,
                 OptimPolicy::KEY => policy.optim = OptimPolicy::parse(value)?,
                 AdaptPolicy::KEY => policy.adapt = AdaptPolicy::parse(value)?,
+                UpdatePolicy::KEY => policy.update = UpdatePolicy::parse(value)?,
                 other => {
                     return Err(Error::config(
                         "policy key",
@@ -365,6 +400,9 @@ impl fmt::Display for MemoryPolicy {
         )?;
         if self.adapt != AdaptPolicy::None {
             write!(f, ",adapt={}", self.adapt)?;
+        }
+        if self.update != UpdatePolicy::Step {
+            write!(f, ",update={}", self.update)?;
         }
         for (i, o) in &self.overrides {
             write!(

@@ -24,10 +24,28 @@
 //! module over burn's dispatch tensors, cannot be re-run with autodiff. Separate graphs give
 //! the same gradients with nothing shared between them but the parameters.
 //!
-//! ```
-//! use memtrain::remat::{Schedule, StageCost, optimal, simulate};
+//! # Sliced stages
 //!
-//! let stage = StageCost { forward: 1.0, backward: 2.0, output: 10, kept: 40, keep_peak: 40, backward_peak: 30, forward_peak: 20 };
+//! Every operation of a block acts on each sequence alone (attention mixes positions within a
+//! sequence, never across the batch), so a stage whose input is stored can run forward and
+//! backward one batch slice at a time ([`Schedule::Sliced`]): a slice's graph is freed before
+//! the next is built, and the stage holds one slice's internals instead of the batch's (the
+//! Mini-Sequence Transformer's idea, over the batch). The dynamic program chooses it for the
+//! last stage of a segment when that is what fits or is faster; [`profile`] measures each
+//! block half in slices of one sequence.
+//!
+//! # Per-stage updates
+//!
+//! [`step_updating`] hands each block half's parameter gradients to the optimizer as soon as
+//! its backward is done ([`UpdatePolicy::PerStage`], `update=per-stage`), so one stage's
+//! gradients exist at a time instead of the model's; [`StageCost::grad`] lets the simulator
+//! and the dynamic program count the gradients either way, so that a budget bounds the
+//! step's peak above weights and optimizer state.
+//!
+//! ```
+//! use memtrain::remat::{Schedule, SlicedCost, StageCost, optimal, simulate};
+//!
+//! let stage = StageCost { forward: 1.0, backward: 2.0, output: 10, kept: 40, keep_peak: 40, backward_peak: 30, forward_peak: 20, grad: 0, sliced: None };
 //! let chain = vec![stage; 6];
 //! let keep = Schedule::keep_all(0, 5);
 //! let (peak, time) = simulate(&chain, &keep, 10);
@@ -35,12 +53,22 @@
 //! let tight = optimal(&chain, 10, 150, 1).unwrap();
 //! let (p, t) = simulate(&chain, &tight, 10);
 //! assert!(p <= 150 && t > 18.0);
+//! // Below what a kept stage needs (40 + 30), only slices fit: each holds a slice's share.
+//! assert!(optimal(&chain, 10, 60, 1).is_err());
+//! let sliced = SlicedCost { slices: 8, time: 3.5, peak: 20 };
+//! let mut chain = vec![StageCost { sliced: Some(sliced), ..stage }; 5];
+//! chain.push(StageCost { kept: 5, keep_peak: 5, backward_peak: 5, ..stage }); // a small head
+//! let lean = optimal(&chain, 10, 60, 1).unwrap();
+//! assert!(lean.sliced_stages() > 0 && simulate(&chain, &lean, 10).0 <= 60);
 //! ```
 
 mod schedule;
 mod seed;
 
-pub use schedule::{Prediction, Schedule, StageCost, all_schedules, optimal, simulate};
+pub use schedule::{
+    Prediction, Schedule, SlicedCost, StageCost, all_schedules, all_schedules_with, optimal,
+    simulate,
+};
 pub use seed::{SeedGradientBackend, backward_from};
 
 use std::time::Instant;
@@ -53,7 +81,7 @@ use crate::data::Batch;
 use crate::error::Result;
 use crate::memory::{Region, gradient_bytes};
 use crate::model::Gpt;
-pub use crate::policy::RematPolicy;
+pub use crate::policy::{RematPolicy, UpdatePolicy};
 use crate::stats::median;
 
 /// Moves every gradient `grads` holds for `module`'s parameters into `total`, adding to what
@@ -85,15 +113,29 @@ pub struct RematStats {
     /// Peak live bytes above the start, gradients of parameters included.
     pub peak: usize,
     /// Peak live bytes above the start minus the parameter gradients held at that moment:
-    /// what the chain itself needed (the quantity the budget bounds).
+    /// what the chain itself needed.
     pub activation_peak: usize,
+    /// The most parameter-gradient bytes held at once (all of them at the end of an ordinary
+    /// step; one stage's under per-stage updates).
+    pub grad_peak: usize,
 }
 
+/// Updates the parameters of a model given some of their gradients (an optimizer step on
+/// that part of the model), returning the updated model.
+pub type Update<'a> = &'a mut dyn FnMut(Gpt, GradientsParams) -> Gpt;
+
 struct Exec<'a> {
-    model: &'a Gpt,
-    valid: Gpt,
+    /// `None` only inside [`Exec::apply`], so that the optimizer holds the only reference.
+    model: Option<Gpt>,
+    /// The autodiff-free view of `model` (`None` likewise).
+    valid: Option<Gpt>,
     targets: Tensor<2, Int>,
+    /// The gradients held until the step ends (all of them without `update`).
     total: GradientsParams,
+    /// Per-stage updates: each stage's gradients (but the head's, which hold the tied token
+    /// embedding) go to the optimizer as soon as its backward is done. `None` also after a
+    /// non-finite loss, so that nothing is updated.
+    update: Option<Update<'a>>,
     /// Where the tensors live (and the meter reads).
     device: burn::tensor::Device,
     /// Live bytes when the step started.
@@ -104,6 +146,7 @@ struct Exec<'a> {
     peak: usize,
     activation_peak: usize,
     grad_bytes: usize,
+    grad_peak: usize,
     loss: f32,
 }
 
@@ -119,8 +162,53 @@ impl Exec<'_> {
         self.interval = Some(Region::start_on(&self.device));
     }
 
+    fn model(&self) -> &Gpt {
+        self.model
+            .as_ref()
+            .expect("the model is only taken inside `apply`")
+    }
+
+    fn valid(&self) -> &Gpt {
+        self.valid
+            .as_ref()
+            .expect("the view is only dropped inside `apply`")
+    }
+
     fn n_stages(&self) -> usize {
-        self.model.n_stages()
+        self.model().n_stages()
+    }
+
+    /// Whether stage `stage`'s gradients go to the optimizer as soon as its backward is done
+    /// (per-stage updates, a block half).
+    fn per_stage(&self, stage: usize) -> bool {
+        stage < self.n_stages() && self.update.is_some()
+    }
+
+    /// Notes the gradients held after the total grew.
+    fn held(&mut self) {
+        self.grad_bytes = gradient_bytes(self.model(), &self.total);
+        self.grad_peak = self.grad_peak.max(self.grad_bytes);
+    }
+
+    /// Sends one stage's gradients to the optimizer.
+    fn update_stage(&mut self, grads: GradientsParams) {
+        let held = gradient_bytes(self.model(), &grads);
+        self.grad_peak = self.grad_peak.max(self.grad_bytes + held);
+        self.apply(grads);
+    }
+
+    /// Runs the optimizer on `grads`; the model and its autodiff-free view then hold the
+    /// updated parameters only.
+    fn apply(&mut self, grads: GradientsParams) {
+        // Drop the view first: the optimizer then holds the only reference to each parameter
+        // (and may update it in place), and no old parameter outlives its update.
+        self.valid = None;
+        let model = self.model.take().expect("the model is only taken here");
+        let update = self.update.as_mut().expect("per-stage updates");
+        let model = update(model, grads);
+        self.valid = Some(model.valid());
+        self.model = Some(model);
+        self.mark();
     }
 
     /// Runs `schedule` from the stored input `x` of its first stage, given the gradient of its
@@ -130,12 +218,16 @@ impl Exec<'_> {
             Schedule::Keep { stage, rest } => {
                 let xin = x.clone().autodiff().require_grad();
                 let mut grads = if *stage == self.n_stages() {
-                    let loss = self.model.head_loss(xin.clone(), self.targets.clone());
+                    let loss = self.model().head_loss(xin.clone(), self.targets.clone());
                     self.mark();
                     self.loss = loss.clone().into_scalar::<f32>();
+                    if !self.loss.is_finite() {
+                        // The caller reports the divergence; nothing is updated.
+                        self.update = None;
+                    }
                     loss.backward()
                 } else {
-                    let y = self.model.stage_forward(*stage, xin.clone());
+                    let y = self.model().stage_forward(*stage, xin.clone());
                     self.mark();
                     let dy = match rest {
                         Some(r) => self.run(r, &y.clone().inner(), dy),
@@ -146,69 +238,161 @@ impl Exec<'_> {
                 let dx = xin
                     .grad_remove(&mut grads)
                     .expect("the input requires grad");
-                take_grads(self.model, &mut grads, &mut self.total);
-                drop(grads);
+                if self.per_stage(*stage) {
+                    let mut mine = GradientsParams::new();
+                    take_grads(self.model(), &mut grads, &mut mine);
+                    drop(grads);
+                    self.update_stage(mine);
+                } else {
+                    let model = self.model.as_ref().expect("the model is held");
+                    take_grads(model, &mut grads, &mut self.total);
+                    drop(grads);
+                    self.held();
+                }
                 self.mark();
-                self.grad_bytes = gradient_bytes(self.model, &self.total);
                 dx
             }
             Schedule::Checkpoint { split, right, left } => {
                 let (s, _) = left.span();
                 let mut h = x.clone();
                 for i in s..*split {
-                    h = self.valid.stage_forward(i, h);
+                    h = self.valid().stage_forward(i, h);
                 }
                 self.mark();
                 let dy = self.run(right, &h, dy);
                 drop(h);
                 self.run(left, x, Some(dy))
             }
+            Schedule::Sliced { stage, slices } => {
+                let dy = dy.expect("a sliced stage is a block half, with an output gradient");
+                let dx = if self.per_stage(*stage) {
+                    let mut mine = GradientsParams::new();
+                    let dx = sliced(self.model(), *stage, x, dy, *slices, &mut mine);
+                    self.update_stage(mine);
+                    dx
+                } else {
+                    let model = self.model.as_ref().expect("the model is held");
+                    let dx = sliced(model, *stage, x, dy, *slices, &mut self.total);
+                    self.held();
+                    dx
+                };
+                self.mark();
+                dx
+            }
         }
     }
 }
 
+/// Forward and backward of `model`'s stage `stage` (a block half) one batch slice at a time
+/// (`slices` slices of `ceil(batch / slices)` sequences), from its input `x` and output
+/// gradient `dy`: each slice's graph is built, back-propagated and freed before the next.
+/// Adds the parameter gradients to `total`; returns the input gradient.
+fn sliced(
+    model: &Gpt,
+    stage: usize,
+    x: &Tensor<3>,
+    dy: Tensor<3>,
+    slices: usize,
+    total: &mut GradientsParams,
+) -> Tensor<3> {
+    let batch = x.dims()[0];
+    let rows = batch.div_ceil(slices.max(1)).max(1);
+    let mut dxs = Vec::with_capacity(slices);
+    for start in (0..batch).step_by(rows) {
+        let end = (start + rows).min(batch);
+        let xin = x.clone().narrow(0, start, end - start).autodiff().require_grad();
+        let y = model.stage_forward(stage, xin.clone());
+        let mut grads = backward_from(y, dy.clone().narrow(0, start, end - start));
+        dxs.push(
+            xin.grad_remove(&mut grads)
+                .expect("the input requires grad"),
+        );
+        take_grads(model, &mut grads, total);
+    }
+    drop(dy);
+    Tensor::cat(dxs, 0)
+}
+
 /// One forward and backward of `model` on `batch` following `schedule` (over the block halves
 /// and the head: stages `0..=2 n_layers`): the loss, the parameter gradients (exactly those of
-/// `model.loss(..).backward()`, up to f32 summation order for the tied embedding), and the
-/// measured peaks.
+/// `model.loss(..).backward()`, up to f32 summation order for the tied embedding and sliced
+/// stages), and the measured peaks.
 ///
 /// The peaks are read with the counting allocator in [`Region`]s nested inside whatever region
 /// the caller measures, which they never reset.
 pub fn step(model: &Gpt, batch: &Batch, schedule: &Schedule) -> (GradientsParams, RematStats) {
+    let (exec, stats) = execute(model.clone(), batch, schedule, None);
+    (exec.total, stats)
+}
+
+/// [`step`] with per-stage updates: as soon as a block half's backward is done, `update`
+/// receives its parameters' gradients (and frees them); the head's and the embeddings'
+/// (the tied token embedding's gradient is complete only after the embedding's backward)
+/// are passed together at the end. Returns the updated model; with an optimizer whose update
+/// of a parameter depends only on that parameter's gradient and state (AdamW, NAG-GS,
+/// GaLore), it equals one ordinary step's (`tests/remat.rs`).
+///
+/// When the loss is not finite nothing is updated and the model comes back as it was.
+pub fn step_updating(
+    model: Gpt,
+    batch: &Batch,
+    schedule: &Schedule,
+    update: Update<'_>,
+) -> (Gpt, RematStats) {
+    let (mut exec, stats) = execute(model, batch, schedule, Some(update));
+    if exec.update.is_some() {
+        let rest = std::mem::take(&mut exec.total);
+        exec.apply(rest);
+    }
+    (exec.model.expect("the model is held"), stats)
+}
+
+fn execute<'a>(
+    model: Gpt,
+    batch: &Batch,
+    schedule: &Schedule,
+    update: Option<Update<'a>>,
+) -> (Exec<'a>, RematStats) {
     let valid = model.valid();
     let inputs = batch.inputs.clone().inner();
     let device = batch.targets.device();
     let interval = Region::start_on(&device);
     let mut exec = Exec {
-        model,
-        valid,
+        model: Some(model),
+        valid: Some(valid),
         targets: batch.targets.clone(),
         total: GradientsParams::new(),
+        update,
         device,
         base: interval.base(),
         interval: Some(interval),
         peak: 0,
         activation_peak: 0,
         grad_bytes: 0,
+        grad_peak: 0,
         loss: f32::NAN,
     };
-    let x0 = exec.valid.embed(inputs);
+    let x0 = exec.valid().embed(inputs);
     exec.mark();
     let dx0 = exec.run(schedule, &x0, None);
     drop(x0);
     // The embeddings: their own small graph, fed the chain's input gradient.
-    let e = model.embed(batch.inputs.clone());
-    let mut grads = backward_from(e, dx0);
-    take_grads(model, &mut grads, &mut exec.total);
-    drop(grads);
+    // (Nothing to do when they are frozen, as under adapters.)
+    let e = exec.model().embed(batch.inputs.clone());
+    if e.is_tracked() {
+        let mut grads = backward_from(e, dx0);
+        let model = exec.model.as_ref().expect("the model is held");
+        take_grads(model, &mut grads, &mut exec.total);
+    }
+    exec.held();
     exec.mark();
-    exec.interval = None;
     let stats = RematStats {
         loss: exec.loss,
         peak: exec.peak,
         activation_peak: exec.activation_peak,
+        grad_peak: exec.grad_peak,
     };
-    (exec.total, stats)
+    (exec, stats)
 }
 
 /// Measures, for each stage of `model` on `batch` (block halves, then the head), the forward and
@@ -218,11 +402,13 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     let valid = model.valid();
     let device = batch.targets.device();
     let mut x = valid.embed(batch.inputs.clone().inner());
+    let batch_size = x.dims()[0];
     let n = model.n_stages();
     let mut chain = Vec::with_capacity(n + 1);
     for stage in 0..=n {
-        let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
-        let mut sizes = (0, 0, 0, 0, 0);
+        let (mut fwd, mut bwd, mut sliced_time) = (Vec::new(), Vec::new(), Vec::new());
+        let mut sliced_peak = 0;
+        let mut sizes = (0, 0, 0, 0, 0, 0);
         for _ in 0..reps.max(1) {
             // Forward without autodiff: peak above the input, output included.
             let region = Region::start_on(&device);
@@ -261,11 +447,28 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             bwd.push(start.elapsed().as_secs_f64());
             let backward_peak = region.peak();
             drop(region);
-            drop(grads);
+            let mut params = GradientsParams::new();
+            let mut grads = grads;
+            take_grads(model, &mut grads, &mut params);
+            let grad = gradient_bytes(model, &params);
+            drop((grads, params));
             drop(xin);
-            sizes = (output, kept, keep_peak, backward_peak, forward_peak);
+            // The same stage in slices of one sequence, from its input and an output
+            // gradient already allocated.
+            if stage < n && batch_size > 1 {
+                let dy = x.ones_like();
+                let region = Region::start_on(&device);
+                let start = Instant::now();
+                let mut params = GradientsParams::new();
+                let dx = sliced(model, stage, &x, dy, batch_size, &mut params);
+                crate::device::sync(&device).expect("the device runs the profile");
+                sliced_time.push(start.elapsed().as_secs_f64());
+                sliced_peak = region.peak();
+                drop((dx, params, region));
+            }
+            sizes = (output, kept, keep_peak, backward_peak, forward_peak, grad);
         }
-        let (output, kept, keep_peak, backward_peak, forward_peak) = sizes;
+        let (output, kept, keep_peak, backward_peak, forward_peak, grad) = sizes;
         chain.push(StageCost {
             forward: median(&fwd),
             backward: median(&bwd),
@@ -274,6 +477,12 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
             keep_peak,
             backward_peak,
             forward_peak,
+            grad,
+            sliced: (!sliced_time.is_empty()).then(|| SlicedCost {
+                slices: batch_size,
+                time: median(&sliced_time),
+                peak: sliced_peak,
+            }),
         });
         if stage < n {
             x = valid.stage_forward(stage, x);
@@ -297,23 +506,48 @@ pub struct Plan {
     pub keep_all: Prediction,
 }
 
-/// Profiles `model` on `batch` and builds the schedule `policy` asks for.
+/// Profiles `model` on `batch` and builds the schedule `policy` asks for, the parameter
+/// gradients held as `update` holds them.
 ///
 /// # Errors
 ///
 /// [`crate::Error::Config`] for a budget below the smallest feasible one (named in the
 /// message).
-pub fn plan(model: &Gpt, batch: &Batch, policy: RematPolicy) -> Result<Plan> {
+pub fn plan(model: &Gpt, batch: &Batch, policy: RematPolicy, update: UpdatePolicy) -> Result<Plan> {
     let chain = profile(model, batch, 3);
-    plan_for(chain, policy)
+    plan_with(chain, policy, update)
 }
 
-/// [`plan`] for an already measured chain.
+/// [`plan`] for an already measured chain, with ordinary updates.
 ///
 /// # Errors
 ///
 /// As [`plan`].
 pub fn plan_for(chain: Vec<StageCost>, policy: RematPolicy) -> Result<Plan> {
+    plan_with(chain, policy, UpdatePolicy::Step)
+}
+
+/// The chain as `update` holds its parameter gradients: a [`profile`] counts every stage's
+/// gradients as held until the step ends ([`StageCost::grad`]); per-stage updates free a block
+/// half's as soon as its backward is done, and keep only the head's.
+pub fn held_as(mut chain: Vec<StageCost>, update: UpdatePolicy) -> Vec<StageCost> {
+    if update == UpdatePolicy::PerStage {
+        let last = chain.len().saturating_sub(1);
+        for stage in &mut chain[..last] {
+            stage.grad = 0;
+        }
+    }
+    chain
+}
+
+/// [`plan`] for an already measured chain (gradients as [`profile`] measures them), the
+/// gradients held as `update` holds them.
+///
+/// # Errors
+///
+/// As [`plan`].
+pub fn plan_with(chain: Vec<StageCost>, policy: RematPolicy, update: UpdatePolicy) -> Result<Plan> {
+    let chain = held_as(chain, update);
     // The chain's stored input, the embedding output, is the size of a block's output.
     let input = chain[0].output;
     let last = chain.len() - 1;

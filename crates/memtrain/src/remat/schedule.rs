@@ -29,6 +29,27 @@ pub struct StageCost {
     pub backward_peak: usize,
     /// Peak above the input during a forward without autodiff, output included.
     pub forward_peak: usize,
+    /// Parameter-gradient bytes its backward leaves that stay live until the step ends: all
+    /// of them under ordinary updates, none under per-stage updates
+    /// ([`crate::policy::UpdatePolicy::PerStage`], which updates the stage's parameters and
+    /// frees their gradients at once) except the head's (the tied token embedding is
+    /// updated after the embedding's backward).
+    pub grad: usize,
+    /// The stage run one batch slice at a time ([`Schedule::Sliced`]), when it can be.
+    pub sliced: Option<SlicedCost>,
+}
+
+/// What a stage costs run forward and backward one batch slice at a time, each slice's graph
+/// freed before the next is built ([`Schedule::Sliced`]; measured by [`super::profile`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SlicedCost {
+    /// Slices of the batch (each `ceil(batch / slices)` sequences).
+    pub slices: usize,
+    /// Seconds of every slice's forward and backward.
+    pub time: f64,
+    /// Peak above the stage's input and output gradient, its input gradient and parameter
+    /// gradients included.
+    pub peak: usize,
 }
 
 /// A schedule for stages `s..=t`, given their input is stored and the gradient of stage
@@ -54,6 +75,17 @@ pub enum Schedule {
         /// Stages `s..split`.
         left: Box<Schedule>,
     },
+    /// Forward and back-propagate `stage` one batch slice at a time (only the last stage of
+    /// a segment, `s == t`): a slice's graph is freed before the next is built, so the stage
+    /// holds a slice's internals instead of the batch's. Every operation of a block acts on
+    /// each sequence alone, so the gradients are the same (up to f32 summation order of the
+    /// parameter gradients).
+    Sliced {
+        /// The stage.
+        stage: usize,
+        /// Slices of the batch.
+        slices: usize,
+    },
 }
 
 impl Schedule {
@@ -64,6 +96,7 @@ impl Schedule {
                 (*stage, rest.as_ref().map_or(*stage, |r| r.span().1))
             }
             Schedule::Checkpoint { right, left, .. } => (left.span().0, right.span().1),
+            Schedule::Sliced { stage, .. } => (*stage, *stage),
         }
     }
 
@@ -97,12 +130,25 @@ impl Schedule {
                 let (s, _) = left.span();
                 (split - s) + right.recomputed_forwards() + left.recomputed_forwards()
             }
+            Schedule::Sliced { .. } => 0,
+        }
+    }
+
+    /// Stages run [`Schedule::Sliced`].
+    pub fn sliced_stages(&self) -> usize {
+        match self {
+            Schedule::Keep { rest, .. } => rest.as_ref().map_or(0, |r| r.sliced_stages()),
+            Schedule::Checkpoint { right, left, .. } => {
+                right.sliced_stages() + left.sliced_stages()
+            }
+            Schedule::Sliced { .. } => 1,
         }
     }
 }
 
 impl fmt::Display for Schedule {
-    /// `K3` keeps stage 3; `[0..2 | ...] ...` runs 0..2 forward without keeping, checkpoints.
+    /// `K3` keeps stage 3; `F0..2>C2 (right) (left)` runs 0..2 forward without keeping and
+    /// checkpoints the output of 2; `S3/8` runs stage 3 in 8 batch slices.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Schedule::Keep { stage, rest } => {
@@ -116,6 +162,7 @@ impl fmt::Display for Schedule {
                 let (s, _) = left.span();
                 write!(f, "F{s}..{}>C{} ({right}) ({left})", split - 1, split - 1)
             }
+            Schedule::Sliced { stage, slices } => write!(f, "S{stage}/{slices}"),
         }
     }
 }
@@ -131,7 +178,8 @@ pub struct Prediction {
 
 /// Simulates `schedule` event by event: live bytes start at `live` (the stored input of the
 /// first stage) plus the gradient of the last stage's output, and the peak is tracked over
-/// every allocation. Returns `(peak, time)`.
+/// every allocation, the parameter gradients each stage leaves ([`StageCost::grad`])
+/// included. Returns `(peak, time)`.
 pub fn simulate(chain: &[StageCost], schedule: &Schedule, live: usize) -> (usize, f64) {
     let live = live + chain[schedule.span().1].output;
     let mut peak = live;
@@ -167,8 +215,16 @@ fn sim(
             // Backward of s: dy_s is live; its transients come on top.
             *peak = (*peak).max(live + c.backward_peak);
             *time += c.backward;
-            // Frees the graph and dy_s, leaves dx (the gradient of s's input).
-            live - c.kept - dy(*stage) + dx(*stage)
+            // Frees the graph and dy_s, leaves dx (the gradient of s's input) and the
+            // parameter gradients that stay.
+            live - c.kept - dy(*stage) + dx(*stage) + c.grad
+        }
+        Schedule::Sliced { stage, .. } => {
+            let c = &chain[*stage];
+            let sliced = c.sliced.expect("a sliced stage has a sliced cost");
+            *peak = (*peak).max(live + sliced.peak);
+            *time += sliced.time;
+            live - dy(*stage) + dx(*stage) + c.grad
         }
         Schedule::Checkpoint { split, right, left } => {
             // Forward s..split without keeping: each stage's input (beyond the stored one) and
@@ -193,9 +249,12 @@ fn sim(
 /// `C(s, t, m)` is the least time to back-propagate stages `s..=t` with `m` bytes free
 /// besides the stored input of `s` and the gradient of `t`'s output; either
 /// keep stage `s` (`u_f + C(s+1, t, m - kept_s) + u_b`, backward needing
-/// `kept_s + backward_peak_s <= m + out_t - out_s`) or checkpoint before some `s'`
-/// (`Σ_{s..s'} u_f + C(s', t, m - out_{s'-1}) + C(s, s'-1, m + out_t - out_{s'-1})`). Sizes are
-/// rounded up to quanta, so the schedule's true peak is at most its quantised one.
+/// `kept_s + backward_peak_s + G(s+1..=t) <= m + out_t - out_s`, where `G` sums the
+/// gradients the stages leave, [`StageCost::grad`]), checkpoint before some `s'`
+/// (`Σ_{s..s'} u_f + C(s', t, m - out_{s'-1}) + C(s, s'-1, m + out_t - out_{s'-1} - G(s'..=t))`),
+/// or, for a single stage with a [`StageCost::sliced`] cost, run it in slices (its peak
+/// within `m`). Sizes are rounded up to quanta, so the schedule's true peak is at most its
+/// quantised one.
 ///
 /// # Errors
 ///
@@ -222,6 +281,8 @@ pub fn optimal(
             keep_peak: up(c.keep_peak.max(c.kept)),
             backward_peak: up(c.backward_peak),
             forward_peak: up(c.forward_peak),
+            grad: up(c.grad),
+            sliced: c.sliced.map(|x| (x.time, up(x.peak), x.slices)),
         })
         .collect();
     // Free quanta besides the stored input and the last stage's output gradient.
@@ -272,33 +333,53 @@ struct QCost {
     keep_peak: usize,
     backward_peak: usize,
     forward_peak: usize,
+    grad: usize,
+    /// Time, peak and slices.
+    sliced: Option<(f64, usize, usize)>,
 }
 
 struct Dp<'a> {
     c: &'a [QCost],
     m_max: usize,
     memo: Vec<Option<(f64, Choice)>>,
+    /// `grads[i]`: the gradients stages `0..i` leave.
+    grads: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Choice {
     Keep,
     Split(usize),
+    Sliced,
     None,
 }
 
 impl<'a> Dp<'a> {
     fn new(c: &'a [QCost], m_max: usize) -> Self {
         let n = c.len();
+        let mut grads = vec![0; n + 1];
+        for i in 0..n {
+            grads[i + 1] = grads[i] + c[i].grad;
+        }
         Dp {
             c,
             m_max,
             memo: vec![None; n * n * (m_max + 1)],
+            grads,
         }
     }
 
     fn out(&self, i: usize) -> usize {
         self.c[i].output
+    }
+
+    /// The gradients stages `a..=b` leave (0 when `a > b`).
+    fn grad(&self, a: usize, b: usize) -> usize {
+        if a > b {
+            0
+        } else {
+            self.grads[b + 1] - self.grads[a]
+        }
     }
 
     fn cost(&mut self, s: usize, t: usize, m: usize) -> f64 {
@@ -321,7 +402,8 @@ impl<'a> Dp<'a> {
         let mut best = (f64::INFINITY, Choice::None);
         // Keep stage s.
         let after = m + self.out(t);
-        if c.keep_peak <= m && c.kept + c.backward_peak + self.out(s) <= after {
+        if c.keep_peak <= m && c.kept + c.backward_peak + self.out(s) + self.grad(s + 1, t) <= after
+        {
             let rest = if s == t {
                 0.0
             } else {
@@ -348,8 +430,9 @@ impl<'a> Dp<'a> {
             if !right.is_finite() {
                 continue;
             }
-            // After the right part: its output gradient is gone, dy_{split-1} is live.
-            let Some(m_left) = (m + self.out(t)).checked_sub(stored) else {
+            // After the right part: its output gradient is gone, dy_{split-1} and the right
+            // part's parameter gradients are live.
+            let Some(m_left) = (m + self.out(t)).checked_sub(stored + self.grad(split, t)) else {
                 continue;
             };
             let left = self.cost(s, split - 1, m_left);
@@ -357,6 +440,14 @@ impl<'a> Dp<'a> {
             if v < best.0 {
                 best = (v, Choice::Split(split));
             }
+        }
+        // Run a single stage in slices.
+        if s == t
+            && let Some((time, peak, _)) = c.sliced
+            && peak <= m
+            && time < best.0
+        {
+            best = (time, Choice::Sliced);
         }
         best
     }
@@ -376,37 +467,54 @@ impl<'a> Dp<'a> {
             Choice::Split(split) => {
                 let stored = self.out(split - 1);
                 let right = self.build(split, t, m - stored);
-                let left = self.build(s, split - 1, m + self.out(t) - stored);
+                let left = self.build(s, split - 1, m + self.out(t) - stored - self.grad(split, t));
                 Schedule::Checkpoint {
                     split,
                     right: Box::new(right),
                     left: Box::new(left),
                 }
             }
+            Choice::Sliced => Schedule::Sliced {
+                stage: s,
+                slices: self.c[s].sliced.expect("a sliced choice has a cost").2,
+            },
             Choice::None => unreachable!("build follows a finite cost"),
         }
     }
 }
 
-/// Every schedule of stages `s..=t` (for brute-force checks on small chains).
+/// Every schedule of stages `s..=t` without slicing (for brute-force checks on small chains).
 pub fn all_schedules(s: usize, t: usize) -> Vec<Schedule> {
+    all_schedules_with(s, t, &|_| None)
+}
+
+/// Every schedule of stages `s..=t`, a stage `i` also run in `slices(i)` slices where that is
+/// `Some` (for brute-force checks on small chains).
+pub fn all_schedules_with(
+    s: usize,
+    t: usize,
+    slices: &dyn Fn(usize) -> Option<usize>,
+) -> Vec<Schedule> {
     let mut out = Vec::new();
     if s == t {
         out.push(Schedule::Keep {
             stage: s,
             rest: None,
         });
+        if let Some(slices) = slices(s) {
+            out.push(Schedule::Sliced { stage: s, slices });
+        }
         return out;
     }
-    for rest in all_schedules(s + 1, t) {
+    for rest in all_schedules_with(s + 1, t, slices) {
         out.push(Schedule::Keep {
             stage: s,
             rest: Some(Box::new(rest)),
         });
     }
     for split in s + 1..=t {
-        for right in all_schedules(split, t) {
-            for left in all_schedules(s, split - 1) {
+        for right in all_schedules_with(split, t, slices) {
+            for left in all_schedules_with(s, split - 1, slices) {
                 out.push(Schedule::Checkpoint {
                     split,
                     right: Box::new(right.clone()),

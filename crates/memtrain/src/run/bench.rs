@@ -96,7 +96,9 @@ pub struct BenchRow {
     pub optimizer_bytes: u64,
     /// See [`crate::memory::MemoryReport`]; from the last step.
     pub activation_bytes: u64,
-    /// See [`crate::memory::MemoryReport`]; the largest over the steps.
+    /// See [`crate::memory::MemoryReport`]; the largest over the timed steps (all but the
+    /// first when there are several: under per-stage updates the first step's peak also
+    /// holds the optimizer state it allocates as it goes).
     pub peak_bytes: u64,
     /// Median wall time of a step (forward, backward, optimizer).
     pub step_seconds_median: f64,
@@ -224,7 +226,9 @@ pub fn bench(
             let batch = trainer.next_batch(&data);
             let stats = trainer.try_step(&batch)?;
             times.push(stats.seconds);
-            peak = peak.max(stats.memory.peak_bytes);
+            if s > 0 || config.steps == 1 {
+                peak = peak.max(stats.memory.peak_bytes);
+            }
             last = Some(stats);
             on_step(i, s);
         }

@@ -18,7 +18,7 @@ use crate::data::{Batch, Dataset, Tokenizer};
 use crate::error::{Error, Result};
 use crate::memory::{MemoryReport, Region, gradient_bytes, live_bytes_on};
 use crate::model::{Gpt, GptConfig, Preset};
-use crate::policy::{MemoryPolicy, RematPolicy};
+use crate::policy::{MemoryPolicy, RematPolicy, UpdatePolicy};
 
 /// Everything that defines a training run, saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +106,16 @@ impl TrainConfig {
             return Err(Error::config("lr", self.lr, "a positive finite number"));
         }
         self.policy.validate()?;
+        if self.policy.update == UpdatePolicy::PerStage
+            && matches!(self.policy.adapt, crate::adapter::AdaptPolicy::Lotr { .. })
+        {
+            return Err(Error::config(
+                "update",
+                format!("per-stage with adapt={}", self.policy.adapt),
+                "update=step with LoTR (its factors are shared by every block, so no stage's \
+                 gradients are complete before the whole backward), or adapt=lora",
+            ));
+        }
         self.check_fits_memory()?;
         if let Some(galore) = self.policy.optim.galore() {
             // GaLore projects the 2-D parameters that train: wte, wpe and the blocks' dense
@@ -344,10 +354,15 @@ impl Trainer {
                 self.model(),
                 batch,
                 self.config.policy.remat,
+                self.config.policy.update,
             )?);
+        }
+        if self.config.policy.update == UpdatePolicy::PerStage {
+            return self.step_per_stage(batch);
         }
         let region = Region::start_on(&self.device);
         let start = Instant::now();
+        let mut chain_bytes = 0;
         let (grads, loss, activation_bytes) = match &self.remat {
             None => {
                 let loss = self
@@ -359,6 +374,7 @@ impl Trainer {
             }
             Some(plan) => {
                 let (grads, stats) = crate::remat::step(self.model(), batch, &plan.schedule);
+                chain_bytes = stats.peak as u64;
                 (grads, stats.loss, stats.activation_peak as u64)
             }
         };
@@ -405,6 +421,55 @@ impl Trainer {
                 optimizer_bytes,
                 activation_bytes,
                 peak_bytes,
+                chain_bytes,
+            },
+        })
+    }
+
+    /// [`Trainer::try_step`] under `update=per-stage`: the remat executor runs the plan's
+    /// schedule (keep everything without one) and updates each stage as its backward ends.
+    fn step_per_stage(&mut self, batch: &Batch) -> Result<StepStats> {
+        let schedule = match &self.remat {
+            Some(plan) => plan.schedule.clone(),
+            None => crate::remat::Schedule::keep_all(0, self.model().n_stages()),
+        };
+        let lr = self.config.lr_at(self.step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is only taken inside `step`");
+        let before = live_bytes_on(&self.device) as i64;
+        let region = Region::start_on(&self.device);
+        let start = Instant::now();
+        let optim = &mut self.optim;
+        let (model, stats) =
+            crate::remat::step_updating(model, batch, &schedule, &mut |m, g| optim.step(lr, m, g));
+        self.model = Some(model);
+        crate::device::sync(&self.device)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let peak_bytes = region.peak() as u64;
+        drop(region);
+        if !stats.loss.is_finite() {
+            return Err(Error::Diverged {
+                step: self.step + 1,
+                loss: stats.loss,
+            });
+        }
+        // Parameters are replaced one for one and every gradient is freed: what stays is the
+        // optimizer state the first update allocated.
+        let grown = (live_bytes_on(&self.device) as i64 - before).max(0) as u64;
+        let optimizer_bytes = *self.optimizer_bytes.get_or_insert(grown);
+        self.step += 1;
+        Ok(StepStats {
+            loss: stats.loss,
+            seconds,
+            memory: MemoryReport {
+                param_bytes: self.param_bytes,
+                grad_bytes: stats.grad_peak as u64,
+                optimizer_bytes,
+                activation_bytes: stats.activation_peak as u64,
+                peak_bytes,
+                chain_bytes: stats.peak as u64,
             },
         })
     }
