@@ -454,7 +454,10 @@ pub struct PlanReport {
 }
 
 /// Profiles the candidates for `config`'s geometry and batch shape, calibrates the per-step
-/// constant on plain steps at batch 1, and solves for `budget` bytes of activations.
+/// constant on plain steps at batch 1, solves for `budget` bytes (activations and parameter
+/// gradients), and re-times the plan and the best uniform policy inside the whole model at
+/// the batch (their stages profiled on the planned model, the constant calibrated on steps of
+/// a different schedule of it).
 ///
 /// ```no_run
 /// use burn::tensor::Device;
@@ -560,11 +563,77 @@ pub fn make_plan_with_progress(
         &mut tick,
     )?;
     let (plan, uniform) = solve(&variants, model_config.n_layers, budget, constant)?;
+    // Re-time both inside the whole model, at the batch.
+    let plan = in_situ(plan, config, &batch, data, budget, device)?;
+    let uniform = if uniform.policy == plan.policy {
+        plan.clone()
+    } else {
+        in_situ(uniform, config, &batch, data, budget, device)?
+    };
     Ok(PlanReport {
         plan,
         uniform,
         variants,
         plain_activation,
         constant,
+    })
+}
+
+/// Profiling rounds of [`in_situ`].
+const IN_SITU_REPS: usize = 3;
+
+/// `plan` re-timed inside the whole model: its stages profiled on the planned model itself at
+/// `batch` (medians of [`IN_SITU_REPS`] rounds), its schedule solved again on that chain for
+/// the same budget and updates, and the per-step constant (embedding, loss, optimizer update,
+/// the executor's bookkeeping) calibrated on training steps of a different schedule of the
+/// same model, keeping every block input (`remat=every:1`), so that the prediction of the
+/// plan's own schedule is not a measurement of it. When the planned model's chain does not fit
+/// the budget (its stages measured a little larger than the one-block profile's), the plan
+/// stays as the search found it.
+fn in_situ(
+    plan: MemoryPlan,
+    config: &crate::train::TrainConfig,
+    batch: &Batch,
+    data: &Dataset,
+    budget: u64,
+    device: &Device,
+) -> Result<MemoryPlan> {
+    let mut c = config.clone();
+    c.policy = plan.policy.clone();
+    c.policy.remat = RematPolicy::Every(1);
+    let mut trainer = crate::train::Trainer::new(c, device)?;
+    drop(
+        trainer
+            .model()
+            .loss(batch.inputs.clone(), batch.targets.clone())
+            .backward(),
+    );
+    let raw = crate::remat::profile(trainer.model(), batch, IN_SITU_REPS);
+    let update = plan.policy.update;
+    let chain = held_as(raw.clone(), update);
+    let input = chain[0].output;
+    let quantum = (budget as usize / 512).max(4096);
+    let Ok(schedule) = optimal(&chain, input, budget as usize, quantum) else {
+        return Ok(plan);
+    };
+    let calibration = crate::remat::plan_with(raw, RematPolicy::Every(1), update)?;
+    let every_time = calibration.prediction.time;
+    trainer.use_remat_plan(calibration)?;
+    let mut steps = Vec::new();
+    // The first step allocates the optimizer state and is not timed.
+    for _ in 0..=IN_SITU_REPS {
+        let b = trainer.next_batch(data);
+        steps.push(trainer.try_step(&b)?.seconds);
+    }
+    steps.remove(0);
+    let constant = (crate::stats::median(&steps) - every_time).max(0.0);
+    let (peak, time) = simulate(&chain, &schedule, input);
+    Ok(MemoryPlan {
+        schedule,
+        peak,
+        time: time + constant,
+        chain,
+        input,
+        ..plan
     })
 }
