@@ -37,6 +37,8 @@ for part in "${parts[@]}"; do
         # burn's own operations, 1/4 of their 551.5 MiB.
         "$BIN" plan "${COMMON[@]}" --policy "act=exact,norm=exact,attn=exact" --budget 137.9MiB \
             --measure 4 2>/dev/null | tee "$OUT/plain-quarter.txt"
+        "$BIN" plan "${COMMON[@]}" --policy "act=exact,norm=exact,attn=exact,update=per-stage" \
+            --budget 137.9MiB --measure 4 2>/dev/null | tee "$OUT/plain-quarter-per-stage.txt"
         ;;
     predict)
         for rep in 1 2 3 4 5; do

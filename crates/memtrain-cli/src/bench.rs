@@ -21,8 +21,9 @@ pub struct BenchArgs {
     /// and peak are not counted).
     #[arg(long, default_value_t = 3)]
     steps: usize,
-    /// Plan for this activation budget (a size, or a fraction of plain burn's activation
-    /// bytes) and bench plain burn, the best uniform policy that fits and the plan (not
+    /// Plan for this budget of the step's peak above weights and optimizer state (activations
+    /// and parameter gradients; a size, or a fraction of plain burn's activation bytes) and
+    /// bench plain burn, the best uniform policy that fits and the plan (not
     /// with --policies).
     #[arg(long)]
     budget: Option<String>,

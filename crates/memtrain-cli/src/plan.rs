@@ -29,8 +29,9 @@ pub struct PlanArgs {
     /// Also search the largest batch that fits the budget, plain burn vs planned.
     #[arg(long)]
     capacity: bool,
-    /// Activation budget: a size (64MiB, 1.5GiB, 4096B) or a fraction of the policy's
-    /// activation bytes without remat (1/4, 0.25).
+    /// Budget of the step's peak above weights and optimizer state, activations and parameter
+    /// gradients: a size (64MiB, 1.5GiB, 4096B) or a fraction of the activation bytes without
+    /// remat (plain burn's; with --policy, that policy's) (1/4, 0.25).
     #[arg(long)]
     budget: String,
     /// Also train this many steps with the schedule and without remat, and print the

@@ -50,7 +50,7 @@ fn should_plan_a_budget_or_name_the_smallest() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("block1") && stdout.contains("head"),
+        stdout.contains("b1.mlp") && stdout.contains("head"),
         "{stdout}"
     );
     assert_user_error(&run(&[&args[..], &["--allow", "all"]].concat()), "--allow");

@@ -57,9 +57,10 @@ pub struct TrainArgs {
     /// frozen base. The geometry (preset, max_seq, tokenizer) must match.
     #[arg(long, conflicts_with = "resume")]
     init_from: Option<PathBuf>,
-    /// Plan the blocks' variants and remat for this activation budget (a size, or a fraction
-    /// of plain burn's activation bytes); the --policy keys the planner does not choose
-    /// (weights, optim, adapt) are kept.
+    /// Plan the blocks' variants, remat and per-stage updates for this budget of the step's
+    /// peak above weights and optimizer state (a size, or a fraction of plain burn's
+    /// activation bytes); the --policy keys the planner does not choose (weights, optim,
+    /// adapt, and update=per-stage when given) are kept.
     #[arg(long, conflicts_with = "resume")]
     budget: Option<String>,
     /// With --budget: let the planner use approximate variants ("approx").

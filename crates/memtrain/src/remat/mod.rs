@@ -300,7 +300,11 @@ fn sliced(
     let mut dxs = Vec::with_capacity(slices);
     for start in (0..batch).step_by(rows) {
         let end = (start + rows).min(batch);
-        let xin = x.clone().narrow(0, start, end - start).autodiff().require_grad();
+        let xin = x
+            .clone()
+            .narrow(0, start, end - start)
+            .autodiff()
+            .require_grad();
         let y = model.stage_forward(stage, xin.clone());
         let mut grads = backward_from(y, dy.clone().narrow(0, start, end - start));
         dxs.push(
