@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer, load_text};
 use memtrain::plan::{
-    MemoryPlan, PROFILE_REPS, capacity, make_plan_with_progress, measure_plan, measure_remat,
+    MemoryPlan, PROFILE_REPS, capacity_with, make_plan_with_progress, measure_plan, measure_remat,
     plain_activation_bytes, plan_remat, policy_activation_bytes,
 };
 use memtrain::policy::{Budget, MemoryPolicy, RematPolicy};
-use memtrain::remat::Plan;
+use memtrain::remat::{Plan, SlicedCost};
 
 use crate::Common;
 use crate::output::{mib, mib_usize};
@@ -41,11 +41,11 @@ pub struct PlanArgs {
 }
 
 /// How to read a schedule (also in `memtrain plan --help` and the README).
-pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; S i/n: run stage i forward and backward in n slices of the batch, one slice's graph at a time; F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
+pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; S i/n: run stage i forward and backward back to back in n slices of the batch, one slice's graph at a time, skipping its last product (its output is not needed; the sliced columns give 1 slice / one sequence a slice); F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
 
 fn print_plan(plan: &Plan) {
     println!(
-        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>10} {:>10}",
+        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>12} {:>12}",
         "stage",
         "fwd ms",
         "bwd ms",
@@ -65,15 +65,15 @@ fn print_plan(plan: &Plan) {
         } else {
             format!("b{}.{}", i / 2, if i % 2 == 0 { "attn" } else { "mlp" })
         };
-        let (sliced_ms, sliced_mib) = match c.sliced {
-            Some(s) => (
-                format!("{:.1}", 1e3 * s.time),
-                format!("{:.1}", mib_usize(s.peak)),
-            ),
-            None => ("-".to_string(), "-".to_string()),
+        // Back to back in each slicing measured: the whole batch, then one sequence a slice.
+        let join = |f: &dyn Fn(&SlicedCost) -> String| match c.sliced.is_empty() {
+            true => "-".to_string(),
+            false => c.sliced.iter().map(f).collect::<Vec<_>>().join("/"),
         };
+        let sliced_ms = join(&|s| format!("{:.1}", 1e3 * s.time));
+        let sliced_mib = join(&|s| format!("{:.1}", mib_usize(s.peak)));
         println!(
-            "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {sliced_ms:>10} {sliced_mib:>10}",
+            "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {sliced_ms:>12} {sliced_mib:>12}",
             1e3 * c.forward,
             1e3 * c.backward,
             mib_usize(c.output),
@@ -258,7 +258,8 @@ pub fn run(args: PlanArgs) -> Result<()> {
         }
     }
     if args.capacity {
-        let c = capacity(&config, budget, approx, &text, &device)?;
+        let tell = |line: &str| eprintln!("capacity: {line}");
+        let c = capacity_with(&config, budget, approx, &text, &device, &tell)?;
         println!(
             "capacity at seq {} within {:.1} MiB of activations: plain burn batch {}, planned batch {}",
             config.seq,

@@ -201,8 +201,11 @@ fn should_resume_after_kill_9_at_random_points_to_the_same_loss() {
         std::thread::sleep(Duration::from_millis(delay_ms()));
         child.kill().unwrap(); // SIGKILL; a no-op if it already finished
         let status = child.wait().unwrap();
-        if status.success() {
-            // It finished before the kill: start over with a shorter delay next time.
+        let last_written = std::fs::read_to_string(out.join("latest"))
+            .is_ok_and(|l| l.trim() == format!("step-{:06}", steps.parse::<u32>().unwrap()));
+        if status.success() || last_written {
+            // It finished before the kill (or was killed after its last checkpoint, with
+            // nothing left to resume): start over with a shorter delay next time.
             std::fs::remove_dir_all(&out).unwrap();
             continue;
         }

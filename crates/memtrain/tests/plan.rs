@@ -21,7 +21,7 @@ fn stage(forward: f64, kept: usize, backward_peak: usize) -> StageCost {
         backward_peak: backward_peak * U,
         forward_peak: 20 * U,
         grad: 0,
-        sliced: None,
+        sliced: vec![],
     }
 }
 
@@ -35,7 +35,7 @@ fn head() -> StageCost {
         backward_peak: 10 * U,
         forward_peak: 0,
         grad: 0,
-        sliced: None,
+        sliced: vec![],
     }
 }
 
@@ -139,9 +139,9 @@ fn predicted(
 ) -> Option<(f64, usize)> {
     let mut chain: Vec<StageCost> = assignment
         .iter()
-        .flat_map(|&a| v[a].stages.iter().copied())
+        .flat_map(|&a| v[a].stages.iter().cloned())
         .collect();
-    chain.push(v[0].head);
+    chain.push(v[0].head.clone());
     let input = v[0].stages[v[0].stages.len() - 1].output;
     let quantum = (budget as usize / 512).max(4096);
     let schedule = optimal(&chain, input, budget as usize, quantum).ok()?;

@@ -135,8 +135,8 @@ fn should_run_a_given_remat_plan_and_refuse_a_mismatched_one() {
     );
     // A chain of another length (a model with one block more) is refused.
     let mut longer = chain.clone();
-    longer.insert(0, chain[0]);
-    longer.insert(0, chain[1]);
+    longer.insert(0, chain[0].clone());
+    longer.insert(0, chain[1].clone());
     let other = plan_for(longer, memtrain::policy::RematPolicy::None).unwrap();
     let err = trainer.use_remat_plan(other).unwrap_err().to_string();
     assert!(err.contains("stages"), "{err}");

@@ -30,7 +30,7 @@
 use burn::backend::backend_extension;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Backend, Dispatch, Flex, TensorMetadata};
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -277,11 +277,32 @@ pub trait GemmLinearBackend: Backend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
     ) -> FloatTensor<Self>;
+
+    /// `dy wᵀ` outside autodiff: the input gradient of `x w + b` (see [`linear_grads`]).
+    fn gemm_linear_input_grad(
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// `xᵀ dy` over all leading axes, outside autodiff: the weight gradient.
+    fn gemm_linear_weight_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// The sum of `dy` over all leading axes, outside autodiff: the bias gradient.
+    fn gemm_linear_bias_grad(dy: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 impl GemmLinearBackend for Flex {
     fn gemm_linear(x: Prim, weight: Prim, bias: Prim) -> Prim {
         Self::gemm_linear_forward(x, weight, bias)
+    }
+    fn gemm_linear_input_grad(weight: Prim, dy: Prim) -> Prim {
+        Self::gemm_linear_dx(weight, dy)
+    }
+    fn gemm_linear_weight_grad(x: Prim, dy: Prim) -> Prim {
+        Self::gemm_linear_dw(x, dy)
+    }
+    fn gemm_linear_bias_grad(dy: Prim) -> Prim {
+        Self::gemm_linear_db(dy)
     }
 }
 
@@ -334,6 +355,31 @@ impl<B: Backend + GemmLinearKernel, C: CheckpointStrategy> GemmLinearBackend for
             OpsKind::UnTracked(prep) => prep.finish(B::gemm_linear_forward(xp, wp, bp)),
         }
     }
+
+    // The gradients are computed on the inner backend and come back untracked: they are
+    // results of a backward, never inputs of one.
+    fn gemm_linear_input_grad(
+        weight: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::gemm_linear_dx(
+            weight.into_primitive(),
+            B::gemm_linear_grad_layout(dy.into_primitive()),
+        ))
+    }
+
+    fn gemm_linear_weight_grad(x: FloatTensor<Self>, dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::gemm_linear_dw(
+            x.into_primitive(),
+            B::gemm_linear_grad_layout(dy.into_primitive()),
+        ))
+    }
+
+    fn gemm_linear_bias_grad(dy: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::from_inner(B::gemm_linear_db(B::gemm_linear_grad_layout(
+            dy.into_primitive(),
+        )))
+    }
 }
 
 /// `x [.., d_in] · weight [d_in, d_out] + bias [d_out]`, with burn's gradients and kept
@@ -348,4 +394,59 @@ pub fn gemm_linear<const D: usize>(x: Tensor<D>, weight: Tensor<2>, bias: Tensor
         weight.into_dispatch(),
         bias.into_dispatch(),
     ))
+}
+
+/// The gradients of `y = x · weight + bias` given `dy`, computed outside autodiff: `dx`, and
+/// when `weights` also `(dweight, dbias)`. Each product is written once, as in
+/// [`gemm_linear`]'s backward; on backends other than Flex they are burn's products.
+///
+/// For a caller that back-propagates a linear layer without having run its forward: the
+/// remat executor skips the last product of a block half whose output it does not need
+/// ([`crate::model::Gpt::stage_split`]). All three tensors are taken without autodiff.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use memtrain::linear::{gemm_linear, linear_grads};
+/// let device = Device::flex();
+/// let x = Tensor::<3>::random([2, 5, 8], Distribution::Default, &device);
+/// let w = Tensor::<2>::random([8, 4], Distribution::Default, &device);
+/// let b = Tensor::<1>::zeros([4], &device);
+/// let dy = Tensor::<3>::random([2, 5, 4], Distribution::Default, &device);
+/// let (xa, wa) = (x.clone().autodiff().require_grad(), w.clone().autodiff().require_grad());
+/// let grads = (gemm_linear(xa.clone(), wa.clone(), b.autodiff()) * dy.clone().autodiff()).sum().backward();
+/// let (dx, weights) = linear_grads(x, w, dy, true);
+/// assert!(dx.all_close(xa.grad(&grads).unwrap(), Some(1e-5), Some(1e-6)));
+/// assert!(weights.unwrap().0.all_close(wa.grad(&grads).unwrap(), Some(1e-5), Some(1e-6)));
+/// ```
+pub fn linear_grads<const D: usize>(
+    x: Tensor<D>,
+    weight: Tensor<2>,
+    dy: Tensor<D>,
+    weights: bool,
+) -> (Tensor<D>, Option<(Tensor<2>, Tensor<1>)>) {
+    if !on_flex(&dy.device()) {
+        let [d_in, d_out] = weight.dims();
+        let rows = dy.shape().num_elements() / d_out.max(1);
+        let dy2 = dy.clone().reshape([rows, d_out]);
+        let grads = weights.then(|| {
+            let dw = x.reshape([rows, d_in]).transpose().matmul(dy2.clone());
+            (dw, dy2.sum_dim(0).reshape([d_out]))
+        });
+        return (dy.matmul(weight.transpose().unsqueeze()), grads);
+    }
+    let grads = weights.then(|| {
+        let dw = Tensor::from_dispatch(<Dispatch as GemmLinearBackend>::gemm_linear_weight_grad(
+            x.into_dispatch(),
+            dy.clone().into_dispatch(),
+        ));
+        let db = Tensor::from_dispatch(<Dispatch as GemmLinearBackend>::gemm_linear_bias_grad(
+            dy.clone().into_dispatch(),
+        ));
+        (dw, db)
+    });
+    let dx = Tensor::from_dispatch(<Dispatch as GemmLinearBackend>::gemm_linear_input_grad(
+        weight.into_dispatch(),
+        dy.into_dispatch(),
+    ));
+    (dx, grads)
 }

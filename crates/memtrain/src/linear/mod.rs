@@ -20,7 +20,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use factored::{FactoredKind, FactoredLinear, FactoredLinearConfig, grid_value};
-pub use gemm::{GemmLinearBackend, GemmLinearKernel, gemm_linear};
+pub use gemm::{GemmLinearBackend, GemmLinearKernel, gemm_linear, linear_grads};
 pub use sketched::{
     SketchKind, SketchedLinear, SketchedLinearBackend, SketchedLinearConfig, sketch_rows,
 };

@@ -69,19 +69,19 @@ impl SelfAttention {
     }
 
     fn forward_with(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
+        let y = self.hidden(x, ad);
+        ad.linear(&self.proj, self.proj_adapter.as_ref(), 1, y)
+    }
+
+    /// The heads' outputs `[batch, seq, d_model]`: the input of `proj`.
+    fn hidden(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let (h, dh) = (self.n_heads, d / self.n_heads);
         // [b, t, 3 h, dh]: q, k and v are views of the projection's output, no copies.
         let qkv = ad
             .linear(&self.qkv, self.qkv_adapter.as_ref(), 0, x)
             .reshape([b, t, 3 * h, dh]);
-        let y = self.core.forward_qkv(qkv, h);
-        ad.linear(
-            &self.proj,
-            self.proj_adapter.as_ref(),
-            1,
-            y.reshape([b, t, d]),
-        )
+        self.core.forward_qkv(qkv, h).reshape([b, t, d])
     }
 }
 
@@ -121,9 +121,14 @@ impl Mlp {
     }
 
     fn forward_with(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
-        let h = ad.linear(&self.fc, self.fc_adapter.as_ref(), 2, x);
-        let h = self.act.forward(h);
+        let h = self.hidden(x, ad);
         ad.linear(&self.proj, self.proj_adapter.as_ref(), 3, h)
+    }
+
+    /// The activation's output `[batch, seq, 4 d_model]`: the input of `proj`.
+    fn hidden(&self, x: Tensor<3>, ad: &Adapt) -> Tensor<3> {
+        let h = ad.linear(&self.fc, self.fc_adapter.as_ref(), 2, x);
+        self.act.forward(h)
     }
 }
 
@@ -201,6 +206,18 @@ pub struct Gpt {
     /// Whether the adapters' updates are folded into the base weights.
     #[module(skip)]
     pub(super) merged: bool,
+}
+
+/// A block half run up to its last linear layer ([`Gpt::stage_split`]): the half's output is
+/// `x + h · weight + bias`.
+#[derive(Debug)]
+pub struct StageSplit<'a> {
+    /// The last linear's input, tracked when the half's input was.
+    pub h: Tensor<3>,
+    /// The last linear's weight `[d_in, d_out]`.
+    pub weight: &'a Param<Tensor<2>>,
+    /// Its bias `[d_out]`, if any.
+    pub bias: Option<&'a Param<Tensor<1>>>,
 }
 
 /// How a forward applies adapters: the shared LoTR factors, and whether they are merged.
@@ -383,6 +400,43 @@ impl Gpt {
         } else {
             block.mlp_half(x, &ad)
         }
+    }
+
+    /// Stage `index` (a block half, `index < n_stages()`) run up to its last linear layer
+    /// (`attn.proj` or `mlp.proj`), when that layer is dense (`linear=exact` or `gemm`) and no
+    /// adapter is applied to it: then `stage_forward(index, x)` is `x + h · weight + bias`.
+    /// `None` otherwise, and for the head.
+    ///
+    /// For a caller that needs the half's gradients but not its output: the remat executor,
+    /// just before a recomputed half's backward, skips that product (a quarter of the
+    /// attention half's projections, half of the MLP's) and back-propagates it with
+    /// [`crate::linear::linear_grads`].
+    pub fn stage_split(&self, index: usize, x: Tensor<3>) -> Option<StageSplit<'_>> {
+        let block = self.blocks.get(index / 2)?;
+        let attn = index.is_multiple_of(2);
+        let (layer, adapter) = if attn {
+            (&block.attn.proj, block.attn.proj_adapter.as_ref())
+        } else {
+            (&block.mlp.proj, block.mlp.proj_adapter.as_ref())
+        };
+        let linear = match layer {
+            LinearLayer::Exact(l) | LinearLayer::Gemm(l) if adapter.is_none() || self.merged => l,
+            _ => return None,
+        };
+        let ad = Adapt {
+            lotr: &self.lotr,
+            merged: self.merged,
+        };
+        let h = if attn {
+            block.attn.hidden(block.ln1.forward(x), &ad)
+        } else {
+            block.mlp.hidden(block.ln2.forward(x), &ad)
+        };
+        Some(StageSplit {
+            h,
+            weight: &linear.weight,
+            bias: linear.bias.as_ref(),
+        })
     }
 
     /// Token plus position embeddings of `tokens [batch, seq]`: the blocks' input.

@@ -45,7 +45,7 @@ pub use accounting::{
     trainable_shapes,
 };
 pub use config::{GptConfig, Preset};
-pub use gpt::{Block, Gpt, Mlp, SelfAttention};
+pub use gpt::{Block, Gpt, Mlp, SelfAttention, StageSplit};
 
 #[cfg(doc)]
 use crate::policy::{BlockPolicy, MemoryPolicy};

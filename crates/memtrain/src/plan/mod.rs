@@ -30,7 +30,7 @@
 mod capacity;
 mod measure;
 
-pub use capacity::{Capacity, SEQ_STEP, capacity};
+pub use capacity::{Capacity, SEQ_STEP, capacity, capacity_with, extrapolate};
 pub use measure::{
     Measured, PlanMeasurement, RematMeasurement, measure_plan, measure_remat, plan_remat,
     policy_activation_bytes,
@@ -119,11 +119,11 @@ impl Variant {
     /// The stage with the largest peak while it is kept (its forward with autodiff, or its
     /// kept tensors plus its backward's peak): what the leanest schedule must hold at once.
     fn widest_stage(&self) -> StageCost {
-        *self
-            .stages
+        self.stages
             .iter()
             .max_by_key(|s| held(s))
             .expect("a block has at least one stage")
+            .clone()
     }
 }
 
@@ -253,9 +253,9 @@ fn input_bytes(v: &Variant) -> usize {
 fn chain_of(variants: &[Variant], assignment: &[usize], head: usize) -> Vec<StageCost> {
     let mut chain: Vec<StageCost> = assignment
         .iter()
-        .flat_map(|&i| variants[i].stages.iter().copied())
+        .flat_map(|&i| variants[i].stages.iter().cloned())
         .collect();
-    chain.push(variants[head].head);
+    chain.push(variants[head].head.clone());
     chain
 }
 

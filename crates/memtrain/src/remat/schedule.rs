@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 /// What one stage of the chain costs, measured by [`super::profile`].
 ///
 /// Sizes are bytes; times are seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageCost {
     /// Forward time (the same with or without keeping internals).
     pub forward: f64,
@@ -35,12 +35,15 @@ pub struct StageCost {
     /// frees their gradients at once) except the head's (the tied token embedding is
     /// updated after the embedding's backward).
     pub grad: usize,
-    /// The stage run one batch slice at a time ([`Schedule::Sliced`]), when it can be.
-    pub sliced: Option<SlicedCost>,
+    /// The stage run forward and backward back to back ([`Schedule::Sliced`]), in each number
+    /// of batch slices [`super::profile`] measured (the whole batch, `S i/1`, and one
+    /// sequence at a time); empty for the head.
+    pub sliced: Vec<SlicedCost>,
 }
 
-/// What a stage costs run forward and backward one batch slice at a time, each slice's graph
-/// freed before the next is built ([`Schedule::Sliced`]; measured by [`super::profile`]).
+/// What a stage costs run forward and backward back to back, one batch slice at a time, each
+/// slice's graph freed before the next is built ([`Schedule::Sliced`]; measured by
+/// [`super::profile`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct SlicedCost {
     /// Slices of the batch (each `ceil(batch / slices)` sequences).
@@ -75,11 +78,13 @@ pub enum Schedule {
         /// Stages `s..split`.
         left: Box<Schedule>,
     },
-    /// Forward and back-propagate `stage` one batch slice at a time (only the last stage of
-    /// a segment, `s == t`): a slice's graph is freed before the next is built, so the stage
-    /// holds a slice's internals instead of the batch's. Every operation of a block acts on
-    /// each sequence alone, so the gradients are the same (up to f32 summation order of the
-    /// parameter gradients).
+    /// Forward and back-propagate `stage` back to back, one batch slice at a time (only the
+    /// last stage of a segment, `s == t`): a slice's graph is freed before the next is
+    /// built, so the stage holds a slice's internals instead of the batch's. Every operation
+    /// of a block acts on each sequence alone, so the gradients are the same (up to f32
+    /// summation order of the parameter gradients). The stage's output is never needed, so
+    /// its last product is skipped where the model allows ([`crate::model::Gpt::stage_split`]);
+    /// with one slice, that is the whole gain over [`Schedule::Keep`].
     Sliced {
         /// The stage.
         stage: usize,
@@ -219,9 +224,13 @@ fn sim(
             // parameter gradients that stay.
             live - c.kept - dy(*stage) + dx(*stage) + c.grad
         }
-        Schedule::Sliced { stage, .. } => {
+        Schedule::Sliced { stage, slices } => {
             let c = &chain[*stage];
-            let sliced = c.sliced.expect("a sliced stage has a sliced cost");
+            let sliced = c
+                .sliced
+                .iter()
+                .find(|x| x.slices == *slices)
+                .expect("a sliced stage has a cost for its slices");
             *peak = (*peak).max(live + sliced.peak);
             *time += sliced.time;
             live - dy(*stage) + dx(*stage) + c.grad
@@ -282,14 +291,22 @@ pub fn optimal(
             backward_peak: up(c.backward_peak),
             forward_peak: up(c.forward_peak),
             grad: up(c.grad),
-            sliced: c.sliced.map(|x| (x.time, up(x.peak), x.slices)),
+        })
+        .collect();
+    let sliced: Vec<Vec<(f64, usize, usize)>> = chain
+        .iter()
+        .map(|c| {
+            c.sliced
+                .iter()
+                .map(|x| (x.time, up(x.peak), x.slices))
+                .collect()
         })
         .collect();
     // Free quanta besides the stored input and the last stage's output gradient.
     let free = |budget: usize| (budget / q).checked_sub(up(base) + quant[n - 1].output);
     let solve = |budget: usize| -> Option<Schedule> {
         let m = free(budget)?;
-        let mut dp = Dp::new(&quant, m);
+        let mut dp = Dp::new(&quant, &sliced, m);
         dp.cost(0, n - 1, m)
             .is_finite()
             .then(|| dp.build(0, n - 1, m))
@@ -334,12 +351,12 @@ struct QCost {
     backward_peak: usize,
     forward_peak: usize,
     grad: usize,
-    /// Time, peak and slices.
-    sliced: Option<(f64, usize, usize)>,
 }
 
 struct Dp<'a> {
     c: &'a [QCost],
+    /// Per stage: time, peak and slices of each way to run it sliced.
+    sliced: &'a [Vec<(f64, usize, usize)>],
     m_max: usize,
     memo: Vec<Option<(f64, Choice)>>,
     /// `grads[i]`: the gradients stages `0..i` leave.
@@ -350,12 +367,12 @@ struct Dp<'a> {
 enum Choice {
     Keep,
     Split(usize),
-    Sliced,
+    Sliced(usize),
     None,
 }
 
 impl<'a> Dp<'a> {
-    fn new(c: &'a [QCost], m_max: usize) -> Self {
+    fn new(c: &'a [QCost], sliced: &'a [Vec<(f64, usize, usize)>], m_max: usize) -> Self {
         let n = c.len();
         let mut grads = vec![0; n + 1];
         for i in 0..n {
@@ -363,6 +380,7 @@ impl<'a> Dp<'a> {
         }
         Dp {
             c,
+            sliced,
             m_max,
             memo: vec![None; n * n * (m_max + 1)],
             grads,
@@ -441,13 +459,13 @@ impl<'a> Dp<'a> {
                 best = (v, Choice::Split(split));
             }
         }
-        // Run a single stage in slices.
-        if s == t
-            && let Some((time, peak, _)) = c.sliced
-            && peak <= m
-            && time < best.0
-        {
-            best = (time, Choice::Sliced);
+        // Run a single stage back to back, in slices.
+        if s == t {
+            for &(time, peak, slices) in &self.sliced[s] {
+                if peak <= m && time < best.0 {
+                    best = (time, Choice::Sliced(slices));
+                }
+            }
         }
         best
     }
@@ -474,10 +492,7 @@ impl<'a> Dp<'a> {
                     left: Box::new(left),
                 }
             }
-            Choice::Sliced => Schedule::Sliced {
-                stage: s,
-                slices: self.c[s].sliced.expect("a sliced choice has a cost").2,
-            },
+            Choice::Sliced(slices) => Schedule::Sliced { stage: s, slices },
             Choice::None => unreachable!("build follows a finite cost"),
         }
     }
@@ -485,15 +500,15 @@ impl<'a> Dp<'a> {
 
 /// Every schedule of stages `s..=t` without slicing (for brute-force checks on small chains).
 pub fn all_schedules(s: usize, t: usize) -> Vec<Schedule> {
-    all_schedules_with(s, t, &|_| None)
+    all_schedules_with(s, t, &|_| Vec::new())
 }
 
-/// Every schedule of stages `s..=t`, a stage `i` also run in `slices(i)` slices where that is
-/// `Some` (for brute-force checks on small chains).
+/// Every schedule of stages `s..=t`, a stage `i` also run sliced in each number of slices
+/// `slices(i)` lists (for brute-force checks on small chains).
 pub fn all_schedules_with(
     s: usize,
     t: usize,
-    slices: &dyn Fn(usize) -> Option<usize>,
+    slices: &dyn Fn(usize) -> Vec<usize>,
 ) -> Vec<Schedule> {
     let mut out = Vec::new();
     if s == t {
@@ -501,7 +516,7 @@ pub fn all_schedules_with(
             stage: s,
             rest: None,
         });
-        if let Some(slices) = slices(s) {
+        for slices in slices(s) {
             out.push(Schedule::Sliced { stage: s, slices });
         }
         return out;
