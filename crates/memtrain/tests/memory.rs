@@ -445,6 +445,41 @@ fn should_scale_the_activation_gradient_in_place() {
     );
 }
 
+/// The inverted GELU writes its output over its input when it holds the input's only
+/// reference (the product of the layer before, under autodiff and without): its forward then
+/// allocates only the branch bits, and the values equal burn's GELU.
+fn should_write_the_inverted_activation_over_its_input() {
+    use memtrain::activation::{ActFn, InvertedConfig};
+    let gelu = InvertedConfig::new(ActFn::Gelu).init().unwrap();
+    let n = 1 << 20;
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let data = Tensor::<1>::random([n], Distribution::Default, &device).into_data();
+        let want = burn::tensor::activation::gelu(Tensor::<1>::from_data(data.clone(), &device));
+        // A fresh input (the product of a linear layer): its only reference moves into the op.
+        let x = Tensor::<1>::from_data(data.clone(), &device) * 3.0;
+        let x = if device.is_autodiff() {
+            x.require_grad()
+        } else {
+            x
+        };
+        let region = Region::start();
+        let y = gelu.forward(x);
+        let p = region.peak();
+        assert!(
+            p <= n / 8 + 64 * 1024,
+            "inverted GELU forward peaked at {p} bytes for {n} elements: not written in place"
+        );
+        let want3 =
+            burn::tensor::activation::gelu(Tensor::<1>::from_data(data.clone(), &device) * 3.0);
+        assert!(y.all_close(want3, Some(1e-5), Some(1e-6)));
+        // A shared input is left as it was: the output goes to a new buffer.
+        let x = Tensor::<1>::from_data(data, &device);
+        let y = gelu.forward(x.clone());
+        assert!(y.all_close(want.clone(), Some(1e-5), Some(1e-6)));
+        assert!(burn::tensor::activation::gelu(x).all_close(want, Some(1e-6), Some(1e-7)));
+    }
+}
+
 /// The packed attention's backward writes the projection's gradient over the projection it
 /// kept, so it allocates nothing of that size; slicing `q`, `k`, `v` out of it under autodiff
 /// costs a zero-filled gradient of the whole projection per slice.
@@ -506,6 +541,7 @@ fn should_agree_with_every_formula() {
     should_keep_remat_within_its_prediction();
     should_write_each_linear_product_once();
     should_scale_the_activation_gradient_in_place();
+    should_write_the_inverted_activation_over_its_input();
     should_write_the_packed_attention_gradient_once();
     should_extrapolate_stage_sizes_from_two_batches();
 }

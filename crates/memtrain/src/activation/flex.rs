@@ -70,12 +70,9 @@ fn scale_gradient<T: Real>(
     mut dy: FloatTensor<Flex>,
     d: impl Fn(usize) -> T + Sync,
 ) -> FloatTensor<Flex> {
-    let n = dy.shape().num_elements();
-    let whole = dy.dtype() == T::dtype()
-        && dy.is_contiguous()
-        && dy.layout().start_offset() == 0
-        && dy.bytes().len() == std::mem::size_of::<T>() * n;
-    if whole && let Some(g) = dy.try_storage_mut::<T>() {
+    if whole::<T>(&dy)
+        && let Some(g) = dy.try_storage_mut::<T>()
+    {
         g.par_chunks_mut(TASK).enumerate().for_each(|(task, g)| {
             let base = task * TASK;
             g.iter_mut()
@@ -98,11 +95,41 @@ fn scale_gradient<T: Real>(
     Flex::float_from_data(TensorData::new(dx, shape), &device)
 }
 
+/// Whether `t` is a `T` tensor whose buffer holds exactly its elements in row-major order
+/// (so that, held alone, it can be written over in place).
+fn whole<T: Real>(t: &FloatTensor<Flex>) -> bool {
+    let n = t.shape().num_elements();
+    t.dtype() == T::dtype()
+        && t.is_contiguous()
+        && t.layout().start_offset() == 0
+        && t.bytes().len() == std::mem::size_of::<T>() * n
+}
+
+/// `f(x)` and the branch bits. The output is written over `x`'s own buffer when the op holds
+/// its only reference (the product of the layer before, which nothing else keeps: in a
+/// forward without autodiff, and under autodiff when the producer keeps only its input), so
+/// the 4d-wide input and output of an MLP's activation never coexist; into a new buffer
+/// otherwise. The bits are read from `x` first.
 fn inverted_forward<T: Real>(
     x: FloatTensor<Flex>,
     func: ActFn,
 ) -> (FloatTensor<Flex>, Option<IntTensor<Flex>>) {
-    let x = x.to_contiguous();
+    // `to_contiguous` borrows: a contiguous tensor is kept as it is (and as held).
+    let mut x = if x.is_contiguous() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let bits = inverted_bits::<T>(&x, func);
+    if whole::<T>(&x)
+        && let Some(v) = x.try_storage_mut::<T>()
+    {
+        v.par_chunks_mut(TASK).for_each(|v| {
+            v.iter_mut()
+                .for_each(|v| *v = T::from_f64(func.f(v.to_f64())))
+        });
+        return (x, bits);
+    }
     let (shape, device) = (x.shape(), x.device());
     let xs = slice_of::<T>(&x);
     let mut y = vec![T::from_f64(0.0); xs.len()];
@@ -113,7 +140,17 @@ fn inverted_forward<T: Real>(
                 .zip(x)
                 .for_each(|(y, &x)| *y = T::from_f64(func.f(x.to_f64())))
         });
-    let bits = func.argmin().map(|x_min| {
+    (
+        Flex::float_from_data(TensorData::new(y, shape), &device),
+        bits,
+    )
+}
+
+/// The packed branch bits of a contiguous `x` (`x < argmin f`), for functions that have them.
+fn inverted_bits<T: Real>(x: &FloatTensor<Flex>, func: ActFn) -> Option<IntTensor<Flex>> {
+    let device = x.device();
+    let xs = slice_of::<T>(x);
+    func.argmin().map(|x_min| {
         let x_min = T::from_f64(x_min);
         let mut packed = vec![0u8; codes::packed_len(xs.len(), 1)];
         packed
@@ -125,11 +162,7 @@ fn inverted_forward<T: Real>(
             });
         let n = packed.len();
         Flex::int_from_data(TensorData::new(packed, [n]), &device)
-    });
-    (
-        Flex::float_from_data(TensorData::new(y, shape), &device),
-        bits,
-    )
+    })
 }
 
 fn inverted_backward<T: Real>(

@@ -75,9 +75,12 @@ impl<B: Backend + InvertedKernel, C: CheckpointStrategy> InvertedActivationBacke
 {
     fn inverted_activation(x: FloatTensor<Self>, func: u32) -> FloatTensor<Self> {
         let func = ActFn::ALL[func as usize].0;
-        let xp = x.primitive().clone();
+        // The primitive is taken, not cloned, so that the kernel may write the output over
+        // it when nothing else holds it (backward needs only the output and the bits).
+        let node = x.node();
+        let xp = x.into_primitive();
         match (InvertedBackward { func })
-            .prepare::<C>([x.node()])
+            .prepare::<C>([node])
             .compute_bound()
             .stateful()
         {
@@ -105,6 +108,9 @@ impl<B: Backend + InvertedKernel, C: CheckpointStrategy> InvertedActivationBacke
 /// Kept for backward: the output (`4 n` bytes, shared with whatever layer consumes it) and
 /// `n / 8` bytes of branch bits for GELU and SiLU; an exact activation keeps its input
 /// (`4 n` bytes) besides. Saved: `4 n (1 - 1/32)` bytes when the next layer keeps the output.
+/// On Flex the output is written over the input when the op holds the input's only
+/// reference (a linear layer's fresh product), so the forward allocates only the bits and the
+/// input and output never coexist (`tests/memory.rs`).
 ///
 /// On backends without memtrain's kernels (see [`crate::device`]) the exact burn activation is
 /// used (no saving).
