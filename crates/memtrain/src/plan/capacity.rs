@@ -51,11 +51,11 @@ fn plan_fits(
         .is_ok_and(|v| solve(&v, model.n_layers, budget, 0.0).is_ok())
 }
 
-/// A stage's sizes at `x` (a batch or a sequence length) from its measurements `lo` at `x1`
-/// and `hi` at `x2 > x1` (`x >= x2`), each size extended along the line through the two (every tensor
-/// a stage holds is the batch's, linear in its size, or its parameters' gradients, constant;
-/// with fused attention nothing grows with the square of the sequence). The slices of the
-/// one-sequence-a-slice cost follow the batch. Times are only scaled by `x / x1`: the
+/// A stage's sizes at `x` (a batch or a sequence length; meant for `x >= x2`) from its
+/// measurements `lo` at `x1` and `hi` at `x2 > x1`, each size extended along the line through
+/// the two (every tensor a stage holds is the batch's, linear in its size, or its parameters'
+/// gradients, constant; with fused attention nothing grows with the square of the sequence).
+/// The slices of the one-sequence-a-slice cost follow the batch. Times are only scaled by `x / x1`: the
 /// capacity search asks feasibility, not time. `tests/memory.rs` checks the sizes at batch 16,
 /// from 4 and 8, against a profile at 16: within 15% (the head's backward peak is 12% low).
 /// Peaks are maxima over a stage's run, not quite lines, so [`capacity`] only takes the
