@@ -53,7 +53,7 @@
 //! use memtrain::remat::{Schedule, SlicedCost, StageCost, optimal, simulate};
 //!
 //! let stage = StageCost { forward: 1.0, backward: 2.0, output: 10, kept: 40, keep_peak: 40, backward_peak: 30, forward_peak: 20, grad: 0, sliced: vec![] };
-//! let chain = vec![stage; 6];
+//! let chain = vec![stage.clone(); 6];
 //! let keep = Schedule::keep_all(0, 5);
 //! let (peak, time) = simulate(&chain, &keep, 10);
 //! assert_eq!((peak, time), (10 + 10 + 6 * 40 + 30, 18.0)); // input, loss gradient, graphs, backward
