@@ -447,7 +447,9 @@ fn should_scale_the_activation_gradient_in_place() {
 
 /// The inverted GELU writes its output over its input when it holds the input's only
 /// reference (the product of the layer before, under autodiff and without): its forward then
-/// allocates only the branch bits, and the values equal burn's GELU.
+/// allocates the branch bits (`n / 8` bytes) and bookkeeping (an autodiff node, rayon's task
+/// state: up to 256 KiB allowed) instead of a `4 n`-byte output, and the values equal burn's
+/// GELU.
 fn should_write_the_inverted_activation_over_its_input() {
     use memtrain::activation::{ActFn, InvertedConfig};
     let gelu = InvertedConfig::new(ActFn::Gelu).init().unwrap();
@@ -466,7 +468,7 @@ fn should_write_the_inverted_activation_over_its_input() {
         let y = gelu.forward(x);
         let p = region.peak();
         assert!(
-            p <= n / 8 + 64 * 1024,
+            p <= n / 8 + 256 * 1024,
             "inverted GELU forward peaked at {p} bytes for {n} elements: not written in place"
         );
         let want3 =
