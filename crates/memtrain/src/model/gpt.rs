@@ -370,11 +370,15 @@ impl Gpt {
     ///
     /// When `index` is not a block.
     pub fn block_forward(&self, index: usize, x: Tensor<3>) -> Tensor<3> {
-        let ad = Adapt {
+        self.blocks[index].forward_with(x, &self.adapt())
+    }
+
+    /// How this model's forwards apply its adapters.
+    fn adapt(&self) -> Adapt<'_> {
+        Adapt {
             lotr: &self.lotr,
             merged: self.merged,
-        };
-        self.blocks[index].forward_with(x, &ad)
+        }
     }
 
     /// The stages rematerialization schedules, [`Gpt::stage_forward`]: two per block.
@@ -390,10 +394,7 @@ impl Gpt {
     ///
     /// When `index >= n_stages()`.
     pub fn stage_forward(&self, index: usize, x: Tensor<3>) -> Tensor<3> {
-        let ad = Adapt {
-            lotr: &self.lotr,
-            merged: self.merged,
-        };
+        let ad = self.adapt();
         let block = &self.blocks[index / 2];
         if index.is_multiple_of(2) {
             block.attn_half(x, &ad)
@@ -423,10 +424,7 @@ impl Gpt {
             LinearLayer::Exact(l) | LinearLayer::Gemm(l) if adapter.is_none() || self.merged => l,
             _ => return None,
         };
-        let ad = Adapt {
-            lotr: &self.lotr,
-            merged: self.merged,
-        };
+        let ad = self.adapt();
         let h = if attn {
             block.attn.hidden(block.ln1.forward(x), &ad)
         } else {

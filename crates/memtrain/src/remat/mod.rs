@@ -324,40 +324,43 @@ fn back_to_back(
     total: &mut GradientsParams,
 ) -> Tensor<3> {
     let xin = x.autodiff().require_grad();
-    let Some(StageSplit { h, weight, bias }) = model.stage_split(stage, xin.clone()) else {
-        let y = model.stage_forward(stage, xin.clone());
-        let mut grads = backward_from(y, dy);
-        let dx = xin
-            .grad_remove(&mut grads)
-            .expect("the input requires grad");
-        take_grads(model, &mut grads, total);
-        return dx;
+    // The graph to back-propagate, and the gradient the residual adds to the input's when
+    // the last linear was back-propagated by hand.
+    let (mut grads, residual) = match model.stage_split(stage, xin.clone()) {
+        None => {
+            let y = model.stage_forward(stage, xin.clone());
+            (backward_from(y, dy), None)
+        }
+        Some(StageSplit { h, weight, bias }) => {
+            // Frozen under adapters: then only `dh` is needed.
+            let w = weight.val();
+            let w_tracked = w.is_require_grad();
+            let b_tracked = bias.is_some_and(|b| b.val().is_require_grad());
+            let (dh, grads) = linear_grads(
+                h.clone().inner(),
+                w.inner(),
+                dy.clone(),
+                w_tracked || b_tracked,
+            );
+            if let Some((dw, db)) = grads {
+                if w_tracked {
+                    add_grad(total, weight.id, dw);
+                }
+                if let Some(b) = bias.filter(|_| b_tracked) {
+                    add_grad(total, b.id, db);
+                }
+            }
+            (backward_from(h, dh), Some(dy))
+        }
     };
-    // Frozen under adapters: then only `dh` is needed.
-    let w = weight.val();
-    let w_tracked = w.is_require_grad();
-    let b_tracked = bias.is_some_and(|b| b.val().is_require_grad());
-    let (dh, grads) = linear_grads(
-        h.clone().inner(),
-        w.inner(),
-        dy.clone(),
-        w_tracked || b_tracked,
-    );
-    if let Some((dw, db)) = grads {
-        if w_tracked {
-            add_grad(total, weight.id, dw);
-        }
-        if let Some(b) = bias.filter(|_| b_tracked) {
-            add_grad(total, b.id, db);
-        }
-    }
-    let mut grads = backward_from(h, dh);
     let dx = xin
         .grad_remove(&mut grads)
-        .expect("the input requires grad")
-        + dy;
+        .expect("the input requires grad");
     take_grads(model, &mut grads, total);
-    dx
+    match residual {
+        Some(dy) => dx + dy,
+        None => dx,
+    }
 }
 
 /// Adds `g` to the gradient `total` holds for parameter `id`.
