@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Draw the memory breakdown per policy as a stacked bar chart (PNG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Print where each policy's timed steps spend their time: wall time per operation kind
+    /// (matmuls by shape), the FLOPs and GFLOP/s of each, idle cores and page faults.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn parse_policies(spec: &str) -> Result<Vec<MemoryPolicy>> {
@@ -145,6 +149,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     config.seed = shape.seed;
     config.lr = shape.lr;
     config.data = args.common.data.clone();
+    config.profile = args.profile;
     if args.budget.is_some() && crate::given("--policies") {
         bail!(
             "invalid --policies: got {:?} with --budget, expected one of the two (--budget benches plain burn, the best uniform policy and the plan)",
@@ -197,6 +202,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let labels = labels(&report);
     print_table(&report.rows, &labels);
     print_analytic(&report, &labels);
+    let timed = if config.steps > 1 {
+        config.steps - 1
+    } else {
+        1
+    };
+    for (profile, label) in report.profiles.iter().zip(&labels) {
+        crate::output::print_profile(label, profile, timed);
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_vec_pretty(&report.rows)?;
         write_atomic(path, &json).context("--json")?;

@@ -181,3 +181,77 @@ pub fn thousands(n: usize) -> String {
     }
     out
 }
+
+/// `memtrain bench --profile`: one policy's profile over `steps` timed steps, per step.
+pub fn print_profile(label: &str, p: &memtrain::profile::Profile, steps: usize) {
+    use memtrain::profile::Pass;
+    let per = steps.max(1) as f64;
+    let total = p.total_seconds().max(1e-12);
+    let rate = |flops: f64, s: f64| {
+        if flops > 0.0 && s > 0.0 {
+            format!("{:8.1}", flops / s / 1e9)
+        } else {
+            format!("{:>8}", "")
+        }
+    };
+    println!("profile of {label}: {steps} timed steps, per step (GFLOP: a multiply-add is 2)");
+    println!(
+        "  {:<8} {:<13} {:<36} {:>5} {:>8} {:>6} {:>7} {:>8}",
+        "pass", "kind", "detail", "calls", "ms", "share", "GFLOP", "GFLOP/s"
+    );
+    let row = |pass: &str, kind: &str, detail: &str, calls: String, s: f64, flops: f64| {
+        println!(
+            "  {pass:<8} {kind:<13} {detail:<36} {calls:>5} {:>8.1} {:>5.1}% {:>7.2} {}",
+            1e3 * s / per,
+            100.0 * s / total,
+            flops / 1e9 / per,
+            rate(flops, s)
+        );
+    };
+    for pass in [Pass::Forward, Pass::Backward, Pass::Update] {
+        let mut entries: Vec<_> = p.entries.iter().filter(|e| e.pass == pass).collect();
+        entries.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        for e in entries {
+            let calls = format!("{:.0}", e.calls as f64 / per);
+            row(pass.name(), e.kind, &e.detail, calls, e.seconds, e.flops);
+        }
+        let other = match pass {
+            Pass::Forward => "burn's ops outside a scope (adds, reshapes)",
+            Pass::Backward => "burn's backward of its own ops",
+            Pass::Update => "outside the optimizer",
+        };
+        if p.phase_seconds(pass) > 0.0 {
+            row(
+                pass.name(),
+                "(unclaimed)",
+                other,
+                "-".into(),
+                p.unclaimed_seconds(pass),
+                0.0,
+            );
+        }
+    }
+    let flops: f64 = p.entries.iter().map(|e| e.flops).sum();
+    row("step", "total", "", "-".into(), total, flops);
+    let mut kinds: Vec<(&str, f64, f64)> = Vec::new();
+    for e in &p.entries {
+        match kinds.iter_mut().find(|k| k.0 == e.kind) {
+            Some(k) => (k.1, k.2) = (k.1 + e.seconds, k.2 + e.flops),
+            None => kinds.push((e.kind, e.seconds, e.flops)),
+        }
+    }
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let by_kind: Vec<String> = kinds
+        .iter()
+        .map(|(k, s, f)| format!("{k} {:.1} ms{}", 1e3 * s / per, rate(*f, *s).trim_end()))
+        .collect();
+    println!("  by kind (ms, GFLOP/s): {}", by_kind.join(", "));
+    if let (Some(cpu), Some(faults)) = (p.cpu_seconds, p.minor_faults) {
+        println!(
+            "  cores busy {:.2} of {} (CPU seconds over wall seconds); {:.0} minor page faults a step",
+            cpu / total,
+            std::thread::available_parallelism().map_or(1, usize::from),
+            faults as f64 / per
+        );
+    }
+}

@@ -66,6 +66,7 @@ pub mod norm;
 pub mod optim;
 pub mod plan;
 pub mod policy;
+pub mod profile;
 pub mod remat;
 pub mod run;
 pub mod stats;

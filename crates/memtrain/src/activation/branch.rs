@@ -48,6 +48,35 @@ impl ActFn {
         }
     }
 
+    /// `g[i] *= derivative_from_output(y[i], left)` where `left` is bit `base + i` of the packed
+    /// stream `bits` (least significant bit first; empty for a function without branch bits),
+    /// with the table looked up once for the slice.
+    ///
+    /// # Panics
+    ///
+    /// For a function that is not [`ActFn::is_invertible`], when `y` and `g` differ in length,
+    /// or when a needed bit is past the end of `bits`.
+    pub fn scale_by_derivative(self, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
+        assert_eq!(
+            y.len(),
+            g.len(),
+            "scale_by_derivative: output and gradient lengths"
+        );
+        if !self.needs_bit() {
+            for (g, &y) in g.iter_mut().zip(y) {
+                *g *= self.derivative_from_output(y, false);
+            }
+            return;
+        }
+        let t = table(self);
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2, checked above.
+            return unsafe { scale_avx2(t, y, bits, base, g) };
+        }
+        scale(t, y, bits, base, g);
+    }
+
     /// The minimiser `x*` (GELU, SiLU), where the branch bit switches.
     pub fn argmin(self) -> Option<f64> {
         self.needs_bit().then(|| table(self).x_min)
@@ -152,7 +181,7 @@ impl BranchTable {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn eval(&self, y: f32, left: bool) -> f32 {
         let s = (y - self.y_min).max(0.0).sqrt();
         let (cells, s_end) = if left {
@@ -169,6 +198,27 @@ impl BranchTable {
         let [a, b, c, d] = cells[i];
         ((a * t + b) * t + c) * t + d
     }
+}
+
+/// `g[i] *= t.eval(y[i], bit base + i of bits)`.
+#[inline(always)]
+fn scale(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
+    for (i, (g, &y)) in g.iter_mut().zip(y).enumerate() {
+        let k = base + i;
+        let left = (bits[k >> 3] >> (k & 7)) & 1 == 1;
+        *g *= t.eval(y, left);
+    }
+}
+
+/// [`scale`] compiled for AVX2; the same operations, so the same results.
+///
+/// # Safety
+///
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_avx2(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
+    scale(t, y, bits, base, g);
 }
 
 /// A branch table as flat f32 data for a device kernel: `(y_min, s_left, s_right, x_min,

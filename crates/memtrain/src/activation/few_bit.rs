@@ -85,6 +85,7 @@ impl<B: Backend + FewBitKernel> Backward<B, 1> for FewBitBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let codes = ops.state;
+        let _profile = crate::profile::scope("activation", || "backward".into(), || 0.0);
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
             B::few_bit_backward(codes, dy, &self.table)
         });

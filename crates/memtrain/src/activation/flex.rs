@@ -27,8 +27,16 @@ const TASK: usize = 1 << 15;
 trait Real: Element + bytemuck::Pod + PartialOrd + MulAssign + Send + Sync {
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
+    /// `v[i] = f(v[i])`.
+    fn apply_in_place(func: ActFn, v: &mut [Self]);
+    /// `y[i] = f(x[i])`.
+    fn apply(func: ActFn, x: &[Self], y: &mut [Self]);
+    /// `g[i] *= f'(x)` recovered from the output `y[i]` and the branch bit `base + i` of
+    /// `packed` (empty for a function without one).
+    fn scale_by_derivative(func: ActFn, y: &[Self], packed: &[u8], base: usize, g: &mut [Self]);
 }
 
+/// f32 runs GELU in f32 ([`ActFn::apply_f32`]).
 impl Real for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
@@ -36,14 +44,37 @@ impl Real for f32 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
+    fn apply_in_place(func: ActFn, v: &mut [Self]) {
+        func.apply_f32_in_place(v);
+    }
+    fn apply(func: ActFn, x: &[Self], y: &mut [Self]) {
+        func.apply_f32(x, y);
+    }
+    fn scale_by_derivative(func: ActFn, y: &[Self], packed: &[u8], base: usize, g: &mut [Self]) {
+        func.scale_by_derivative(y, packed, base, g);
+    }
 }
 
+/// f64 (the gradient checks) evaluates `f` exactly.
 impl Real for f64 {
     fn from_f64(v: f64) -> Self {
         v
     }
     fn to_f64(self) -> f64 {
         self
+    }
+    fn apply_in_place(func: ActFn, v: &mut [Self]) {
+        v.iter_mut().for_each(|v| *v = func.f(*v));
+    }
+    fn apply(func: ActFn, x: &[Self], y: &mut [Self]) {
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = func.f(x));
+    }
+    /// The branch tables are f32: f64 outputs read the same tables.
+    fn scale_by_derivative(func: ActFn, y: &[Self], packed: &[u8], base: usize, g: &mut [Self]) {
+        for (i, (g, &y)) in g.iter_mut().zip(y).enumerate() {
+            let left = !packed.is_empty() && codes::get(packed, base + i, 1) == 1;
+            *g *= f64::from(func.derivative_from_output(y as f32, left));
+        }
     }
 }
 
@@ -62,36 +93,43 @@ fn cast(t: FloatTensor<Flex>, dtype: DType) -> FloatTensor<Flex> {
     Flex::float_cast(t, dtype.into())
 }
 
-/// `dx[k] = dy[k] · d(k)` over the elements of `dy` in row-major order. Written over `dy`'s
-/// own buffer when the backward pass holds its only reference (the gradient the next layer's
-/// backward just produced), so an activation's backward allocates nothing; into a new buffer
-/// otherwise.
+/// `dx[k] = dy[k] · d(k)` over the elements of `dy` in row-major order
+/// ([`scale_gradient_by`] element by element).
 fn scale_gradient<T: Real>(
-    mut dy: FloatTensor<Flex>,
+    dy: FloatTensor<Flex>,
     d: impl Fn(usize) -> T + Sync,
+) -> FloatTensor<Flex> {
+    scale_gradient_by::<T>(dy, |base, g| {
+        g.iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v *= d(base + i))
+    })
+}
+
+/// `scale(base, g)` over chunks of `dy`'s elements in row-major order, `base` the index of the
+/// chunk's first element (a multiple of [`TASK`]), to multiply each by its derivative. Written
+/// over `dy`'s own buffer when the backward pass holds its only reference (the gradient the next
+/// layer's backward just produced), so an activation's backward allocates nothing; into a new
+/// buffer otherwise.
+fn scale_gradient_by<T: Real>(
+    mut dy: FloatTensor<Flex>,
+    scale: impl Fn(usize, &mut [T]) + Sync,
 ) -> FloatTensor<Flex> {
     if whole::<T>(&dy)
         && let Some(g) = dy.try_storage_mut::<T>()
     {
-        g.par_chunks_mut(TASK).enumerate().for_each(|(task, g)| {
-            let base = task * TASK;
-            g.iter_mut()
-                .enumerate()
-                .for_each(|(i, v)| *v *= d(base + i));
-        });
+        g.par_chunks_mut(TASK)
+            .enumerate()
+            .for_each(|(task, g)| scale(task * TASK, g));
         return dy;
     }
     let dy = dy.to_contiguous();
     let (shape, device) = (dy.shape(), dy.device());
     let gs = slice_of::<T>(&dy);
-    let mut dx = vec![T::from_f64(0.0); gs.len()];
-    dx.par_chunks_mut(TASK).enumerate().for_each(|(task, dx)| {
-        let base = task * TASK;
-        for (i, v) in dx.iter_mut().enumerate() {
-            *v = gs[base + i];
-            *v *= d(base + i);
-        }
-    });
+    let mut dx = gs.to_vec();
+    dx.par_chunks_mut(TASK)
+        .enumerate()
+        .for_each(|(task, dx)| scale(task * TASK, dx));
     Flex::float_from_data(TensorData::new(dx, shape), &device)
 }
 
@@ -124,10 +162,8 @@ fn inverted_forward<T: Real>(
     if whole::<T>(&x)
         && let Some(v) = x.try_storage_mut::<T>()
     {
-        v.par_chunks_mut(TASK).for_each(|v| {
-            v.iter_mut()
-                .for_each(|v| *v = T::from_f64(func.f(v.to_f64())))
-        });
+        v.par_chunks_mut(TASK)
+            .for_each(|v| T::apply_in_place(func, v));
         return (x, bits);
     }
     let (shape, device) = (x.shape(), x.device());
@@ -135,11 +171,7 @@ fn inverted_forward<T: Real>(
     let mut y = vec![T::from_f64(0.0); xs.len()];
     y.par_chunks_mut(TASK)
         .zip(xs.par_chunks(TASK))
-        .for_each(|(y, x)| {
-            y.iter_mut()
-                .zip(x)
-                .for_each(|(y, &x)| *y = T::from_f64(func.f(x.to_f64())))
-        });
+        .for_each(|(y, x)| T::apply(func, x, y));
     (
         Flex::float_from_data(TensorData::new(y, shape), &device),
         bits,
@@ -177,11 +209,8 @@ fn inverted_backward<T: Real>(
         .as_ref()
         .map(|b| b.as_slice::<u8>().expect("contiguous bits"))
         .unwrap_or(&[]);
-    scale_gradient::<T>(dy, |k| {
-        let left = !packed.is_empty() && codes::get(packed, k, 1) == 1;
-        // The branch tables are f32: f64 inputs read the same tables.
-        let y = ys[k].to_f64() as f32;
-        T::from_f64(f64::from(func.derivative_from_output(y, left)))
+    scale_gradient_by::<T>(dy, |base, g| {
+        T::scale_by_derivative(func, &ys[base..base + g.len()], packed, base, g)
     })
 }
 

@@ -64,6 +64,7 @@ impl<B: Backend + InvertedKernel> Backward<B, 1> for InvertedBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (y, bits) = ops.state;
+        let _profile = crate::profile::scope("activation", || "backward".into(), || 0.0);
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
             B::inverted_backward(y, bits, dy, self.func)
         });

@@ -74,6 +74,14 @@ impl ActPolicy {
     /// For a few-bit width outside 1..=8 ([`crate::policy::MemoryPolicy::validate`] and the
     /// SPEC parser admit none).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let _profile = crate::profile::scope(
+            "activation",
+            || match self {
+                ActPolicy::Exact => "forward (burn)".into(),
+                _ => "forward".into(),
+            },
+            || 0.0,
+        );
         match *self {
             ActPolicy::Exact => ActFn::Gelu.exact(x),
             ActPolicy::Inverted => inverted_activation(x, ActFn::Gelu),

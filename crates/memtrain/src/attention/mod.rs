@@ -47,6 +47,7 @@ pub mod kernel;
 
 use burn::backend::Backend;
 use burn::backend::Dispatch;
+use burn::backend::TensorMetadata;
 use burn::backend::backend_extension;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::activation::softmax;
@@ -317,6 +318,8 @@ impl<B: Backend + FusedAttentionKernel> Backward<B, 3> for FusedAttentionBackwar
         let [node_q, node_k, node_v] = ops.parents;
         let d_o = grads.consume::<B>(&ops.node);
         let (q, k, v, mask, o, lse) = ops.state;
+        let [b, t, h, dh] = q.shape().dims();
+        let _profile = profile_scope(&AttnPolicy::Memeff, "backward", b, h, t, dh);
         let (dq, dk, dv) =
             B::fused_attention_backward(q, k, v, mask, o, lse, d_o, self.scale, self.causal);
         for (node, grad) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
@@ -325,6 +328,29 @@ impl<B: Backend + FusedAttentionKernel> Backward<B, 3> for FusedAttentionBackwar
             }
         }
     }
+}
+
+/// A profile scope for causal attention over `[b, t, h, dh]`, counting the FLOPs of the
+/// causal half of the score matrix (`t (t + 1) / 2` pairs a head): two products forward, five
+/// backward (the scores recomputed, `dV`, `dP`, `dQ`, `dK`).
+fn profile_scope(
+    policy: &AttnPolicy,
+    what: &'static str,
+    b: usize,
+    h: usize,
+    t: usize,
+    dh: usize,
+) -> Option<crate::profile::Scope> {
+    let products = if what == "backward" { 5.0 } else { 2.0 };
+    let pairs = (t * (t + 1) / 2) as f64;
+    crate::profile::scope(
+        "attention",
+        || match policy {
+            AttnPolicy::Exact => format!("{what} (burn)"),
+            AttnPolicy::Memeff => what.to_string(),
+        },
+        || 2.0 * products * (b * h * dh) as f64 * pairs,
+    )
 }
 
 #[derive(Debug)]
@@ -343,6 +369,8 @@ impl<B: Backend + FusedAttentionKernel> Backward<B, 1> for PackedAttentionBackwa
         let d_o = grads.consume::<B>(&ops.node);
         let (qkv, o, lse) = ops.state;
         if let Some(node) = node {
+            let [b, t, h3, dh] = qkv.shape().dims();
+            let _profile = profile_scope(&AttnPolicy::Memeff, "backward", b, h3 / 3, t, dh);
             let d = B::fused_attention_backward_packed(
                 qkv,
                 o,
@@ -560,6 +588,8 @@ pub enum AttnPolicy {
 impl AttnPolicy {
     /// Causal attention: `q, k, v: [batch, seq, heads, d_head]` to `[batch, seq, heads, d_head]`.
     pub fn forward(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
+        let [b, t, h, dh] = q.dims();
+        let _profile = profile_scope(self, "forward", b, h, t, dh);
         let params = AttentionParams::causal();
         match self {
             AttnPolicy::Exact => reference_attention(q, k, v, None, params),
@@ -572,6 +602,7 @@ impl AttnPolicy {
     /// writes the projection's gradient in one buffer ([`fused_attention_qkv`]).
     pub fn forward_qkv(&self, qkv: Tensor<4>, heads: usize) -> Tensor<4> {
         let [b, t, _, dh] = qkv.dims();
+        let _profile = profile_scope(self, "forward", b, heads, t, dh);
         match self {
             AttnPolicy::Exact => {
                 let part = |i: usize| {

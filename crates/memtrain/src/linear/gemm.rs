@@ -150,6 +150,7 @@ where
     let (x, weight, bias) = (ready(x), ready(weight), ready(bias));
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = weight.shape()[1];
+    let _profile = crate::profile::matmul("x·W", n, d_in, d_out);
     let b = slice::<T>(&bias);
     // Every row starts as the bias; the product accumulates onto it.
     let mut y: Vec<T> = Vec::with_capacity(n * d_out);
@@ -175,6 +176,7 @@ where
     let (weight, dy) = (ready(weight), ready(dy));
     let (n, d_out) = rows_and_width(&dy.shape());
     let d_in = weight.shape()[0];
+    let _profile = crate::profile::matmul("dY·Wᵀ", n, d_out, d_in);
     let mut dx = vec![T::ZERO; n * d_in];
     // Wᵀ [d_out, d_in]: element (o, i) is W[i, o] at i·d_out + o.
     product(
@@ -196,6 +198,7 @@ where
     let (x, dy) = (ready(x), ready(dy));
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = rows_and_width(&dy.shape()).1;
+    let _profile = crate::profile::matmul("Xᵀ·dY", d_in, n, d_out);
     let mut dw = vec![T::ZERO; d_in * d_out];
     // Xᵀ [d_in, n]: element (i, r) is X[r, i] at r·d_in + i.
     product(
@@ -215,7 +218,8 @@ where
     T: Real + bytemuck::Pod + burn::tensor::Element,
 {
     let dy = ready(dy);
-    let (_, d_out) = rows_and_width(&dy.shape());
+    let (rows, d_out) = rows_and_width(&dy.shape());
+    let _profile = crate::profile::scope("bias grad", String::new, || (rows * d_out) as f64);
     let g = slice::<T>(&dy);
     let rows_per_task = (1 << 16) / d_out.max(1) + 1;
     let sum = |a: Vec<T>, b: Vec<T>| {

@@ -314,6 +314,23 @@ impl LinearLayer {
 
     /// `[.., d_input]` to `[.., d_output]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        // The gemm kernel times itself (also where the executor calls it directly).
+        let _profile = (!matches!(self, LinearLayer::Gemm(_)))
+            .then(|| {
+                let [d_in, d_out] = self.dims();
+                let rows = x.shape().num_elements() / d_in.max(1);
+                match self {
+                    LinearLayer::Tt(_) => crate::profile::scope("tt linear", String::new, || 0.0),
+                    LinearLayer::Factored(_) => {
+                        crate::profile::scope("factored linear", String::new, || 0.0)
+                    }
+                    LinearLayer::Sketched(_) => {
+                        crate::profile::matmul("x·W sketched", rows, d_in, d_out)
+                    }
+                    _ => crate::profile::matmul("x·W burn", rows, d_in, d_out),
+                }
+            })
+            .flatten();
         match self {
             LinearLayer::Exact(l) => l.forward(x),
             LinearLayer::Gemm(l) => match &l.bias {

@@ -449,6 +449,7 @@ impl Gpt {
             t <= max_seq,
             "sequence length {t} exceeds max_seq {max_seq}"
         );
+        let _profile = crate::profile::scope("embedding", || "forward".into(), || 0.0);
         let pos = self.wpe.weight.val().slice([0..t, 0..d]).unsqueeze::<3>();
         self.wte.forward(tokens) + pos
     }
@@ -457,7 +458,10 @@ impl Gpt {
     pub fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, t, d] = x.dims();
         let x = self.ln_f.forward(x).reshape([b * t, d]);
+        let vocab = self.wte.weight.dims()[0];
+        let profile = crate::profile::matmul("LM head x·Eᵀ burn", b * t, d, vocab);
         let logits = x.matmul(self.wte.weight.val().transpose());
+        drop(profile);
         let [_, vocab] = logits.dims();
         logits.reshape([b, t, vocab])
     }
@@ -467,6 +471,7 @@ impl Gpt {
         let [b, t] = targets.dims();
         let logits = self.logits(x);
         let vocab = logits.dims()[2];
+        let _profile = crate::profile::scope("cross-entropy", || "forward (burn)".into(), || 0.0);
         CrossEntropyLossConfig::new()
             .init(&logits.device())
             .forward(logits.reshape([b * t, vocab]), targets.reshape([b * t]))

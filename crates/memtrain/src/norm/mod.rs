@@ -77,6 +77,14 @@ pub enum Norm {
 impl Norm {
     /// `[.., d]` to `[.., d]`.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let _profile = crate::profile::scope(
+            "norm",
+            || match self {
+                Norm::Exact(_) => "forward (burn)".into(),
+                Norm::Output(_) => "forward".into(),
+            },
+            || 0.0,
+        );
         match self {
             Norm::Exact(n) => n.forward(x),
             Norm::Output(n) => n.forward(x),

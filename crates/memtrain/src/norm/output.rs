@@ -108,6 +108,7 @@ impl<B: Backend> Backward<B, 3> for OutputLayerNormBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<B>(&ops.node);
+        let _profile = crate::profile::scope("norm", || "backward".into(), || 0.0);
         let (y, rstd, gamma, beta, kept) = ops.state;
         let shape = dy.shape();
         let (n, d) = rows::<B>(&dy);

@@ -11,6 +11,7 @@ use crate::memory::{is_installed, total_bytes};
 use crate::model::{Preset, model_saved};
 use crate::plan::{make_plan, plain_activation_bytes};
 use crate::policy::{AdaptPolicy, MemoryPolicy, RematPolicy};
+use crate::profile::{self, Profile};
 use crate::stats::median;
 use crate::train::{TrainConfig, Trainer};
 
@@ -41,6 +42,9 @@ pub struct BenchConfig {
     pub lr: f64,
     /// The text (byte tokenizer): a UTF-8 file, or `None` for the built-in corpus.
     pub data: Option<PathBuf>,
+    /// Record where each policy's timed steps spend their time ([`crate::profile`]) in
+    /// [`BenchReport::profiles`]. The scopes cost a clock read per operation.
+    pub profile: bool,
 }
 
 impl BenchConfig {
@@ -58,6 +62,7 @@ impl BenchConfig {
             seed: 42,
             lr: 1e-3,
             data: None,
+            profile: false,
         }
     }
 
@@ -145,6 +150,8 @@ pub struct BenchReport {
     pub analytic: Vec<Analytic>,
     /// The plan, when benched for a budget.
     pub plan: Option<BenchPlan>,
+    /// With [`BenchConfig::profile`], one profile per policy over its timed steps.
+    pub profiles: Vec<Profile>,
 }
 
 /// Trains a fresh model per policy for `steps` steps on the same batches and reports each.
@@ -217,6 +224,7 @@ pub fn bench(
         });
     }
     let mut rows = Vec::new();
+    let mut profiles = Vec::new();
     for (i, policy) in policies.iter().enumerate() {
         let mut trainer = Trainer::new(config.train_config(policy.clone()), device)?;
         let mut times = Vec::new();
@@ -224,15 +232,28 @@ pub fn bench(
         let mut peak = 0;
         for s in 0..config.steps {
             let batch = trainer.next_batch(&data);
-            let stats = trainer.try_step(&batch)?;
+            // The profile covers the timed steps.
+            let timed = s > 0 || config.steps == 1;
+            if config.profile && timed {
+                if s <= 1 {
+                    drop(profile::take());
+                }
+                profile::enable(true);
+            }
+            let stats = trainer.try_step(&batch);
+            profile::enable(false);
+            let stats = stats?;
             times.push(stats.seconds);
-            if s > 0 || config.steps == 1 {
+            if timed {
                 peak = peak.max(stats.memory.peak_bytes);
             }
             last = Some(stats);
             on_step(i, s);
         }
         let last = last.expect("steps >= 1");
+        if config.profile {
+            profiles.push(profile::take());
+        }
         let timed = if times.len() > 1 {
             &times[1..]
         } else {
@@ -272,5 +293,6 @@ pub fn bench(
         rows,
         analytic,
         plan,
+        profiles,
     })
 }

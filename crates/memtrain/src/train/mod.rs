@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::memory::{MemoryReport, Region, gradient_bytes, live_bytes_on};
 use crate::model::{Gpt, GptConfig, Preset};
 use crate::policy::{MemoryPolicy, RematPolicy, UpdatePolicy};
+use crate::profile::{self, Pass};
 
 /// Everything that defines a training run, saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,14 +366,20 @@ impl Trainer {
         let mut chain_bytes = 0;
         let (grads, loss, activation_bytes) = match &self.remat {
             None => {
+                let phase = profile::phase(Pass::Forward);
                 let loss = self
                     .model()
                     .loss(batch.inputs.clone(), batch.targets.clone());
+                drop(phase);
                 let activation_bytes = region.live().max(0) as u64;
+                let phase = profile::phase(Pass::Backward);
                 let grads = GradientsParams::from_grads(loss.backward(), self.model());
+                drop(phase);
                 (grads, loss.into_scalar::<f32>(), activation_bytes)
             }
             Some(plan) => {
+                // Forward and backward interleave: the profile counts the executor as backward.
+                let _phase = profile::phase(Pass::Backward);
                 let (grads, stats) = crate::remat::step(self.model(), batch, &plan.schedule);
                 chain_bytes = stats.peak as u64;
                 (grads, stats.loss, stats.activation_peak as u64)
@@ -402,7 +409,10 @@ impl Trainer {
             .is_none()
             .then(|| gradient_bytes(&model, &grads) as i64);
         let before_update = live_bytes_on(&self.device) as i64;
+        let phase = profile::phase(Pass::Update);
+        let op = profile::scope("optimizer", || self.config.policy.optim.to_string(), || 0.0);
         self.model = Some(self.optim.step(lr, model, grads));
+        drop((op, phase));
         let update = live_bytes_on(&self.device) as i64 - before_update;
         // A device runs asynchronously: the step ends when its queue is done.
         crate::device::sync(&self.device)?;
@@ -442,6 +452,8 @@ impl Trainer {
         let region = Region::start_on(&self.device);
         let start = Instant::now();
         let optim = &mut self.optim;
+        // Forward, backward and the updates interleave: the profile counts them as backward.
+        let _phase = profile::phase(Pass::Backward);
         let (model, stats) =
             crate::remat::step_updating(model, batch, &schedule, &mut |m, g| optim.step(lr, m, g));
         self.model = Some(model);
