@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Draw the memory breakdown per policy as a stacked bar chart (PNG).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Run every policy's gemm linear products in this precision: fp32, or bf16 (operands
+    /// rounded to bfloat16, f32 accumulation; needs linear=gemm). Same as the policy key.
+    #[arg(long)]
+    precision: Option<String>,
     /// Print where each policy's timed steps spend their time: wall time per operation kind
     /// (matmuls by shape), the FLOPs and GFLOP/s of each, idle cores and page faults.
     #[arg(long)]
@@ -136,8 +140,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 {
         bail!("invalid --steps: got 0, expected a positive integer");
     }
+    if args.budget.is_some() && args.precision.is_some() {
+        bail!(
+            "invalid --precision with --budget: the planner's policies run in fp32; bench --policies with precision instead"
+        );
+    }
     let shape = args.common.config(8)?;
-    let mut config = BenchConfig::new(shape.preset, parse_policies(&args.policies)?);
+    let policies = parse_policies(&args.policies)?
+        .into_iter()
+        .map(|p| crate::with_precision(p, args.precision.as_deref()))
+        .collect::<Result<Vec<_>>>()?;
+    let mut config = BenchConfig::new(shape.preset, policies);
     config.batch = shape.batch;
     config.seq = args.common.seq.unwrap_or(
         args.common

@@ -137,6 +137,23 @@ fn fit_budget(budget: Option<&str>, allow: Option<&str>) -> anyhow::Result<Optio
 
 /// Whether the user gave `flag` (`--batch 3` or `--batch=3`) on the command line, as opposed
 /// to its default.
+/// `policy` with `--precision` applied (fp32 or bf16: the gemm linear's products), when given.
+fn with_precision(
+    mut policy: memtrain::policy::MemoryPolicy,
+    precision: Option<&str>,
+) -> anyhow::Result<memtrain::policy::MemoryPolicy> {
+    use memtrain::policy::{PolicyKey, PrecisionPolicy};
+    if let Some(p) = precision {
+        policy.precision = PrecisionPolicy::parse(p).map_err(|_| {
+            anyhow::anyhow!("invalid --precision: got {p:?}, expected one of fp32, bf16")
+        })?;
+        policy
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid --precision {p}: {e}"))?;
+    }
+    Ok(policy)
+}
+
 fn given(flag: &str) -> bool {
     std::env::args().any(|a| a == flag || a.starts_with(&format!("{flag}=")))
 }

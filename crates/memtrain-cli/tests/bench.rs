@@ -59,6 +59,46 @@ fn should_write_bench_json_with_exactly_the_documented_keys() {
 }
 
 #[test]
+fn should_bench_and_profile_in_bf16() {
+    let out = run(&[
+        "bench",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "2",
+        "--policies",
+        "linear=gemm",
+        "--precision",
+        "bf16",
+        "--profile",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("linear=gemm,precision=bf16"), "{text}");
+    assert!(
+        text.contains("profile of linear=gemm,precision=bf16: 1 timed steps"),
+        "{text}"
+    );
+    for needle in [
+        "matmul",
+        "[32x64]·[64x256]",
+        "attention",
+        "optimizer",
+        "cores busy",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in {text}");
+    }
+}
+
+#[test]
 fn should_reject_bad_bench_arguments() {
     for (args, needle) in [
         (
@@ -74,6 +114,18 @@ fn should_reject_bad_bench_arguments() {
         (
             vec!["bench", "--budget", "1/2", "--policies", "act=inverted"],
             "--policies",
+        ),
+        (
+            vec!["bench", "--precision", "fp16", "--policies", "linear=gemm"],
+            "--precision: got \"fp16\", expected one of fp32, bf16",
+        ),
+        (
+            vec!["bench", "--precision", "bf16", "--policies", "act=inverted"],
+            "linear=gemm",
+        ),
+        (
+            vec!["bench", "--precision", "bf16", "--budget", "1/2"],
+            "--precision with --budget",
         ),
     ] {
         run_err(&args, needle);

@@ -358,3 +358,39 @@ fn should_write_the_packed_gradient_over_the_projection() {
         assert_close_f64(&in_place, &allocated, &format!("causal {causal}"));
     }
 }
+
+#[test]
+fn should_run_attention_products_in_bf16_inside_the_scope() {
+    use memtrain::linear::{bf16, with_precision};
+    use memtrain::policy::PrecisionPolicy;
+    if !bf16::is_available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (the products stay f32)");
+        return;
+    }
+    let device = Device::flex().autodiff();
+    let (b, t, h, d) = (2, 96, 3, 32);
+    let qkv = Tensor::<4>::random([b, t, 3 * h, d], Distribution::Default, &device);
+    let run = |precision| {
+        let x = qkv.clone().require_grad();
+        with_precision(precision, || {
+            let o = fused_attention_qkv(x.clone(), h, AttentionParams::causal());
+            let g = (o.clone() * o.clone()).sum().backward();
+            (vec_of(o), vec_of(x.grad(&g).unwrap()))
+        })
+    };
+    let (o32, g32) = run(PrecisionPolicy::Fp32);
+    let (o16, g16) = run(PrecisionPolicy::Bf16);
+    // The tasks run on rayon's threads: the scope reaches them. bf16 keeps 8 significant bits.
+    for (what, a, b) in [("output", &o32, &o16), ("gradient", &g32, &g16)] {
+        let gap = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        let size = a.iter().map(|x| x.abs()).fold(0.0, f32::max);
+        assert!(
+            gap > 1e-6 * size && gap < 2e-2 * size,
+            "{what}: {gap} of {size}"
+        );
+    }
+}

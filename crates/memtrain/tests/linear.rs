@@ -177,3 +177,73 @@ fn should_accept_a_strided_output_gradient() {
         "db",
     );
 }
+
+/// `a [m, k] · b [k, n]` in f64 of the bf16-rounded operands (row-major).
+fn bf16_reference(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    use memtrain::linear::bf16::round_bf16;
+    let r = |v: f64| f64::from(round_bf16(v as f32));
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k).map(|p| r(a[i * k + p]) * r(b[p * n + j])).sum();
+        }
+    }
+    out
+}
+
+fn transpose(a: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    (0..cols * rows)
+        .map(|i| a[(i % rows) * cols + i / rows])
+        .collect()
+}
+
+#[test]
+fn should_run_the_three_products_in_bf16_inside_the_scope() {
+    use memtrain::linear::{bf16, bf16_products, with_precision};
+    use memtrain::policy::PrecisionPolicy;
+    if !bf16::is_available() {
+        eprintln!("skipped: this CPU has no AVX512-BF16 (the products stay f32)");
+        return;
+    }
+    let device = Device::flex().autodiff();
+    let (m, k, n) = (37, 70, 19);
+    let x = Tensor::<2>::random([m, k], Distribution::Default, &device).require_grad();
+    let w = Tensor::<2>::random([k, n], Distribution::Default, &device).require_grad();
+    let b = Tensor::<1>::random([n], Distribution::Default, &device).require_grad();
+    let dy = Tensor::<2>::random([m, n], Distribution::Default, &device);
+    let (y, grads) = with_precision(PrecisionPolicy::Bf16, || {
+        assert!(bf16_products());
+        let y = gemm_linear(x.clone(), w.clone(), b.clone());
+        let grads = (y.clone() * dy.clone()).sum().backward();
+        (y, grads)
+    });
+    assert!(!bf16_products(), "the scope restores f32");
+    let (xs, ws, bs, dys) = (
+        vec_of(x.clone()),
+        vec_of(w.clone()),
+        vec_of(b.clone()),
+        vec_of(dy.clone()),
+    );
+    let mut want = bf16_reference(&xs, &ws, m, k, n);
+    want.iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v += bs[i % n]);
+    assert_close(&vec_of(y.clone()), &want, 1e-5, "bf16 y");
+    // The f32 result differs by bf16's rounding (8 significant bits), not by f32's.
+    let fp32 = vec_of(gemm_linear(x.clone(), w.clone(), b.clone()));
+    let gap = fp32
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(gap > 1e-4 && gap < 0.5, "bf16 against f32: {gap}");
+    // dX = dY Wᵀ and dW = Xᵀ dY, both operands rounded; db is an f32 sum.
+    let dx = bf16_reference(&dys, &transpose(&ws, k, n), m, n, k);
+    assert_close(&vec_of(x.grad(&grads).unwrap()), &dx, 1e-5, "bf16 dx");
+    let dw = bf16_reference(&transpose(&xs, m, k), &dys, k, m, n);
+    assert_close(&vec_of(w.grad(&grads).unwrap()), &dw, 1e-5, "bf16 dw");
+    let db: Vec<f64> = (0..n)
+        .map(|j| (0..m).map(|i| dys[i * n + j]).sum())
+        .collect();
+    assert_close(&vec_of(b.grad(&grads).unwrap()), &db, 1e-5, "db");
+}

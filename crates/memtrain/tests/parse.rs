@@ -154,3 +154,34 @@ fn should_round_trip_every_documented_policy_value() {
         p.validate().unwrap();
     }
 }
+
+#[test]
+fn should_parse_precision_only_with_the_gemm_linear() {
+    use memtrain::policy::{MemoryPolicy, PrecisionPolicy};
+    let p: MemoryPolicy = "linear=gemm,precision=bf16".parse().unwrap();
+    assert_eq!(p.precision, PrecisionPolicy::Bf16);
+    assert!(p.to_string().ends_with(",precision=bf16"), "{p}");
+    assert_eq!(p.short(), "linear=gemm,precision=bf16");
+    assert_eq!(p.to_string().parse::<MemoryPolicy>().unwrap(), p);
+    let fp32: MemoryPolicy = "precision=fp32".parse().unwrap();
+    assert_eq!(fp32, MemoryPolicy::default());
+    let e = "precision=bf16"
+        .parse::<MemoryPolicy>()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("bf16 with linear=exact") && e.contains("linear=gemm"),
+        "{e}"
+    );
+    let e = "linear=gemm,precision=fp16"
+        .parse::<MemoryPolicy>()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("fp16") && e.contains("fp32, bf16"), "{e}");
+    // A hand-edited state.json: an override without the gemm linear.
+    let mut q = p.clone();
+    q.overrides
+        .insert(1, memtrain::policy::BlockPolicy::default());
+    let e = q.validate().unwrap_err().to_string();
+    assert!(e.contains("in block 1"), "{e}");
+}

@@ -251,3 +251,41 @@ fn should_refuse_to_apply_a_step_whose_loss_is_not_finite() {
         assert_eq!(trainer.step_count(), step);
     }
 }
+
+#[test]
+fn should_train_in_bf16_close_to_fp32() {
+    let data = Dataset::new(&synthetic_corpus(4000, 1), Tokenizer::Byte, 32).unwrap();
+    let run = |spec: &str| {
+        let mut config = TrainConfig::new(Preset::Tiny);
+        config.batch = 4;
+        config.seq = 32;
+        config.policy = spec.parse().unwrap();
+        let mut trainer = Trainer::new(config, &Device::flex().autodiff()).unwrap();
+        let losses: Vec<f32> = (0..20)
+            .map(|_| {
+                let batch = trainer.next_batch(&data);
+                trainer.step(&batch).loss
+            })
+            .collect();
+        (losses, trainer.evaluate(&data, 2))
+    };
+    let (fp32, fp32_valid) = run("linear=gemm");
+    let (bf16, bf16_valid) = run("linear=gemm,precision=bf16");
+    assert!(
+        !memtrain::linear::bf16_products(),
+        "the step's scope is closed"
+    );
+    // Same start, same batches: the first loss differs only by the products' rounding.
+    assert!(
+        (fp32[0] - bf16[0]).abs() < 1e-2 * fp32[0],
+        "{fp32:?} {bf16:?}"
+    );
+    assert!(bf16[19] < bf16[0] - 0.3, "bf16 learns: {bf16:?}");
+    assert!(
+        (fp32_valid - bf16_valid).abs() < 0.03 * fp32_valid,
+        "validation {fp32_valid} against {bf16_valid}"
+    );
+    if memtrain::linear::bf16::is_available() {
+        assert_ne!(fp32, bf16, "bf16 products change the losses' last digits");
+    }
+}

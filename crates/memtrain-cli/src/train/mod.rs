@@ -70,6 +70,10 @@ pub struct TrainArgs {
     /// refusing to start a fresh run there.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Run the gemm linear's products in this precision: fp32, or bf16 (operands rounded to
+    /// bfloat16, f32 accumulation; needs linear=gemm). Same as the policy key `precision`.
+    #[arg(long, conflicts_with = "resume")]
+    precision: Option<String>,
     /// Checkpoints to keep in --out (the newest; the one `latest` names is never removed).
     #[arg(long, default_value_t = memtrain::train::DEFAULT_KEEP)]
     keep: usize,
@@ -98,7 +102,10 @@ fn options(args: &TrainArgs) -> Result<FitOptions> {
         );
     }
     if start != Start::Resume {
-        config.policy = args.policy.parse().context("--policy")?;
+        config.policy = crate::with_precision(
+            args.policy.parse().context("--policy")?,
+            args.precision.as_deref(),
+        )?;
         config.tokenizer = args.tokenizer.parse()?;
         config.warmup = args.warmup;
         config.validate()?;

@@ -94,6 +94,8 @@ pub struct BranchTable {
     /// Left side: cells over `s ∈ [0, s_left]` (`s_left² = -y_min`, `y → 0⁻`).
     s_left: f32,
     left: Vec<[f32; 4]>,
+    /// `left` then `right`, flat: four coefficients a cell, for vector gathers.
+    flat: Vec<f32>,
 }
 
 /// Bisection for `f(x) = y` on `[lo, hi]` where `f` is monotone (`rising` says which way).
@@ -171,13 +173,15 @@ impl BranchTable {
         };
         let s_right = (y_right_end - y_min).sqrt();
         let s_left = (-y_min).sqrt();
+        let (left, right) = (side(s_left, false), side(s_right, true));
         BranchTable {
             x_min,
             y_min: y_min as f32,
             s_right: s_right as f32,
-            right: side(s_right, true),
             s_left: s_left as f32,
-            left: side(s_left, false),
+            flat: left.iter().chain(&right).flatten().copied().collect(),
+            right,
+            left,
         }
     }
 
@@ -210,7 +214,10 @@ fn scale(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
     }
 }
 
-/// [`scale`] compiled for AVX2; the same operations, so the same results.
+/// [`scale`] eight elements at a time with AVX2 gathers: the same operations in the same order
+/// on every lane (both branches computed, then blended), so the same results; the elements
+/// before the first whole byte of bits and after the last whole group of eight go through
+/// [`scale`].
 ///
 /// # Safety
 ///
@@ -218,7 +225,58 @@ fn scale(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn scale_avx2(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
-    scale(t, y, bits, base, g);
+    use std::arch::x86_64::*;
+    let head = ((8 - base % 8) % 8).min(g.len());
+    scale(t, &y[..head], bits, base, &mut g[..head]);
+    let groups = (g.len() - head) / 8;
+    let cells = CELLS as i32;
+    // SAFETY: AVX2 is enabled for this function; every load and store below covers lanes
+    // head + 8j .. head + 8j + 8 < g.len() = y.len(), and every gathered index is
+    // 4 (cell + side) + c < 8 CELLS = t.flat.len(), cell clamped to CELLS - 1 (the cast of a
+    // NaN or huge u gives i32::MIN, clamped by max with 0 below).
+    unsafe {
+        let y_min = _mm256_set1_ps(t.y_min);
+        let zero = _mm256_setzero_ps();
+        let one = _mm256_set1_ps(1.0);
+        let (s_left, s_right) = (_mm256_set1_ps(t.s_left), _mm256_set1_ps(t.s_right));
+        let n_cells = _mm256_set1_ps(CELLS as f32);
+        let lane_bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        for j in 0..groups {
+            let at = head + 8 * j;
+            let byte = i32::from(bits[(base + at) / 8]);
+            let left = _mm256_castsi256_ps(_mm256_cmpeq_epi32(
+                _mm256_and_si256(_mm256_set1_epi32(byte), lane_bit),
+                lane_bit,
+            ));
+            let yv = _mm256_loadu_ps(y.as_ptr().add(at));
+            // s = sqrt(max(y - y_min, 0)); max returns its second operand for a NaN.
+            let s = _mm256_sqrt_ps(_mm256_max_ps(_mm256_sub_ps(yv, y_min), zero));
+            let s_end = _mm256_blendv_ps(s_right, s_left, left);
+            let u = _mm256_mul_ps(_mm256_min_ps(_mm256_div_ps(s, s_end), one), n_cells);
+            let cell = _mm256_max_epi32(
+                _mm256_min_epi32(_mm256_cvttps_epi32(u), _mm256_set1_epi32(cells - 1)),
+                _mm256_setzero_si256(),
+            );
+            let tt = _mm256_sub_ps(u, _mm256_cvtepi32_ps(cell));
+            let side = _mm256_andnot_si256(_mm256_castps_si256(left), _mm256_set1_epi32(cells));
+            let idx = _mm256_slli_epi32(_mm256_add_epi32(cell, side), 2);
+            let p = t.flat.as_ptr();
+            let a = _mm256_i32gather_ps::<4>(p, idx);
+            let b = _mm256_i32gather_ps::<4>(p.add(1), idx);
+            let c = _mm256_i32gather_ps::<4>(p.add(2), idx);
+            let d = _mm256_i32gather_ps::<4>(p.add(3), idx);
+            let mut v = _mm256_add_ps(_mm256_mul_ps(a, tt), b);
+            v = _mm256_add_ps(_mm256_mul_ps(v, tt), c);
+            v = _mm256_add_ps(_mm256_mul_ps(v, tt), d);
+            // Right of the table's end (and right of the minimum) the derivative is 1.
+            let past = _mm256_andnot_ps(left, _mm256_cmp_ps::<_CMP_GE_OQ>(s, s_end));
+            v = _mm256_blendv_ps(v, one, past);
+            let gp = g.as_mut_ptr().add(at);
+            _mm256_storeu_ps(gp, _mm256_mul_ps(_mm256_loadu_ps(gp), v));
+        }
+    }
+    let done = head + 8 * groups;
+    scale(t, &y[done..], bits, base + done, &mut g[done..]);
 }
 
 /// A branch table as flat f32 data for a device kernel: `(y_min, s_left, s_right, x_min,
@@ -254,6 +312,39 @@ mod tests {
         assert!((g + 0.751_79).abs() < 1e-5 && (ActFn::Gelu.f(g) + 0.169_971).abs() < 1e-6);
         let s = ActFn::Silu.argmin().unwrap();
         assert!((s + 1.278_46).abs() < 1e-5 && (ActFn::Silu.f(s) + 0.278_465).abs() < 1e-6);
+    }
+
+    #[test]
+    fn should_scale_by_the_same_derivative_in_every_build() {
+        // Outputs over both sides and past both ends, odd starts and lengths, every bit.
+        let n = 1000;
+        let y: Vec<f32> = (0..n)
+            .map(|i| -0.2 + 7.0 * ((i * 7919) % n) as f32 / n as f32)
+            .chain([f32::NAN, -1.0, 0.0, -0.169_971, 6.5, 100.0])
+            .collect();
+        let bits: Vec<u8> = (0..y.len().div_ceil(8) + 2)
+            .map(|i| (i * 37) as u8)
+            .collect();
+        for func in [ActFn::Gelu, ActFn::Silu] {
+            let t = table(func);
+            for (base, start) in [(0, 0), (3, 5), (8, 1), (13, 0)] {
+                let ys = &y[start..];
+                let grad: Vec<f32> = (0..ys.len()).map(|i| 1.0 + i as f32 * 1e-3).collect();
+                let mut want = grad.clone();
+                scale(t, ys, &bits, base, &mut want);
+                let mut got = grad.clone();
+                func.scale_by_derivative(ys, &bits, base, &mut got);
+                for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+                    assert!(
+                        w.to_bits() == g.to_bits(),
+                        "{func:?} base {base} at {k}: {w} vs {g}"
+                    );
+                    let left = (bits[(base + k) >> 3] >> ((base + k) & 7)) & 1 == 1;
+                    let d = func.derivative_from_output(ys[k], left);
+                    assert_eq!(d * grad[k], *w);
+                }
+            }
+        }
     }
 
     #[test]

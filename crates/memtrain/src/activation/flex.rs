@@ -158,43 +158,65 @@ fn inverted_forward<T: Real>(
     } else {
         x.to_contiguous()
     };
-    let bits = inverted_bits::<T>(&x, func);
+    let device = x.device();
+    let x_min = func.argmin().map(T::from_f64);
+    let n = x.shape().num_elements();
+    // The bits of each chunk are read from `x` just before the chunk is overwritten.
+    let mut packed = vec![0u8; x_min.map_or(0, |_| codes::packed_len(n, 1))];
+    let finish = |packed: Vec<u8>| {
+        x_min.map(|_| {
+            let len = packed.len();
+            Flex::int_from_data(TensorData::new(packed, [len]), &device)
+        })
+    };
     if whole::<T>(&x)
         && let Some(v) = x.try_storage_mut::<T>()
     {
-        v.par_chunks_mut(TASK)
-            .for_each(|v| T::apply_in_place(func, v));
-        return (x, bits);
+        match x_min {
+            Some(m) => v
+                .par_chunks_mut(TASK)
+                .zip(packed.par_chunks_mut(TASK / 8))
+                .for_each(|(v, bits)| {
+                    bits_into(v, m, bits);
+                    T::apply_in_place(func, v);
+                }),
+            None => v
+                .par_chunks_mut(TASK)
+                .for_each(|v| T::apply_in_place(func, v)),
+        }
+        return (x, finish(packed));
     }
-    let (shape, device) = (x.shape(), x.device());
+    let shape = x.shape();
     let xs = slice_of::<T>(&x);
     let mut y = vec![T::from_f64(0.0); xs.len()];
-    y.par_chunks_mut(TASK)
-        .zip(xs.par_chunks(TASK))
-        .for_each(|(y, x)| T::apply(func, x, y));
+    match x_min {
+        Some(m) => y
+            .par_chunks_mut(TASK)
+            .zip(xs.par_chunks(TASK))
+            .zip(packed.par_chunks_mut(TASK / 8))
+            .for_each(|((y, x), bits)| {
+                bits_into(x, m, bits);
+                T::apply(func, x, y);
+            }),
+        None => y
+            .par_chunks_mut(TASK)
+            .zip(xs.par_chunks(TASK))
+            .for_each(|(y, x)| T::apply(func, x, y)),
+    }
     (
         Flex::float_from_data(TensorData::new(y, shape), &device),
-        bits,
+        finish(packed),
     )
 }
 
-/// The packed branch bits of a contiguous `x` (`x < argmin f`), for functions that have them.
-fn inverted_bits<T: Real>(x: &FloatTensor<Flex>, func: ActFn) -> Option<IntTensor<Flex>> {
-    let device = x.device();
-    let xs = slice_of::<T>(x);
-    func.argmin().map(|x_min| {
-        let x_min = T::from_f64(x_min);
-        let mut packed = vec![0u8; codes::packed_len(xs.len(), 1)];
-        packed
-            .par_chunks_mut(TASK / 8)
-            .zip(xs.par_chunks(TASK))
-            .for_each(|(bytes, x)| {
-                let left: Vec<u8> = x.iter().map(|&v| u8::from(v < x_min)).collect();
-                codes::pack_into(&left, 1, bytes);
-            });
-        let n = packed.len();
-        Flex::int_from_data(TensorData::new(packed, [n]), &device)
-    })
+/// Bit `j` of `out[i]` is `x[8 i + j] < x_min` (the branch bits, least significant first).
+fn bits_into<T: Real>(x: &[T], x_min: T, out: &mut [u8]) {
+    for (byte, x) in out.iter_mut().zip(x.chunks(8)) {
+        *byte = x
+            .iter()
+            .enumerate()
+            .fold(0u8, |b, (j, &v)| b | (u8::from(v < x_min) << j));
+    }
 }
 
 fn inverted_backward<T: Real>(

@@ -218,6 +218,42 @@ unsafe fn mm<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    // In a bf16 scope ([`crate::linear::with_precision`]) f32 products of dense tiles run in
+    // bf16, as PyTorch's autocast runs its attention.
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && dst_rs == n
+        && k > 0
+        && (!accumulate || beta == T::ONE)
+        && crate::linear::bf16_products()
+    {
+        let extent =
+            |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
+        // SAFETY: T is f32 (same type id); by the caller's contract each operand addresses
+        // its whole matrix with these strides, which is exactly `extent` elements from its
+        // pointer, and dst (row stride n) holds m n elements and aliases neither.
+        let done = unsafe {
+            let dst = std::slice::from_raw_parts_mut(dst.cast::<f32>(), m * n);
+            let l = std::slice::from_raw_parts(lhs.0.cast::<f32>(), extent(m, k, lhs.1, lhs.2));
+            let r = std::slice::from_raw_parts(rhs.0.cast::<f32>(), extent(k, n, rhs.1, rhs.2));
+            crate::linear::bf16::product_bf16(
+                m,
+                n,
+                k,
+                dst,
+                accumulate,
+                (l, lhs.1, lhs.2),
+                (r, rhs.1, rhs.2),
+            )
+        };
+        if done {
+            if beta != T::ONE {
+                // SAFETY: dst holds m n elements (above).
+                let dst = unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
+                dst.iter_mut().for_each(|v| *v = *v * beta);
+            }
+            return;
+        }
+    }
     // SAFETY: the caller's contract; gemm reads lhs/rhs and writes dst within these strides.
     unsafe {
         gemm::gemm(
@@ -374,22 +410,25 @@ pub fn forward<T: Real>(
     let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
     let mut o = vec![T::ZERO; b * tq * h * dv];
     let mut lse = vec![T::ZERO; b * h * tq];
+    let precision = crate::linear::current_precision();
     let heads: Vec<(Vec<T>, Vec<T>)> = (0..b * h)
         .into_par_iter()
         .map(|bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let mut oh = vec![T::ZERO; tq * dv];
-            let mut lh = vec![T::ZERO; tq];
-            forward_head(
-                q.head(bi, hi),
-                k.head(bi, hi),
-                v.head(bi, hi),
-                [tq, tk, dh, dv],
-                &p,
-                &mut oh,
-                &mut lh,
-            );
-            (oh, lh)
+            crate::linear::with_precision(precision, || {
+                let (bi, hi) = (bh / h, bh % h);
+                let mut oh = vec![T::ZERO; tq * dv];
+                let mut lh = vec![T::ZERO; tq];
+                forward_head(
+                    q.head(bi, hi),
+                    k.head(bi, hi),
+                    v.head(bi, hi),
+                    [tq, tk, dh, dv],
+                    &p,
+                    &mut oh,
+                    &mut lh,
+                );
+                (oh, lh)
+            })
         })
         .collect();
     for (bh, (oh, lh)) in heads.into_iter().enumerate() {
@@ -678,31 +717,34 @@ pub fn backward_packed_in_place<T: Real>(
     check_output(&o, &d_o, lse, [b, t, h, d]);
     check_mask(&p, t, t);
     let base = Sink::new(qkv, 3 * h, 0);
+    let precision = crate::linear::current_precision();
     (0..b * h).into_par_iter().for_each(|bh| {
-        let (bi, hi) = (bh / h, bh % h);
-        let sinks = [0, h, 2 * h].map(|offset| base.at_offset(offset));
-        // This task's q, k, v heads, copied out before anything is written.
-        let mut heads = [0, 1, 2].map(|_| vec![T::ZERO; t * d]);
-        for (sink, head) in sinks.iter().zip(heads.iter_mut()) {
-            // SAFETY: `qkv` is borrowed mutably for this whole function, and this task alone
-            // touches the rows of heads `hi`, `h + hi` and `2h + hi` of batch `bi`.
-            unsafe { sink.read_head(head, bi, hi, t, d) };
-        }
-        let [q, k, v] = &heads;
-        let [dq, dk, dv] = head_grads(
-            [(q.as_ptr(), d), (k.as_ptr(), d), (v.as_ptr(), d)],
-            [o, d_o],
-            lse,
-            (bi, hi, h),
-            [t, t, d, d],
-            &p,
-        );
-        // SAFETY: as above: the same rows, read completely before this write.
-        unsafe {
-            sinks[0].write_head(&dq, bi, hi, t, d);
-            sinks[1].write_head(&dk, bi, hi, t, d);
-            sinks[2].write_head(&dv, bi, hi, t, d);
-        }
+        crate::linear::with_precision(precision, || {
+            let (bi, hi) = (bh / h, bh % h);
+            let sinks = [0, h, 2 * h].map(|offset| base.at_offset(offset));
+            // This task's q, k, v heads, copied out before anything is written.
+            let mut heads = [0, 1, 2].map(|_| vec![T::ZERO; t * d]);
+            for (sink, head) in sinks.iter().zip(heads.iter_mut()) {
+                // SAFETY: `qkv` is borrowed mutably for this whole function, and this task alone
+                // touches the rows of heads `hi`, `h + hi` and `2h + hi` of batch `bi`.
+                unsafe { sink.read_head(head, bi, hi, t, d) };
+            }
+            let [q, k, v] = &heads;
+            let [dq, dk, dv] = head_grads(
+                [(q.as_ptr(), d), (k.as_ptr(), d), (v.as_ptr(), d)],
+                [o, d_o],
+                lse,
+                (bi, hi, h),
+                [t, t, d, d],
+                &p,
+            );
+            // SAFETY: as above: the same rows, read completely before this write.
+            unsafe {
+                sinks[0].write_head(&dq, bi, hi, t, d);
+                sinks[1].write_head(&dk, bi, hi, t, d);
+                sinks[2].write_head(&dv, bi, hi, t, d);
+            }
+        })
     });
 }
 
@@ -795,25 +837,28 @@ fn backward_into<T: Real>(
 ) {
     let ([b, tq, h, dh], [_, tk, _, dv]) = check(&q, &k, &v, &p);
     check_output(&o, &d_o, lse, [b, tq, h, dv]);
+    let precision = crate::linear::current_precision();
     (0..b * h).into_par_iter().for_each(|bh| {
-        let (bi, hi) = (bh / h, bh % h);
-        let [dq, dk, dvv] = head_grads(
-            [q.head(bi, hi), k.head(bi, hi), v.head(bi, hi)],
-            [o, d_o],
-            lse,
-            (bi, hi, h),
-            [tq, tk, dh, dv],
-            &p,
-        );
-        // SAFETY: the sinks' buffers outlive this parallel loop (they belong to the caller),
-        // and task (bi, hi) writes only the rows of head `offset + hi` of batch `bi`: distinct
-        // tasks write distinct rows, also when the three sinks share one buffer (their head
-        // offsets are 0, h and 2h, and hi < h).
-        unsafe {
-            sq.write_head(&dq, bi, hi, tq, dh);
-            sk.write_head(&dk, bi, hi, tk, dh);
-            sv.write_head(&dvv, bi, hi, tk, dv);
-        }
+        crate::linear::with_precision(precision, || {
+            let (bi, hi) = (bh / h, bh % h);
+            let [dq, dk, dvv] = head_grads(
+                [q.head(bi, hi), k.head(bi, hi), v.head(bi, hi)],
+                [o, d_o],
+                lse,
+                (bi, hi, h),
+                [tq, tk, dh, dv],
+                &p,
+            );
+            // SAFETY: the sinks' buffers outlive this parallel loop (they belong to the caller),
+            // and task (bi, hi) writes only the rows of head `offset + hi` of batch `bi`: distinct
+            // tasks write distinct rows, also when the three sinks share one buffer (their head
+            // offsets are 0, h and 2h, and hi < h).
+            unsafe {
+                sq.write_head(&dq, bi, hi, tq, dh);
+                sk.write_head(&dk, bi, hi, tk, dh);
+                sv.write_head(&dvv, bi, hi, tk, dv);
+            }
+        })
     });
 }
 

@@ -45,6 +45,58 @@ use crate::{on_flex, rows_and_width};
 /// Products of at least this many multiply-adds use every rayon thread (Flex's threshold).
 const PARALLEL: usize = 192 * 192 * 192;
 
+thread_local! {
+    /// Whether this thread's f32 gemm products run in bf16 ([`with_precision`]).
+    static BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's [`gemm_linear`] products (forward and backward, and
+/// [`linear_grads`]) in `precision`, then restores the previous setting, also when `f`
+/// panics. A scope, like PyTorch's `autocast`: the trainer opens one around each step of a
+/// `precision=bf16` policy. Only f32 products on Flex are affected, and only where
+/// [`super::bf16::is_available`]; elsewhere the products stay f32.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use memtrain::linear::{bf16_products, gemm_linear, with_precision};
+/// use memtrain::policy::PrecisionPolicy;
+/// let device = Device::flex();
+/// let x = Tensor::<2>::random([4, 64], Distribution::Default, &device);
+/// let w = Tensor::<2>::random([64, 8], Distribution::Default, &device);
+/// let b = Tensor::<1>::zeros([8], &device);
+/// let fp32 = gemm_linear(x.clone(), w.clone(), b.clone());
+/// let bf16 = with_precision(PrecisionPolicy::Bf16, || gemm_linear(x, w, b));
+/// // bf16 keeps 8 significant bits: products differ from f32 by about 2^-8 relative.
+/// assert!(bf16.all_close(fp32, Some(2e-2), Some(2e-2)));
+/// assert!(!bf16_products());
+/// ```
+pub fn with_precision<R>(precision: super::PrecisionPolicy, f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            BF16.with(|b| b.set(self.0));
+        }
+    }
+    let on = precision == super::PrecisionPolicy::Bf16;
+    let _restore = Restore(BF16.with(|b| b.replace(on)));
+    f()
+}
+
+/// This thread's precision scope, to carry into the tasks it spawns (the scope is per thread).
+pub fn current_precision() -> super::PrecisionPolicy {
+    if BF16.with(std::cell::Cell::get) {
+        super::PrecisionPolicy::Bf16
+    } else {
+        super::PrecisionPolicy::Fp32
+    }
+}
+
+/// Whether this thread's gemm products run in bf16 now: inside
+/// [`with_precision`]`(Bf16, ..)` on a CPU with AVX512-BF16.
+pub fn bf16_products() -> bool {
+    BF16.with(std::cell::Cell::get) && super::bf16::is_available()
+}
+
 /// The three products of a linear layer on one backend.
 pub trait GemmLinearKernel: Backend {
     /// `x [.., d_in] w [d_in, d_out] + b [d_out]`.
@@ -105,6 +157,27 @@ fn product<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_products() {
+        // SAFETY: T is f32 (same type id), so the slices are f32 slices of the same lengths.
+        let (dst, lhs0, rhs0) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
+                std::slice::from_raw_parts(lhs.0.as_ptr().cast::<f32>(), lhs.0.len()),
+                std::slice::from_raw_parts(rhs.0.as_ptr().cast::<f32>(), rhs.0.len()),
+            )
+        };
+        if super::bf16::product_bf16(
+            m,
+            n,
+            k,
+            dst,
+            accumulate,
+            (lhs0, lhs.1, lhs.2),
+            (rhs0, rhs.1, rhs.2),
+        ) {
+            return;
+        }
+    }
     // SAFETY: the asserts above keep every index gemm forms within the three slices, and
     // `dst` is a unique borrow, so it aliases neither operand.
     unsafe {
@@ -132,6 +205,11 @@ fn product<T: Real>(
     }
 }
 
+/// A product's profile label: `bf16` while [`bf16_products`].
+fn label(fp32: &'static str, bf16: &'static str) -> &'static str {
+    if bf16_products() { bf16 } else { fp32 }
+}
+
 fn output<T: burn::tensor::Element>(data: Vec<T>, shape: Shape, like: &Prim) -> Prim {
     Flex::float_from_data(TensorData::new(data, shape), &like.device())
 }
@@ -150,7 +228,7 @@ where
     let (x, weight, bias) = (ready(x), ready(weight), ready(bias));
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = weight.shape()[1];
-    let _profile = crate::profile::matmul("x·W", n, d_in, d_out);
+    let _profile = crate::profile::matmul(label("x·W", "x·W bf16"), n, d_in, d_out);
     let b = slice::<T>(&bias);
     // Every row starts as the bias; the product accumulates onto it.
     let mut y: Vec<T> = Vec::with_capacity(n * d_out);
@@ -176,7 +254,7 @@ where
     let (weight, dy) = (ready(weight), ready(dy));
     let (n, d_out) = rows_and_width(&dy.shape());
     let d_in = weight.shape()[0];
-    let _profile = crate::profile::matmul("dY·Wᵀ", n, d_out, d_in);
+    let _profile = crate::profile::matmul(label("dY·Wᵀ", "dY·Wᵀ bf16"), n, d_out, d_in);
     let mut dx = vec![T::ZERO; n * d_in];
     // Wᵀ [d_out, d_in]: element (o, i) is W[i, o] at i·d_out + o.
     product(
@@ -198,7 +276,7 @@ where
     let (x, dy) = (ready(x), ready(dy));
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = rows_and_width(&dy.shape()).1;
-    let _profile = crate::profile::matmul("Xᵀ·dY", d_in, n, d_out);
+    let _profile = crate::profile::matmul(label("Xᵀ·dY", "Xᵀ·dY bf16"), d_in, n, d_out);
     let mut dw = vec![T::ZERO; d_in * d_out];
     // Xᵀ [d_in, n]: element (i, r) is X[r, i] at r·d_in + i.
     product(

@@ -8,6 +8,7 @@
 //! | `tt.rs` | [`TtLinear`]: a TT-matrix weight; [`WeightsPolicy`] (`weights=...`) |
 //! | `factored.rs` | [`FactoredLinear`]: low-rank, Tucker-2 or CP factors |
 
+pub mod bf16;
 mod factored;
 mod gemm;
 mod sketched;
@@ -20,7 +21,10 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use factored::{FactoredKind, FactoredLinear, FactoredLinearConfig, grid_value};
-pub use gemm::{GemmLinearBackend, GemmLinearKernel, gemm_linear, linear_grads};
+pub use gemm::{
+    GemmLinearBackend, GemmLinearKernel, bf16_products, current_precision, gemm_linear,
+    linear_grads, with_precision,
+};
 pub use sketched::{
     SketchKind, SketchedLinear, SketchedLinearBackend, SketchedLinearConfig, sketch_rows,
 };
@@ -28,6 +32,23 @@ pub use tt::{TtLinear, TtLinearBackend, TtLinearConfig, WeightsPolicy};
 
 use crate::error::{Error, Result};
 use crate::memory::SavedTensor;
+
+/// The precision of the gemm linear's products: the `precision=` key of a policy SPEC.
+///
+/// `bf16` rounds both operands of each product of [`gemm_linear`] (forward `X W`, backward
+/// `dY Wᵀ` and `Xᵀ dY`) to bfloat16 and accumulates in f32 ([`bf16::product_bf16`], AVX512-BF16
+/// where the CPU has it; f32 products elsewhere). Weights, gradients, optimizer state and every
+/// other operation stay f32, as under PyTorch's CPU autocast for linears. It needs
+/// `linear=gemm`: burn's own linear and the compressed ones are not affected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrecisionPolicy {
+    /// f32 products.
+    #[default]
+    Fp32,
+    /// bf16 operands, f32 accumulation.
+    Bf16,
+}
 
 /// How linear layers keep what the weight gradient needs: the `linear=` key of a policy SPEC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

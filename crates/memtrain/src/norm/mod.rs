@@ -4,7 +4,9 @@
 //! |---|---|
 //! | `mod.rs` | [`NormPolicy`] (`norm=...`), the [`Norm`] layer a block holds, what each keeps |
 //! | `output.rs` | [`OutputLayerNorm`]: keeps its output (which the next linear keeps anyway) and one scalar per row, instead of its input; its op runs on every backend's primitive ops, routed as a custom autodiff op on Flex |
+//! | `flex.rs` | the same op fused on Flex in f32: one pass forward, one backward |
 
+mod flex;
 mod output;
 
 use burn::module::Module;
@@ -12,7 +14,10 @@ use burn::nn::{LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-pub use output::{GAMMA_MIN, OutputLayerNorm, OutputLayerNormBackend, OutputLayerNormConfig};
+pub use output::{
+    GAMMA_MIN, OutputLayerNorm, OutputLayerNormBackend, OutputLayerNormConfig,
+    OutputLayerNormKernel,
+};
 
 use crate::error::Result;
 use crate::memory::SavedTensor;

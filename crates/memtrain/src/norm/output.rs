@@ -54,6 +54,114 @@ fn forward<B: Backend>(
     (B::float_reshape(y, shape), xhat, rstd)
 }
 
+/// The op's forward and backward on one backend: fused on Flex (`flex.rs`), burn's primitive
+/// ops elsewhere.
+pub trait OutputLayerNormKernel: Backend {
+    /// `(y, x̂, rstd)`; `x̂` only when `keep_xhat`.
+    fn output_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        keep_xhat: bool,
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+    ) {
+        let (y, xhat, rstd) = forward::<Self>(x, gamma, beta, eps);
+        (y, keep_xhat.then_some(xhat), rstd)
+    }
+
+    /// `[dx, dγ, dβ]`, each where `want` says, from what the forward kept.
+    #[allow(clippy::too_many_arguments)]
+    fn output_norm_backward(
+        y: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        kept: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        want: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        backward::<Self>(y, rstd, gamma, beta, kept, dy, want)
+    }
+}
+
+impl OutputLayerNormKernel for Flex {
+    fn output_norm_forward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+        keep_xhat: bool,
+    ) -> (
+        FloatTensor<Self>,
+        Option<FloatTensor<Self>>,
+        FloatTensor<Self>,
+    ) {
+        if !keep_xhat && let Some((y, rstd)) = super::flex::forward(&x, &gamma, &beta, eps) {
+            return (y, None, rstd);
+        }
+        let (y, xhat, rstd) = forward::<Self>(x, gamma, beta, eps);
+        (y, keep_xhat.then_some(xhat), rstd)
+    }
+
+    fn output_norm_backward(
+        y: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        kept: Option<FloatTensor<Self>>,
+        dy: FloatTensor<Self>,
+        want: [bool; 3],
+    ) -> [Option<FloatTensor<Self>>; 3] {
+        if kept.is_none()
+            && let Some(grads) = super::flex::backward(&y, &rstd, &gamma, &beta, &dy, want)
+        {
+            return grads;
+        }
+        backward::<Self>(y, rstd, gamma, beta, kept, dy, want)
+    }
+}
+
+#[cfg(memtrain_cube)]
+impl OutputLayerNormKernel for burn_cubecl::CubeBackend {}
+
+/// The backward on burn's primitive ops: `x̂` from the output (or as kept), then
+/// `dβ = Σ dy`, `dγ = Σ dy x̂`, `dx = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))`.
+fn backward<B: Backend>(
+    y: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    kept: Option<FloatTensor<B>>,
+    dy: FloatTensor<B>,
+    want: [bool; 3],
+) -> [Option<FloatTensor<B>>; 3] {
+    let shape = dy.shape();
+    let (n, d) = rows::<B>(&dy);
+    let flat = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![n, d]));
+    let row = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![1, d]));
+    let dy = flat(dy);
+    let xhat =
+        kept.unwrap_or_else(|| B::float_div(B::float_sub(flat(y), row(beta)), row(gamma.clone())));
+    let dbeta =
+        want[2].then(|| B::float_reshape(B::float_sum_dim(dy.clone(), 0), Shape::from(vec![d])));
+    let dgamma = want[1].then(|| {
+        let dg = B::float_sum_dim(B::float_mul(dy.clone(), xhat.clone()), 0);
+        B::float_reshape(dg, Shape::from(vec![d]))
+    });
+    let dx = want[0].then(|| {
+        let dxhat = B::float_mul(dy, row(gamma));
+        let m1 = B::float_mean_dim(dxhat.clone(), 1);
+        let m2 = B::float_mean_dim(B::float_mul(dxhat.clone(), xhat.clone()), 1);
+        let inner = B::float_sub(B::float_sub(dxhat, m1), B::float_mul(xhat, m2));
+        B::float_reshape(B::float_mul(inner, rstd), shape)
+    });
+    [dx, dgamma, dbeta]
+}
+
 /// The output-saving LayerNorm op as a burn backend extension.
 #[backend_extension(Flex, Cube: cfg(memtrain_cube), Autodiff)]
 pub trait OutputLayerNormBackend: Backend {
@@ -73,7 +181,7 @@ impl OutputLayerNormBackend for Flex {
         beta: FloatTensor<Self>,
         eps: f64,
     ) -> FloatTensor<Self> {
-        forward::<Self>(x, gamma, beta, eps).0
+        Self::output_norm_forward(x, gamma, beta, eps, false).0
     }
 }
 
@@ -102,7 +210,7 @@ type Saved<B> = (
     Option<FloatTensor<B>>,
 );
 
-impl<B: Backend> Backward<B, 3> for OutputLayerNormBackward {
+impl<B: Backend + OutputLayerNormKernel> Backward<B, 3> for OutputLayerNormBackward {
     type State = Saved<B>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
@@ -110,35 +218,19 @@ impl<B: Backend> Backward<B, 3> for OutputLayerNormBackward {
         let dy = grads.consume::<B>(&ops.node);
         let _profile = crate::profile::scope("norm", || "backward".into(), || 0.0);
         let (y, rstd, gamma, beta, kept) = ops.state;
-        let shape = dy.shape();
-        let (n, d) = rows::<B>(&dy);
-        let flat = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![n, d]));
-        let row = |t: FloatTensor<B>| B::float_reshape(t, Shape::from(vec![1, d]));
-        let dy = flat(dy);
-        let xhat = kept
-            .unwrap_or_else(|| B::float_div(B::float_sub(flat(y), row(beta)), row(gamma.clone())));
-        if let Some(node) = node_beta {
-            grads.register::<B>(
-                node.id,
-                B::float_reshape(B::float_sum_dim(dy.clone(), 0), Shape::from(vec![d])),
-            );
-        }
-        if let Some(node) = node_gamma {
-            let dg = B::float_sum_dim(B::float_mul(dy.clone(), xhat.clone()), 0);
-            grads.register::<B>(node.id, B::float_reshape(dg, Shape::from(vec![d])));
-        }
-        if let Some(node) = node_x {
-            let dxhat = B::float_mul(dy, row(gamma));
-            let m1 = B::float_mean_dim(dxhat.clone(), 1);
-            let m2 = B::float_mean_dim(B::float_mul(dxhat.clone(), xhat.clone()), 1);
-            let inner = B::float_sub(B::float_sub(dxhat, m1), B::float_mul(xhat, m2));
-            let dx = B::float_mul(inner, rstd);
-            grads.register::<B>(node.id, B::float_reshape(dx, shape));
+        let want = [node_x.is_some(), node_gamma.is_some(), node_beta.is_some()];
+        let out = B::output_norm_backward(y, rstd, gamma, beta, kept, dy, want);
+        for (node, grad) in [node_x, node_gamma, node_beta].into_iter().zip(out) {
+            if let (Some(node), Some(grad)) = (node, grad) {
+                grads.register::<B>(node.id, grad);
+            }
         }
     }
 }
 
-impl<B: Backend, C: CheckpointStrategy> OutputLayerNormBackend for Autodiff<B, C> {
+impl<B: Backend + OutputLayerNormKernel, C: CheckpointStrategy> OutputLayerNormBackend
+    for Autodiff<B, C>
+{
     fn output_layer_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -160,11 +252,13 @@ impl<B: Backend, C: CheckpointStrategy> OutputLayerNormBackend for Autodiff<B, C
                     burn::backend::read_sync(B::float_into_data(B::float_abs(gp.clone())))
                         .map(|data| data.iter::<f32>().any(|g| g < GAMMA_MIN))
                         .unwrap_or(true);
-                let (y, xhat, rstd) = forward::<B>(xp, gp.clone(), bp.clone(), eps);
-                let kept = small_gamma.then_some(xhat);
+                let (y, kept, rstd) =
+                    B::output_norm_forward(xp, gp.clone(), bp.clone(), eps, small_gamma);
                 prep.finish((y.clone(), rstd, gp, bp, kept), y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(forward::<B>(xp, gp, bp, eps).0),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::output_norm_forward(xp, gp, bp, eps, false).0)
+            }
         }
     }
 }

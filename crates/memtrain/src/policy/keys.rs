@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::size::parse_size;
-use super::{RematPolicy, UpdatePolicy};
+use super::{PrecisionPolicy, RematPolicy, UpdatePolicy};
 use crate::activation::ActPolicy;
 use crate::adapter::AdaptPolicy;
 use crate::attention::AttnPolicy;
@@ -222,6 +222,10 @@ impl fmt::Display for RematPolicy {
 word_key!(UpdatePolicy, "update", "step, per-stage", [UpdatePolicy::Step], {
     UpdatePolicy::Step => "step",
     UpdatePolicy::PerStage => "per-stage",
+});
+word_key!(PrecisionPolicy, "precision", "fp32, bf16", [PrecisionPolicy::Fp32], {
+    PrecisionPolicy::Fp32 => "fp32",
+    PrecisionPolicy::Bf16 => "bf16",
 });
 
 impl PolicyKey for WeightsPolicy {

@@ -12,7 +12,8 @@
 //!
 //! Each key's value type lives with its method: [`ActPolicy`] (`act`) in
 //! [`crate::activation`], [`NormPolicy`] (`norm`) in [`crate::norm`], [`LinearPolicy`]
-//! (`linear`) and [`WeightsPolicy`] (`weights`) in [`crate::linear`], [`AttnPolicy`] (`attn`)
+//! (`linear`), [`WeightsPolicy`] (`weights`) and [`PrecisionPolicy`] (`precision`) in
+//! [`crate::linear`], [`AttnPolicy`] (`attn`)
 //! in [`crate::attention`], [`OptimPolicy`] (`optim`) in [`crate::optim`], [`AdaptPolicy`]
 //! (`adapt`) in [`crate::adapter`]; [`RematPolicy`] (`remat`) and [`UpdatePolicy`] (`update`)
 //! are here, below the model their executor ([`crate::remat`]) runs on.
@@ -32,7 +33,7 @@ pub use size::{Budget, format_size, parse_size};
 pub use crate::activation::ActPolicy;
 pub use crate::adapter::AdaptPolicy;
 pub use crate::attention::AttnPolicy;
-pub use crate::linear::{LinearPolicy, WeightsPolicy};
+pub use crate::linear::{LinearPolicy, PrecisionPolicy, WeightsPolicy};
 pub use crate::norm::NormPolicy;
 pub use crate::optim::OptimPolicy;
 
@@ -180,10 +181,13 @@ pub struct MemoryPolicy {
     pub adapt: AdaptPolicy,
     /// When the optimizer updates the parameters.
     pub update: UpdatePolicy,
+    /// The precision of the gemm linear's products.
+    pub precision: PrecisionPolicy,
 }
 
 /// The keys a SPEC accepts.
-pub const POLICY_KEYS: &str = "act, norm, linear, attn, remat, weights, optim, adapt, update";
+pub const POLICY_KEYS: &str =
+    "act, norm, linear, attn, remat, weights, optim, adapt, update, precision";
 
 impl MemoryPolicy {
     /// Checks values a SPEC cannot express wrongly but a deserialized policy (a hand-edited
@@ -229,6 +233,31 @@ impl MemoryPolicy {
         round_trip(UpdatePolicy::KEY, &self.update, UpdatePolicy::parse)?;
         round_trip(OptimPolicy::KEY, &self.optim, OptimPolicy::parse)?;
         round_trip(AdaptPolicy::KEY, &self.adapt, AdaptPolicy::parse)?;
+        round_trip(
+            PrecisionPolicy::KEY,
+            &self.precision,
+            PrecisionPolicy::parse,
+        )?;
+        self.check_precision()
+    }
+
+    /// `precision=bf16` needs the gemm linear in every block: it is the op that runs in bf16.
+    fn check_precision(&self) -> Result<()> {
+        if self.precision == PrecisionPolicy::Fp32 {
+            return Ok(());
+        }
+        let blocks = std::iter::once((None, &self.block))
+            .chain(self.overrides.iter().map(|(i, b)| (Some(*i), b)));
+        for (index, block) in blocks {
+            if block.linear != LinearPolicy::Gemm {
+                let at = index.map_or(String::new(), |i| format!(" in block {i}"));
+                return Err(Error::config(
+                    "policy precision",
+                    format!("{} with linear={}{at}", self.precision, block.linear),
+                    "linear=gemm (bf16 runs the gemm linear's products), or precision=fp32",
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -291,6 +320,11 @@ impl MemoryPolicy {
             self.update.to_string(),
             d.update.to_string(),
         );
+        add(
+            PrecisionPolicy::KEY,
+            self.precision.to_string(),
+            d.precision.to_string(),
+        );
         let mut text = if parts.is_empty() {
             "plain".to_string()
         } else {
@@ -335,6 +369,7 @@ impl MemoryPolicy {
         MemoryPolicy {
             optim: self.optim,
             adapt: self.adapt,
+            precision: self.precision,
             // Per-stage updates asked for stay on; the planner may turn them on.
             update: match self.update {
                 UpdatePolicy::PerStage => UpdatePolicy::PerStage,
@@ -374,6 +409,7 @@ impl FromStr for MemoryPolicy {
                 OptimPolicy::KEY => policy.optim = OptimPolicy::parse(value)?,
                 AdaptPolicy::KEY => policy.adapt = AdaptPolicy::parse(value)?,
                 UpdatePolicy::KEY => policy.update = UpdatePolicy::parse(value)?,
+                PrecisionPolicy::KEY => policy.precision = PrecisionPolicy::parse(value)?,
                 other => {
                     return Err(Error::config(
                         "policy key",
@@ -384,6 +420,7 @@ impl FromStr for MemoryPolicy {
             }
             seen.push(key);
         }
+        policy.check_precision()?;
         Ok(policy)
     }
 }
@@ -403,6 +440,9 @@ impl fmt::Display for MemoryPolicy {
         }
         if self.update != UpdatePolicy::Step {
             write!(f, ",update={}", self.update)?;
+        }
+        if self.precision != PrecisionPolicy::Fp32 {
+            write!(f, ",precision={}", self.precision)?;
         }
         for (i, o) in &self.overrides {
             write!(

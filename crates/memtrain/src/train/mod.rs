@@ -343,6 +343,12 @@ impl Trainer {
     /// [`Error::Config`] from [`crate::remat::plan`]; [`Error::Diverged`] when the loss is NaN
     /// or infinite, in which case the update is not applied and the step count stays.
     pub fn try_step(&mut self, batch: &Batch) -> Result<StepStats> {
+        let precision = self.config.policy.precision;
+        crate::linear::with_precision(precision, || self.try_step_in_precision(batch))
+    }
+
+    /// [`Trainer::try_step`] inside the policy's precision scope.
+    fn try_step_in_precision(&mut self, batch: &Batch) -> Result<StepStats> {
         if !self.warm {
             let loss = self
                 .model()
@@ -519,8 +525,14 @@ impl Trainer {
         self.remat.as_ref()
     }
 
-    /// Mean validation loss over `batches` fixed validation batches, without autodiff.
+    /// Mean validation loss over `batches` fixed validation batches, without autodiff, in the
+    /// policy's precision.
     pub fn evaluate(&self, data: &Dataset, batches: usize) -> f32 {
+        let precision = self.config.policy.precision;
+        crate::linear::with_precision(precision, || self.evaluate_in_precision(data, batches))
+    }
+
+    fn evaluate_in_precision(&self, data: &Dataset, batches: usize) -> f32 {
         let model = self.model().valid();
         let device = self.device.clone().without_autodiff();
         let mut total = 0.0;
