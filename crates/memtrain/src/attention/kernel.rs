@@ -83,7 +83,9 @@ impl Real for f64 {
 /// `e^x` in f32, branch-free so that a loop over it vectorizes: Cephes' `expf` (`x = n ln 2 + r`
 /// with `ln 2` split in two, a degree-5 polynomial in `r`, the exponent `n` written into the
 /// float's bits). Within 2 ulp of `exp` in f64 on `[-87, 88]`, 0 below -87.3 (and for -inf),
-/// +infinity above 88.7, NaN for NaN (`should_exponentiate_within_two_ulps`).
+/// NaN for NaN (`should_exponentiate_within_two_ulps`). Above 88.3 it gives +infinity, a little
+/// early (f32's `exp` overflows at 88.72): the attention only exponentiates scores minus their
+/// row maximum or log-sum-exp, which are at most 0.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;

@@ -51,10 +51,11 @@ thread_local! {
 }
 
 /// Runs `f` with this thread's [`gemm_linear`] products (forward and backward, and
-/// [`linear_grads`]) in `precision`, then restores the previous setting, also when `f`
-/// panics. A scope, like PyTorch's `autocast`: the trainer opens one around each step of a
-/// `precision=bf16` policy. Only f32 products on Flex are affected, and only where
-/// [`super::bf16::is_available`]; elsewhere the products stay f32.
+/// [`linear_grads`]) and the fused attention's products in `precision`, then restores the
+/// previous setting, also when `f` panics. A scope, like PyTorch's `autocast`: the trainer
+/// opens one around each step and evaluation of a `precision=bf16` policy, and the attention
+/// kernel carries it into its rayon tasks ([`current_precision`]). Only f32 products on Flex
+/// are affected, and only where [`super::bf16::is_available`]; elsewhere they stay f32.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};

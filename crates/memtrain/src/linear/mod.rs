@@ -36,10 +36,11 @@ use crate::memory::SavedTensor;
 /// The precision of the gemm linear's products: the `precision=` key of a policy SPEC.
 ///
 /// `bf16` rounds both operands of each product of [`gemm_linear`] (forward `X W`, backward
-/// `dY Wᵀ` and `Xᵀ dY`) to bfloat16 and accumulates in f32 ([`bf16::product_bf16`], AVX512-BF16
-/// where the CPU has it; f32 products elsewhere). Weights, gradients, optimizer state and every
-/// other operation stay f32, as under PyTorch's CPU autocast for linears. It needs
-/// `linear=gemm`: burn's own linear and the compressed ones are not affected.
+/// `dY Wᵀ` and `Xᵀ dY`) and of the fused attention (`attn=memeff`) to bfloat16 and accumulates
+/// in f32 ([`bf16::product_bf16`], AVX512-BF16 where the CPU has it; f32 products elsewhere),
+/// in the scope of [`with_precision`]. Weights, gradients, optimizer state and every other
+/// operation stay f32, as under PyTorch's CPU autocast. It needs `linear=gemm`: burn's own
+/// linear and the compressed ones are not affected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrecisionPolicy {
