@@ -39,8 +39,23 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use rayon::prelude::*;
 
-use crate::attention::kernel::Real;
 use crate::{on_flex, rows_and_width};
+
+/// The float types the kernels run in: f32 in training, f64 in the gradient checks.
+trait Real: Copy + Send + Sync + 'static + std::ops::AddAssign {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Real for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
+
+impl Real for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+}
 
 /// Products of at least this many multiply-adds use every rayon thread (Flex's threshold).
 const PARALLEL: usize = 192 * 192 * 192;
