@@ -23,7 +23,13 @@ pub fn parse_size(text: &str) -> Result<u64> {
         _ => 0,
     };
     match num.parse::<f64>() {
-        Ok(v) if scale > 0 && v.is_finite() && v > 0.0 && v * (scale as f64) < 1e18 => {
+        // At least one byte once rounded: ".1" (0.1 bytes) is not a positive size.
+        Ok(v)
+            if scale > 0
+                && v.is_finite()
+                && v * (scale as f64) >= 0.5
+                && v * (scale as f64) < 1e18 =>
+        {
             Ok((v * scale as f64).round() as u64)
         }
         _ => Err(Error::config(
