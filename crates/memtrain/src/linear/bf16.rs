@@ -13,8 +13,11 @@
 //! multiply-adds. For each block of 512 values of `k`, `rhs` is packed once into bf16 pairs,
 //! 32 columns a panel (shared by all threads); each job packs its own 12-row panels of `lhs`
 //! (while the previous panel computes, the next one's memory is prefetched), and a 12 × 32
-//! register tile keeps 24 accumulators in registers across the block. Jobs split the rows
-//! (and the columns when there are few rows) over every rayon thread. Row-major, column-major
+//! register tile keeps 24 accumulators in registers across the block (the tile's step is
+//! written in assembly, each `lhs` pair broadcast from memory, so no accumulator spills). Jobs
+//! split the rows over every rayon thread, and the columns into spans of at most 512 KiB of
+//! packed `rhs`, which stay in L2 while the job's row panels stream past (and when there are
+//! few rows, more finely). Packing prefetches its source 8 pairs ahead. Row-major, column-major
 //! and arbitrarily strided operands all have their own packing, so no layout costs a copy.
 //!
 //! Where the CPU lacks AVX512-BF16 (checked once at run time, [`is_available`]) or the target
@@ -45,6 +48,12 @@
 //! threads run 1.87 to 1.97 times one. Measured with the machine otherwise idle (a busy second
 //! core halves the two-thread numbers). Measure again with
 //! `cargo test --release -p memtrain --test bf16_gemm -- --ignored --nocapture`.
+//!
+//! The table predates the assembly tile step: with it one thread runs the `lhs · rhs` and
+//! `lhs · rhsᵀ` shapes at 207 to 220 GFLOP/s (the `lhsᵀ` shapes unchanged, 188 to 200), and
+//! in `memtrain bench --precision bf16 --profile` the step's bf16 products take 685 to 702 ms
+//! against 720 to 748 ms before (forward `x W` shapes +10%), both measured with another
+//! process busy on the second core.
 //!
 //! # Memory
 //!
@@ -203,8 +212,18 @@ mod x86 {
     const AHEAD_STEP: usize = 8;
     /// Jobs per rayon thread: more balance the threads better, fewer split `n` less.
     const JOBS_PER_THREAD: usize = 8;
+    const _: () = assert!(
+        MR == 12 && NV == 2,
+        "the `tile!` macro spells out a 12 x 2 tile"
+    );
     /// Products of fewer multiply-adds than this run on the calling thread.
     const PARALLEL: usize = 1 << 21;
+    /// Bytes of packed `rhs` that one job's columns span at most: every row panel of the job
+    /// streams them, so they stay in the core's L2 (1 MiB on Zen 4) beside the output.
+    const COLUMNS_BYTES: usize = 512 << 10;
+    /// Pairs of `k` ahead that packing prefetches where lines hold one value of `k` each
+    /// (and ahead by 32 values where they hold contiguous values).
+    const PACK_AHEAD: usize = 8;
 
     /// An operand read as `count` lines of `k` values: element `(o, p)` at
     /// `data[o * outer + p * inner]`. `lhs` is read by rows, `rhs` by columns.
@@ -272,7 +291,8 @@ mod x86 {
         let (pm, pn) = (m.div_ceil(MR), n.div_ceil(NR));
         let threads = rayon::current_num_threads();
         let parallel = threads > 1 && m * n * k >= PARALLEL;
-        let (mcp, ncp) = job_shape(pm, pn, if parallel { threads } else { 1 });
+        let max_ncp = (COLUMNS_BYTES / (4 * NR * pairs.min(KC))).max(1);
+        let (mcp, ncp) = job_shape(pm, pn, if parallel { threads } else { 1 }, max_ncp);
         let (jobs_m, jobs_n) = (pm.div_ceil(mcp), pn.div_ceil(ncp));
         // A row-major `lhs` packs each row's pairs contiguously, a plain conversion; any other
         // `lhs` packs each pair's rows contiguously.
@@ -284,7 +304,7 @@ mod x86 {
             let packed_b = &mut packed_b[..pn * NR * kc];
             let pack_b = |(t, panel): (usize, &mut [u32])| {
                 // SAFETY: the caller's features and bounds; `panel` is `NR kc` long.
-                unsafe { pack(b, p0, kc, t * NR, NR, panel) }
+                unsafe { pack(b, p0, kc, t * NR, NR, panel, PACK_AHEAD) }
             };
             if parallel {
                 packed_b
@@ -297,7 +317,8 @@ mod x86 {
             let packed_b = &*packed_b;
             let load = accumulate || p0 > 0;
             let job = |job: usize| {
-                let (jm, jn) = (job / jobs_n, job % jobs_n);
+                // Consecutive jobs share columns, so the threads stream the same `rhs`.
+                let (jm, jn) = (job % jobs_m, job / jobs_m);
                 let (row_panels, col_panels) = (
                     jm * mcp..((jm + 1) * mcp).min(pm),
                     jn * ncp..((jn + 1) * ncp).min(pn),
@@ -312,7 +333,7 @@ mod x86 {
                         if rows_layout {
                             pack_rows(a, p0, kc, i0, &mut panel.0);
                         } else {
-                            pack(a, p0, kc, i0, MR, &mut panel.0[..MR * kc]);
+                            pack(a, p0, kc, i0, MR, &mut panel.0[..MR * kc], 0);
                         }
                     }
                     let mut ahead = Ahead::new(a, i0 + MR, p0, kc, ir + 1 < row_panels.end);
@@ -430,32 +451,26 @@ mod x86 {
     /// Row and column panels per job: one job on one thread; else about `JOBS_PER_THREAD`
     /// jobs a thread, so that the last ones balance the threads, splitting rows first (each
     /// job packs its row panels, so a split of columns packs them again).
-    fn job_shape(pm: usize, pn: usize, threads: usize) -> (usize, usize) {
+    fn job_shape(pm: usize, pn: usize, threads: usize, max_ncp: usize) -> (usize, usize) {
+        let chunks = pn.div_ceil(max_ncp);
         if threads == 1 {
-            return (pm, pn);
+            return (pm, pn.div_ceil(chunks));
         }
         let want = JOBS_PER_THREAD * threads;
-        let mcp = pm.div_ceil(want).max(2.min(pm));
+        let mcp = pm.div_ceil(want.div_ceil(chunks)).max(2.min(pm));
         let jobs_m = pm.div_ceil(mcp);
-        let ncp = if jobs_m >= want {
-            pn
+        let ncp = if jobs_m * chunks >= want {
+            pn.div_ceil(chunks)
         } else {
             pn.div_ceil(want.div_ceil(jobs_m))
         };
         (mcp, ncp)
     }
 
-    /// The same 512 bits as 32 bf16.
-    #[target_feature(enable = "avx512f")]
-    fn as_bh(x: __m512i) -> __m512bh {
-        // SAFETY: both types are 64 bytes of plain bits, valid for any value.
-        unsafe { transmute::<__m512i, __m512bh>(x) }
-    }
-
     /// The same 512 bits as 16 `u32` lanes.
     #[target_feature(enable = "avx512f")]
     fn as_si(x: __m512bh) -> __m512i {
-        // SAFETY: as for `as_bh`.
+        // SAFETY: both types are 64 bytes of plain bits, valid for any value.
         unsafe { transmute::<__m512bh, __m512i>(x) }
     }
 
@@ -477,7 +492,15 @@ mod x86 {
     /// The CPU has AVX512F, AVX512BW and AVX512-BF16; every element `(o, p)` of `x` with
     /// `o < count` and `p < k` is inside `x.data`; `panel` is `kc width` long.
     #[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
-    unsafe fn pack(x: Lines, p0: usize, kc: usize, o0: usize, width: usize, panel: &mut [u32]) {
+    unsafe fn pack(
+        x: Lines,
+        p0: usize,
+        kc: usize,
+        o0: usize,
+        width: usize,
+        panel: &mut [u32],
+        dist: usize,
+    ) {
         debug_assert_eq!(panel.len(), kc * width);
         let lines = width.min(x.count - o0);
         let k0 = 2 * p0;
@@ -491,6 +514,14 @@ mod x86 {
                 let have = 16.min(lines.saturating_sub(r0));
                 for c in (0..values).step_by(32) {
                     let left = values - c;
+                    if dist > 0 && c + 32 * dist < values {
+                        for r in 0..have {
+                            let start = (o0 + r0 + r) * x.outer + k0 + c + 32 * dist;
+                            let line = data.wrapping_add(start).cast::<i8>();
+                            _mm_prefetch::<_MM_HINT_T0>(line);
+                            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+                        }
+                    }
                     let mut rows = [_mm512_setzero_si512(); 16];
                     for (r, row) in rows.iter_mut().enumerate().take(have) {
                         let start = (o0 + r0 + r) * x.outer + k0 + c;
@@ -527,6 +558,17 @@ mod x86 {
             let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
             for q in 0..kc {
                 let (even, odd) = (k0 + 2 * q, k0 + 2 * q + 1);
+                if dist > 0 && q + dist < kc {
+                    let ahead = data
+                        .wrapping_add((even + 2 * dist) * x.inner + o0)
+                        .cast::<i8>();
+                    let last = 4 * lines - 1;
+                    for line in [ahead, ahead.wrapping_add(4 * x.inner)] {
+                        _mm_prefetch::<_MM_HINT_T0>(line);
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(last.min(64)));
+                        _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(last));
+                    }
+                }
                 for c in (0..width).step_by(16) {
                     let have = lines.saturating_sub(c);
                     // SAFETY: lanes below `have` are elements `(o0 + c + lane, even)` and
@@ -671,6 +713,82 @@ mod x86 {
         idx
     };
 
+    /// One step of the register tile: row `r`'s two accumulators gain the pair at byte
+    /// `r step` from `pairs`, broadcast, times the two registers of `b`. Written out because
+    /// the compiler, given intrinsics, hoisted all 12 broadcasts into registers and spilled
+    /// 6 accumulators to the stack on every step; here each pair is broadcast from memory by
+    /// the instruction itself (`{1to16}`), so the tile's 24 accumulators and 2 `b` registers
+    /// fit the 32 vector registers. Same instruction, same results.
+    macro_rules! tile {
+        ($acc:ident, $b:ident, $pairs:expr, $step:expr) => {
+            std::arch::asm!(
+                "vdpbf16ps {a00}, {b0}, dword ptr [{p}]{{1to16}}",
+                "vdpbf16ps {a01}, {b1}, dword ptr [{p}]{{1to16}}",
+                "vdpbf16ps {a10}, {b0}, dword ptr [{p} + {o1}]{{1to16}}",
+                "vdpbf16ps {a11}, {b1}, dword ptr [{p} + {o1}]{{1to16}}",
+                "vdpbf16ps {a20}, {b0}, dword ptr [{p} + {o2}]{{1to16}}",
+                "vdpbf16ps {a21}, {b1}, dword ptr [{p} + {o2}]{{1to16}}",
+                "vdpbf16ps {a30}, {b0}, dword ptr [{p} + {o3}]{{1to16}}",
+                "vdpbf16ps {a31}, {b1}, dword ptr [{p} + {o3}]{{1to16}}",
+                "vdpbf16ps {a40}, {b0}, dword ptr [{p} + {o4}]{{1to16}}",
+                "vdpbf16ps {a41}, {b1}, dword ptr [{p} + {o4}]{{1to16}}",
+                "vdpbf16ps {a50}, {b0}, dword ptr [{p} + {o5}]{{1to16}}",
+                "vdpbf16ps {a51}, {b1}, dword ptr [{p} + {o5}]{{1to16}}",
+                "vdpbf16ps {a60}, {b0}, dword ptr [{p} + {o6}]{{1to16}}",
+                "vdpbf16ps {a61}, {b1}, dword ptr [{p} + {o6}]{{1to16}}",
+                "vdpbf16ps {a70}, {b0}, dword ptr [{p} + {o7}]{{1to16}}",
+                "vdpbf16ps {a71}, {b1}, dword ptr [{p} + {o7}]{{1to16}}",
+                "vdpbf16ps {a80}, {b0}, dword ptr [{p} + {o8}]{{1to16}}",
+                "vdpbf16ps {a81}, {b1}, dword ptr [{p} + {o8}]{{1to16}}",
+                "vdpbf16ps {a90}, {b0}, dword ptr [{p} + {o9}]{{1to16}}",
+                "vdpbf16ps {a91}, {b1}, dword ptr [{p} + {o9}]{{1to16}}",
+                "vdpbf16ps {aa0}, {b0}, dword ptr [{p} + {oa}]{{1to16}}",
+                "vdpbf16ps {aa1}, {b1}, dword ptr [{p} + {oa}]{{1to16}}",
+                "vdpbf16ps {ab0}, {b0}, dword ptr [{p} + {ob}]{{1to16}}",
+                "vdpbf16ps {ab1}, {b1}, dword ptr [{p} + {ob}]{{1to16}}",
+                a00 = inout(zmm_reg) $acc[0][0],
+                a01 = inout(zmm_reg) $acc[0][1],
+                a10 = inout(zmm_reg) $acc[1][0],
+                a11 = inout(zmm_reg) $acc[1][1],
+                a20 = inout(zmm_reg) $acc[2][0],
+                a21 = inout(zmm_reg) $acc[2][1],
+                a30 = inout(zmm_reg) $acc[3][0],
+                a31 = inout(zmm_reg) $acc[3][1],
+                a40 = inout(zmm_reg) $acc[4][0],
+                a41 = inout(zmm_reg) $acc[4][1],
+                a50 = inout(zmm_reg) $acc[5][0],
+                a51 = inout(zmm_reg) $acc[5][1],
+                a60 = inout(zmm_reg) $acc[6][0],
+                a61 = inout(zmm_reg) $acc[6][1],
+                a70 = inout(zmm_reg) $acc[7][0],
+                a71 = inout(zmm_reg) $acc[7][1],
+                a80 = inout(zmm_reg) $acc[8][0],
+                a81 = inout(zmm_reg) $acc[8][1],
+                a90 = inout(zmm_reg) $acc[9][0],
+                a91 = inout(zmm_reg) $acc[9][1],
+                aa0 = inout(zmm_reg) $acc[10][0],
+                aa1 = inout(zmm_reg) $acc[10][1],
+                ab0 = inout(zmm_reg) $acc[11][0],
+                ab1 = inout(zmm_reg) $acc[11][1],
+                b0 = in(zmm_reg) $b[0],
+                b1 = in(zmm_reg) $b[1],
+                p = in(reg) $pairs,
+                o1 = const $step,
+                o2 = const 2 * $step,
+                o3 = const 3 * $step,
+                o4 = const 4 * $step,
+                o5 = const 5 * $step,
+                o6 = const 6 * $step,
+                o7 = const 7 * $step,
+                o8 = const 8 * $step,
+                o9 = const 9 * $step,
+                oa = const 10 * $step,
+                ob = const 11 * $step,
+                options(pure, readonly, nostack, preserves_flags),
+            )
+        };
+    }
+
     /// `c [rows, cols] (row stride ldc) = (c if load) + a · b` for one register tile, from
     /// packed panels of bf16 pairs: `a [MR, kc]` with pair `q` of row `r` at `q QS + r RS`,
     /// and `b [kc, NR]` with pair `q` of column `j` at `q NR + j`. Issues `quota` of `ahead`'s
@@ -701,21 +819,23 @@ mod x86 {
             _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(64));
         }
         let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        let mut bq = [as_bh(_mm512_setzero_si512()); NV];
+        let mut bq = [_mm512_setzero_si512(); NV];
         for q in 0..kc {
             if q % AHEAD_STEP == 0 {
                 ahead.issue(quota);
             }
             for (v, reg) in bq.iter_mut().enumerate() {
                 // SAFETY: entries `q NR + 16 v ..+ 16` are inside `b`.
-                *reg = as_bh(unsafe { _mm512_loadu_si512(b.add(q * NR + 16 * v).cast()) });
+                *reg = unsafe { _mm512_loadu_si512(b.add(q * NR + 16 * v).cast()) };
             }
-            for (r, row) in acc.iter_mut().enumerate() {
-                // SAFETY: entry `q QS + r RS` is inside `a`.
-                let pair = unsafe { *a.add(q * QS + r * RS) };
-                let pair = as_bh(_mm512_set1_epi32(pair as i32));
-                for (acc, &bv) in row.iter_mut().zip(&bq) {
-                    *acc = _mm512_dpbf16_ps(*acc, pair, bv);
+            let pairs = a.wrapping_add(q * QS);
+            // SAFETY: entries `q QS + r RS` are inside `a`.
+            unsafe {
+                if RS == 1 {
+                    tile!(acc, bq, pairs, 4);
+                } else {
+                    debug_assert_eq!(RS, KC);
+                    tile!(acc, bq, pairs, 4 * KC);
                 }
             }
         }
