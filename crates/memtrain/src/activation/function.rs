@@ -235,7 +235,7 @@ pub(crate) fn erf_f32(x: f32) -> f32 {
 }
 
 impl ActFn {
-    /// `y[i] = f(x[i])` in f32. GELU runs in f32 ([`erf_f32`], vectorized) where its input is
+    /// `y[i] = f(x[i])` in f32. GELU runs in f32 (`erf_f32`, vectorized) where its input is
     /// at least -2 and in f64 below, where `1 + erf` cancels; every other function in f64 and
     /// rounded. GELU is within 32 f32 ulp of `f` in f64, 29 measured just above -2 and a few
     /// elsewhere (`should_apply_gelu_in_f32_within_ulps`).

@@ -241,7 +241,9 @@ pub fn bench(
                 profile::enable(true);
             }
             let stats = trainer.try_step(&batch);
-            profile::enable(false);
+            if config.profile {
+                profile::enable(false);
+            }
             let stats = stats?;
             times.push(stats.seconds);
             if timed {
