@@ -222,35 +222,29 @@ unsafe fn mm<T: Real>(
     }
     // In a bf16 scope ([`crate::linear::with_precision`]) f32 products of dense tiles run in
     // bf16, as PyTorch's autocast runs its attention.
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && dst_rs == n
-        && k > 0
-        && (!accumulate || beta == T::ONE)
-        && crate::linear::bf16_products()
-    {
+    if dst_rs == n && k > 0 && (!accumulate || beta == T::ONE) {
         let extent =
             |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs + 1;
-        // SAFETY: T is f32 (same type id); by the caller's contract each operand addresses
-        // its whole matrix with these strides, which is exactly `extent` elements from its
-        // pointer, and dst (row stride n) holds m n elements and aliases neither.
-        let done = unsafe {
-            let dst = std::slice::from_raw_parts_mut(dst.cast::<f32>(), m * n);
-            let l = std::slice::from_raw_parts(lhs.0.cast::<f32>(), extent(m, k, lhs.1, lhs.2));
-            let r = std::slice::from_raw_parts(rhs.0.cast::<f32>(), extent(k, n, rhs.1, rhs.2));
-            crate::linear::bf16::product_bf16(
-                m,
-                n,
-                k,
-                dst,
-                accumulate,
-                (l, lhs.1, lhs.2),
-                (r, rhs.1, rhs.2),
+        // SAFETY: by the caller's contract each operand addresses its whole matrix with these
+        // strides, which is exactly `extent` elements from its pointer, and dst (row stride n)
+        // holds m n elements and aliases neither.
+        let (dst, l, r) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst, m * n),
+                std::slice::from_raw_parts(lhs.0, extent(m, k, lhs.1, lhs.2)),
+                std::slice::from_raw_parts(rhs.0, extent(k, n, rhs.1, rhs.2)),
             )
         };
-        if done {
+        if crate::linear::bf16_product(
+            m,
+            n,
+            k,
+            dst,
+            accumulate,
+            (l, lhs.1, lhs.2),
+            (r, rhs.1, rhs.2),
+        ) {
             if beta != T::ONE {
-                // SAFETY: dst holds m n elements (above).
-                let dst = unsafe { std::slice::from_raw_parts_mut(dst, m * n) };
                 dst.iter_mut().for_each(|v| *v = *v * beta);
             }
             return;

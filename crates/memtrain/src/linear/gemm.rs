@@ -113,6 +113,41 @@ pub fn bf16_products() -> bool {
     BF16.with(std::cell::Cell::get) && super::bf16::is_available()
 }
 
+/// `dst [m, n] (row stride n) = (dst if accumulate) + lhs · rhs` by
+/// [`super::bf16::product_bf16`] when `T` is f32 and this thread's products run in bf16
+/// ([`bf16_products`]): then true; otherwise false, and `dst` is untouched. The one place
+/// the gemm linear and the fused attention switch to bf16.
+pub(crate) fn bf16_product<T: 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [T],
+    accumulate: bool,
+    lhs: (&[T], usize, usize),
+    rhs: (&[T], usize, usize),
+) -> bool {
+    if std::any::TypeId::of::<T>() != std::any::TypeId::of::<f32>() || !bf16_products() {
+        return false;
+    }
+    // SAFETY: T is f32 (same type id), so the slices are f32 slices of the same lengths.
+    let (dst, lhs0, rhs0) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
+            std::slice::from_raw_parts(lhs.0.as_ptr().cast::<f32>(), lhs.0.len()),
+            std::slice::from_raw_parts(rhs.0.as_ptr().cast::<f32>(), rhs.0.len()),
+        )
+    };
+    super::bf16::product_bf16(
+        m,
+        n,
+        k,
+        dst,
+        accumulate,
+        (lhs0, lhs.1, lhs.2),
+        (rhs0, rhs.1, rhs.2),
+    )
+}
+
 /// The three products of a linear layer on one backend.
 pub trait GemmLinearKernel: Backend {
     /// `x [.., d_in] w [d_in, d_out] + b [d_out]`.
@@ -173,26 +208,8 @@ fn product<T: Real>(
     if m == 0 || n == 0 {
         return;
     }
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() && bf16_products() {
-        // SAFETY: T is f32 (same type id), so the slices are f32 slices of the same lengths.
-        let (dst, lhs0, rhs0) = unsafe {
-            (
-                std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), dst.len()),
-                std::slice::from_raw_parts(lhs.0.as_ptr().cast::<f32>(), lhs.0.len()),
-                std::slice::from_raw_parts(rhs.0.as_ptr().cast::<f32>(), rhs.0.len()),
-            )
-        };
-        if super::bf16::product_bf16(
-            m,
-            n,
-            k,
-            dst,
-            accumulate,
-            (lhs0, lhs.1, lhs.2),
-            (rhs0, rhs.1, rhs.2),
-        ) {
-            return;
-        }
+    if bf16_product(m, n, k, dst, accumulate, lhs, rhs) {
+        return;
     }
     // SAFETY: the asserts above keep every index gemm forms within the three slices, and
     // `dst` is a unique borrow, so it aliases neither operand.

@@ -21,6 +21,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 pub use factored::{FactoredKind, FactoredLinear, FactoredLinearConfig, grid_value};
+pub(crate) use gemm::bf16_product;
 pub use gemm::{
     GemmLinearBackend, GemmLinearKernel, bf16_products, current_precision, gemm_linear,
     linear_grads, with_precision,

@@ -69,8 +69,7 @@ pub trait OutputLayerNormKernel: Backend {
         Option<FloatTensor<Self>>,
         FloatTensor<Self>,
     ) {
-        let (y, xhat, rstd) = forward::<Self>(x, gamma, beta, eps);
-        (y, keep_xhat.then_some(xhat), rstd)
+        forward_keeping::<Self>(x, gamma, beta, eps, keep_xhat)
     }
 
     /// `[dx, dγ, dβ]`, each where `want` says, from what the forward kept.
@@ -103,8 +102,7 @@ impl OutputLayerNormKernel for Flex {
         if !keep_xhat && let Some((y, rstd)) = super::flex::forward(&x, &gamma, &beta, eps) {
             return (y, None, rstd);
         }
-        let (y, xhat, rstd) = forward::<Self>(x, gamma, beta, eps);
-        (y, keep_xhat.then_some(xhat), rstd)
+        forward_keeping::<Self>(x, gamma, beta, eps, keep_xhat)
     }
 
     fn output_norm_backward(
@@ -127,6 +125,19 @@ impl OutputLayerNormKernel for Flex {
 
 #[cfg(memtrain_cube)]
 impl OutputLayerNormKernel for burn_cubecl::CubeBackend {}
+
+/// [`forward`] on burn's primitive ops, returning `x̂` only when `keep_xhat`.
+#[allow(clippy::type_complexity)]
+fn forward_keeping<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    eps: f64,
+    keep_xhat: bool,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>, FloatTensor<B>) {
+    let (y, xhat, rstd) = forward::<B>(x, gamma, beta, eps);
+    (y, keep_xhat.then_some(xhat), rstd)
+}
 
 /// The backward on burn's primitive ops: `x̂` from the output (or as kept), then
 /// `dβ = Σ dy`, `dγ = Σ dy x̂`, `dx = rstd (dx̂ - mean(dx̂) - x̂ mean(dx̂ x̂))`.
