@@ -131,6 +131,9 @@ impl std::fmt::Display for Budget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Budget::Bytes(b) => f.write_str(&format_size(*b)),
+            // With a point, so that it parses back as a fraction: 1.0 is "1.0", not the
+            // one-byte size "1".
+            Budget::Fraction(x) if x.fract() == 0.0 => write!(f, "{x}.0"),
             Budget::Fraction(x) => write!(f, "{x}"),
         }
     }
