@@ -546,6 +546,40 @@ fn should_agree_with_every_formula() {
     should_write_the_inverted_activation_over_its_input();
     should_write_the_packed_attention_gradient_once();
     should_extrapolate_stage_sizes_from_two_batches();
+    should_update_adamw_in_place();
+}
+
+/// The fused AdamW writes the parameter and both moments over their own buffers when the
+/// step holds them alone, as in training: a step after the first allocates no tensor (up to
+/// 64 KiB of rayon and bookkeeping state), where burn's AdamW (whose Flex ops also reuse
+/// buffers they hold alone) peaks at least one parameter-sized temporary above its inputs.
+fn should_update_adamw_in_place() {
+    use burn::optim::Optimizer;
+    use memtrain::optim::FusedAdamW;
+    let device = Device::flex();
+    let n = 1 << 20;
+    let adamw = FusedAdamW::default();
+    let grad = || Tensor::<1>::random([n], Distribution::Default, &device);
+    let theta = Tensor::<1>::random([n], Distribution::Default, &device);
+    let (theta, state) = adamw.step(1e-3, theta, grad(), None);
+    let g = grad();
+    let region = Region::start();
+    let (theta, state) = adamw.step(1e-3, theta, g, state);
+    let peak = region.peak();
+    assert!(
+        peak <= 64 * 1024,
+        "a fused AdamW step on {n} parameters peaked {peak} bytes above its inputs"
+    );
+    let burn_adamw = burn::optim::AdamWConfig::new().build();
+    let g = grad();
+    let region = Region::start();
+    let (theta, state) = burn_adamw.step(1e-3, theta, g, state);
+    assert!(
+        region.peak() >= 4 * n,
+        "burn's AdamW peaked {} bytes: expected at least one parameter-sized temporary",
+        region.peak()
+    );
+    drop((theta, state));
 }
 
 /// The capacity search's extrapolation: every size a one-block `small` stage's profile

@@ -271,3 +271,153 @@ fn should_reject_bad_galore_configurations() {
     }
     assert!(GaloreConfig::new(64).check(64).is_ok());
 }
+
+fn bits<const D: usize>(t: &Tensor<D>) -> Vec<u64> {
+    let data = t.clone().into_data();
+    match data.dtype() {
+        DType::F64 => data.iter::<f64>().map(f64::to_bits).collect(),
+        _ => data.iter::<f32>().map(|v| u64::from(v.to_bits())).collect(),
+    }
+}
+
+/// `(θ, m, v)` of an AdamW state after a step, as bits.
+fn adamw_bits<const D: usize>(
+    theta: &Tensor<D>,
+    state: &Option<burn::optim::AdamWState<D>>,
+) -> [Vec<u64>; 3] {
+    let m = &state.as_ref().expect("a state").momentum;
+    [bits(theta), bits(&m.moment_1), bits(&m.moment_2)]
+}
+
+#[test]
+fn should_equal_burn_adamw_bit_for_bit() {
+    // Shapes across the fused kernel's tasks of 2^14 elements (a tail, several tasks, one
+    // small tensor), default and other constants, a varying learning rate, and f64 (which
+    // takes burn's AdamW itself).
+    let d = device();
+    d.seed(11);
+    let cases = [
+        (
+            vec![3, 20_000],
+            memtrain::optim::FusedAdamW::default(),
+            AdamWConfig::new(),
+            DType::F32,
+        ),
+        (
+            vec![7],
+            memtrain::optim::FusedAdamW::new(0.8, 0.99, 1e-8, 0.1),
+            AdamWConfig::new()
+                .with_beta_1(0.8)
+                .with_beta_2(0.99)
+                .with_epsilon(1e-8)
+                .with_weight_decay(0.1),
+            DType::F32,
+        ),
+        (
+            vec![5, 4],
+            memtrain::optim::FusedAdamW::default(),
+            AdamWConfig::new(),
+            DType::F64,
+        ),
+    ];
+    for (shape, fused, config, dtype) in cases {
+        let burn_adamw = config.build();
+        let shape: [usize; 2] = match shape.as_slice() {
+            [n] => [1, *n],
+            [m, n] => [*m, *n],
+            _ => unreachable!(),
+        };
+        let w0 = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), (&d, dtype));
+        let (mut wa, mut wb) = (w0.clone(), w0);
+        let (mut sa, mut sb) = (None, None);
+        for step in 0..6 {
+            let g = Tensor::<2>::random(shape, Distribution::Normal(0.0, 1.0), (&d, dtype));
+            let lr = 1e-2 / (1.0 + step as f64);
+            let (a, s) = burn_adamw.step(lr, wa, g.clone(), sa);
+            (wa, sa) = (a, s);
+            let (b, s) = fused.step(lr, wb, g, sb);
+            (wb, sb) = (b, s);
+            assert_eq!(
+                adamw_bits(&wa, &sa),
+                adamw_bits(&wb, &sb),
+                "{shape:?} {dtype:?} step {step}: fused AdamW differs from burn's"
+            );
+        }
+        assert!(bits(&wa) != bits(&w0_like(&wa)), "the parameter moved");
+    }
+}
+
+/// A zero tensor like `t` (to check that a parameter moved from zero is not trivially equal).
+fn w0_like(t: &Tensor<2>) -> Tensor<2> {
+    t.zeros_like()
+}
+
+#[test]
+fn should_leave_a_shared_parameter_and_gradient_untouched() {
+    // The fused step writes in place only what it holds alone: a parameter or gradient held
+    // elsewhere keeps its values, and the result is still burn's.
+    let d = device();
+    d.seed(12);
+    let fused = memtrain::optim::FusedAdamW::default();
+    let burn_adamw = AdamWConfig::new().build();
+    let w = Tensor::<2>::random([40, 30], Distribution::Normal(0.0, 1.0), &d);
+    let g = Tensor::<2>::random([40, 30], Distribution::Normal(0.0, 1.0), &d);
+    let (w1, s1) = fused.step(1e-2, w.clone(), g.clone(), None);
+    let (b1, t1) = burn_adamw.step(1e-2, w.clone(), g.clone(), None);
+    let (held_w, held_g, held_m) = (
+        bits(&w1),
+        bits(&g),
+        bits(&s1.as_ref().unwrap().momentum.moment_1),
+    );
+    let keep = (
+        w1.clone(),
+        g.clone(),
+        s1.as_ref().unwrap().momentum.moment_1.clone(),
+    );
+    let (w2, s2) = fused.step(1e-2, w1, g.clone(), s1);
+    let (b2, t2) = burn_adamw.step(1e-2, b1, g, t1);
+    assert_eq!(bits(&keep.0), held_w, "a held parameter was written over");
+    assert_eq!(bits(&keep.1), held_g, "a held gradient was written over");
+    assert_eq!(bits(&keep.2), held_m, "a held moment was written over");
+    assert_eq!(adamw_bits(&w2, &s2), adamw_bits(&b2, &t2));
+}
+
+#[test]
+fn should_load_burn_adamw_records_into_the_fused_adamw() {
+    // The state is burn's AdamWState: a record saved by burn's AdamW continues under the
+    // fused one with burn's results, and the other way round.
+    use burn::module::Module;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::{GradientsParams, ModuleOptimizer};
+    use memtrain::optim::FusedAdamW;
+
+    let d = device().autodiff();
+    d.seed(13);
+    let x = Tensor::<2>::random([8, 6], Distribution::Normal(0.0, 1.0), &d);
+    let grads = |m: &Linear| {
+        GradientsParams::from_grads(m.forward(x.clone()).powi_scalar(2).sum().backward(), m)
+    };
+    let run = |mut model: Linear, mut opt: ModuleOptimizer, steps: usize| {
+        for _ in 0..steps {
+            let g = grads(&model);
+            model = opt.step(1e-2, model, g);
+        }
+        (model, opt)
+    };
+    let weight = |m: &Linear| bits(&m.weight.val().inner());
+    let model = LinearConfig::new(6, 5).init(&d);
+    let (model, burn_opt) = run(model, burn::optim::AdamWConfig::new().init(), 2);
+    let record = burn_opt.to_record();
+    let (by_burn, _) = run(model.clone(), burn_opt, 3);
+    let fused = ModuleOptimizer::from(FusedAdamW::default()).load_record(record);
+    let (by_fused, fused) = run(model.clone(), fused, 3);
+    assert_eq!(weight(&by_burn), weight(&by_fused));
+    // And back: the fused optimizer's record under burn's AdamW.
+    let (after_fused, _) = run(by_fused.clone(), fused.clone(), 1);
+    let burn_again = burn::optim::AdamWConfig::new()
+        .init()
+        .load_record(fused.to_record());
+    let (after_burn, _) = run(by_fused, burn_again, 1);
+    assert_eq!(weight(&after_fused), weight(&after_burn));
+    let _ = model.num_params();
+}

@@ -4,17 +4,19 @@
 //!
 //! | optimizer | state per parameter | policy |
 //! |---|---|---|
-//! | burn's AdamW | `2 numel` | `optim=adamw` |
+//! | burn's AdamW, fused on Flex ([`FusedAdamW`]) | `2 numel` | `optim=adamw` |
 //! | [`NagGs`] | `numel` (one vector) | `optim=naggs` |
 //! | [`Galore`] | per matrix `r (min + 2 max)` | `optim=galore:RANK[:GAP[:SCALE]]` |
 
+mod adamw;
 mod galore;
 mod nag_gs;
 
+pub use adamw::FusedAdamW;
 pub use galore::{Galore, GaloreConfig, GaloreState};
 pub use nag_gs::{NagGs, NagGsConfig, NagGsState};
 
-use burn::optim::{AdamWConfig, ModuleOptimizer};
+use burn::optim::ModuleOptimizer;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -73,7 +75,7 @@ impl OptimPolicy {
     /// valid constants; a hand-edited checkpoint may not).
     pub fn init(&self) -> Result<ModuleOptimizer> {
         match self {
-            OptimPolicy::Adamw => Ok(AdamWConfig::new().init()),
+            OptimPolicy::Adamw => Ok(ModuleOptimizer::from(FusedAdamW::default())),
             OptimPolicy::NagGs { .. } => self.nag_gs().expect("a NAG-GS policy").init(),
             OptimPolicy::Galore { .. } => self.galore().expect("a GaLore policy").init(),
         }
