@@ -94,7 +94,7 @@ pub struct BranchTable {
     /// Left side: cells over `s ∈ [0, s_left]` (`s_left² = -y_min`, `y → 0⁻`).
     s_left: f32,
     left: Vec<[f32; 4]>,
-    /// `left` then `right`, flat: four coefficients a cell, for vector gathers.
+    /// `left` then `right`, flat: four coefficients a cell, for vector loads.
     flat: Vec<f32>,
 }
 
@@ -214,7 +214,8 @@ fn scale(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &mut [f32]) {
     }
 }
 
-/// [`scale`] eight elements at a time with AVX2 gathers: the same operations in the same order
+/// [`scale`] eight elements at a time with AVX2 (each lane's cubic loaded whole and the
+/// eight transposed into four coefficient vectors): the same operations in the same order
 /// on every lane (both branches computed, then blended), so the same results; the elements
 /// before the first whole byte of bits and after the last whole group of eight go through
 /// [`scale`].
@@ -231,8 +232,8 @@ unsafe fn scale_avx2(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &m
     let groups = (g.len() - head) / 8;
     let cells = CELLS as i32;
     // SAFETY: AVX2 is enabled for this function; every load and store below covers lanes
-    // head + 8j .. head + 8j + 8 < g.len() = y.len(), and every gathered index is
-    // 4 (cell + side) + c < 8 CELLS = t.flat.len(), cell clamped to CELLS - 1 (the cast of a
+    // head + 8j .. head + 8j + 8 < g.len() = y.len(), and every cell loaded is the four
+    // values from 4 (cell + side), with 4 (cell + side) + 4 <= 8 CELLS = t.flat.len(), cell clamped to CELLS - 1 (the cast of a
     // NaN or huge u gives i32::MIN, clamped by max with 0 below).
     unsafe {
         let y_min = _mm256_set1_ps(t.y_min);
@@ -260,11 +261,22 @@ unsafe fn scale_avx2(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &m
             let tt = _mm256_sub_ps(u, _mm256_cvtepi32_ps(cell));
             let side = _mm256_andnot_si256(_mm256_castps_si256(left), _mm256_set1_epi32(cells));
             let idx = _mm256_slli_epi32(_mm256_add_epi32(cell, side), 2);
+            // Each lane's cell is four consecutive coefficients: one 16-byte load a lane,
+            // then a 4 x 8 transpose (faster than four gathers on Zen 4).
+            let mut at_cell = [0i32; 8];
+            _mm256_storeu_si256(at_cell.as_mut_ptr().cast(), idx);
             let p = t.flat.as_ptr();
-            let a = _mm256_i32gather_ps::<4>(p, idx);
-            let b = _mm256_i32gather_ps::<4>(p.add(1), idx);
-            let c = _mm256_i32gather_ps::<4>(p.add(2), idx);
-            let d = _mm256_i32gather_ps::<4>(p.add(3), idx);
+            let row = |l: usize| _mm_loadu_ps(p.add(at_cell[l] as usize));
+            let r04 = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(row(0)), row(4));
+            let r15 = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(row(1)), row(5));
+            let r26 = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(row(2)), row(6));
+            let r37 = _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(row(3)), row(7));
+            let (t0, t1) = (_mm256_unpacklo_ps(r04, r15), _mm256_unpackhi_ps(r04, r15));
+            let (t2, t3) = (_mm256_unpacklo_ps(r26, r37), _mm256_unpackhi_ps(r26, r37));
+            let a = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let b = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let c = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let d = _mm256_shuffle_ps::<0xEE>(t1, t3);
             let mut v = _mm256_add_ps(_mm256_mul_ps(a, tt), b);
             v = _mm256_add_ps(_mm256_mul_ps(v, tt), c);
             v = _mm256_add_ps(_mm256_mul_ps(v, tt), d);
