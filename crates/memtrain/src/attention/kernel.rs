@@ -329,6 +329,43 @@ fn scores<T: Real>(
     }
 }
 
+/// Independent accumulators of the row reductions, so that they vectorize instead of waiting
+/// on one chain of dependent operations.
+const LANES: usize = 8;
+
+/// The largest element of `row` (-infinity for an empty row); NaN elements are skipped.
+#[inline(always)]
+fn row_max<T: Real>(row: &[T]) -> T {
+    let mut acc = [T::NEG_INF; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a = if b > *a { b } else { *a };
+        }
+    }
+    let tail = chunks.remainder().iter().copied();
+    acc.into_iter()
+        .chain(tail)
+        .fold(T::NEG_INF, |a, b| if b > a { b } else { a })
+}
+
+/// `Σ row` in [`LANES`] interleaved partial sums, added in lane order, then the tail.
+#[inline(always)]
+fn row_sum<T: Real>(row: &[T]) -> T {
+    let mut acc = [T::ZERO; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &b) in acc.iter_mut().zip(c) {
+            *a += b;
+        }
+    }
+    let mut l = T::ZERO;
+    for a in acc.into_iter().chain(chunks.remainder().iter().copied()) {
+        l += a;
+    }
+    l
+}
+
 /// Forward of one head: `o` (`[seq_q, width_v]`, contiguous) and `lse` (`[seq_q]`).
 fn forward_head<T: Real>(
     q: (*const T, usize),
@@ -349,10 +386,7 @@ fn forward_head<T: Real>(
         let mut inv = [T::ZERO; BLOCK];
         for r in 0..rows {
             let row = &mut s[r * n..(r + 1) * n];
-            let m = row
-                .iter()
-                .copied()
-                .fold(T::NEG_INF, |a, b| if b > a { b } else { a });
+            let m = row_max(row);
             if m == T::NEG_INF {
                 // Every key is masked: the output row is 0 and backward passes nothing.
                 row.iter_mut().for_each(|x| *x = T::ZERO);
@@ -360,10 +394,7 @@ fn forward_head<T: Real>(
                 continue;
             }
             T::exp_shifted(row, m);
-            let mut l = T::ZERO;
-            for &x in row.iter() {
-                l += x;
-            }
+            let l = row_sum(row);
             lse[r0 + r] = m + l.ln();
             inv[r] = T::ONE / l;
         }
