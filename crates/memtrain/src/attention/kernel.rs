@@ -91,10 +91,14 @@ pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
+    // 1.5 · 2²³: adding it to an f32 of magnitude below 2²² rounds it to an integer, which
+    // then sits in the low bits of the sum's mantissa. No `as i32` below: Rust's saturating
+    // casts compile to scalar code and would keep the loop from vectorizing.
+    const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(-87.3, 88.3);
     let fx = xc * LOG2E + 0.5;
-    // floor(fx) without SSE4.1: truncate, then step down where that rounded up.
-    let t = fx as i32 as f32;
+    // floor(fx) without SSE4.1: round to nearest, then step down where that rounded up.
+    let t = (fx + ROUND) - ROUND;
     let n = t - if t > fx { 1.0 } else { 0.0 };
     let r = xc - n * C1 - n * C2;
     let z = r * r;
@@ -104,7 +108,8 @@ pub fn exp_f32(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * z + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ: n + 127 is in 1..=254 for the clamped x, the low byte of the rounding sum.
+    let scale = f32::from_bits(((n + (127.0 + ROUND)).to_bits() & 0xff) << 23);
     let e = y * scale;
     if x < -87.3 {
         0.0
