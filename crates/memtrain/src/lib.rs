@@ -14,7 +14,7 @@
 //! | [`tt`] | tensor trains (TT-SVD, rounding, products, norms) and the linear-algebra floor: the `memtrain-tt` crate |
 //! | [`decompose`] | SVD, Tucker-2, CP (and quantization-aware CP by ADMM), maxvol, rank selection |
 //! | [`compress`] | trained weights to TT-matrices, with a per-layer report |
-//! | [`optim`] | NAG-GS and GaLore: less optimizer state than AdamW (`optim=...`) |
+//! | [`optim`] | NAG-GS and GaLore: less optimizer state than AdamW (`optim=...`); AdamW fused into one pass ([`optim::FusedAdamW`]) |
 //! | [`remat`] | rematerialization of blocks under a memory budget (`remat=...`) |
 //! | [`adapter`] | LoRA and LoTR adapters on a frozen base (`adapt=...`) |
 //! | [`plan`] | the memory planner: variants per block and remat for a budget |

@@ -10,9 +10,9 @@
 //! and left as it was.
 //!
 //! The arithmetic is burn's, term by term in f32 and in burn's order, so a step gives the
-//! same bits as burn's AdamW (`tests/optim.rs` checks several steps bit for bit). The first
-//! step (which creates the moments), f64 or f16 parameters, AMSGrad-free states only, and
-//! tensors on other backends take burn's AdamW itself. The state is burn's
+//! same bits as burn's AdamW (`tests/optim.rs` checks several steps bit for bit). burn's
+//! AdamW itself takes the first step (which creates the moments), parameters that are not
+//! f32, states with an AMSGrad maximum, and tensors on other backends. The state is burn's
 //! [`AdamWState`], so checkpoints written with burn's AdamW load into this one and back.
 //!
 //! ```

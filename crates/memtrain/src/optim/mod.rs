@@ -1,6 +1,7 @@
-//! Optimizers that keep less state than AdamW's two moments per parameter, as burn
-//! optimizers (`Config::new().init()` gives a [`burn::optim::ModuleOptimizer`], stepped with
-//! `opt.step(lr, model, grads)`, saved and loaded with its records).
+//! Optimizers that keep less state than AdamW's two moments per parameter, and burn's AdamW
+//! fused into one pass, as burn optimizers (`Config::new().init()` gives a
+//! [`burn::optim::ModuleOptimizer`], stepped with `opt.step(lr, model, grads)`, saved and
+//! loaded with its records; [`FusedAdamW`] is wrapped with `ModuleOptimizer::from`).
 //!
 //! | optimizer | state per parameter | policy |
 //! |---|---|---|
