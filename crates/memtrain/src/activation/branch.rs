@@ -233,8 +233,9 @@ unsafe fn scale_avx2(t: &BranchTable, y: &[f32], bits: &[u8], base: usize, g: &m
     let cells = CELLS as i32;
     // SAFETY: AVX2 is enabled for this function; every load and store below covers lanes
     // head + 8j .. head + 8j + 8 < g.len() = y.len(), and every cell loaded is the four
-    // values from 4 (cell + side), with 4 (cell + side) + 4 <= 8 CELLS = t.flat.len(), cell clamped to CELLS - 1 (the cast of a
-    // NaN or huge u gives i32::MIN, clamped by max with 0 below).
+    // values from 4 (cell + side), with 4 (cell + side) + 4 <= 8 CELLS = t.flat.len(): cell
+    // is clamped to CELLS - 1 (the cast of a NaN or huge u gives i32::MIN, clamped by max
+    // with 0 below).
     unsafe {
         let y_min = _mm256_set1_ps(t.y_min);
         let zero = _mm256_setzero_ps();
