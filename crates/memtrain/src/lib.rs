@@ -88,6 +88,32 @@ pub(crate) fn on_flex(device: &burn::tensor::Device) -> bool {
     device::kernels(device) == device::Kernels::Flex
 }
 
+/// A Flex tensor itself when contiguous (held as it was, so that a sole holder can still write
+/// it in place), otherwise a contiguous copy.
+pub(crate) fn flex_contiguous(
+    t: burn::backend::tensor::FloatTensor<burn::backend::Flex>,
+) -> burn::backend::tensor::FloatTensor<burn::backend::Flex> {
+    if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// Whether a Flex tensor is of `dtype` and its buffer holds exactly its elements in row-major
+/// order (so that, held alone, it can be written over in place).
+pub(crate) fn flex_whole(
+    t: &burn::backend::tensor::FloatTensor<burn::backend::Flex>,
+    dtype: burn::tensor::DType,
+) -> bool {
+    use burn::backend::TensorMetadata;
+    let n = t.shape().num_elements();
+    t.dtype() == dtype
+        && t.is_contiguous()
+        && t.layout().start_offset() == 0
+        && t.bytes().len() == dtype.size() * n
+}
+
 /// Whether memtrain's custom ops are routed on `device`: Flex, or burn's Cube backend (wgpu,
 /// cuda) when the `wgpu` or `cuda` feature compiled its kernels. Elsewhere the ops fall back
 /// to burn's own (correct, but keeping every byte).

@@ -115,7 +115,7 @@ fn scale_gradient_by<T: Real>(
     mut dy: FloatTensor<Flex>,
     scale: impl Fn(usize, &mut [T]) + Sync,
 ) -> FloatTensor<Flex> {
-    if whole::<T>(&dy)
+    if crate::flex_whole(&dy, T::dtype())
         && let Some(g) = dy.try_storage_mut::<T>()
     {
         g.par_chunks_mut(TASK)
@@ -133,16 +133,6 @@ fn scale_gradient_by<T: Real>(
     Flex::float_from_data(TensorData::new(dx, shape), &device)
 }
 
-/// Whether `t` is a `T` tensor whose buffer holds exactly its elements in row-major order
-/// (so that, held alone, it can be written over in place).
-fn whole<T: Real>(t: &FloatTensor<Flex>) -> bool {
-    let n = t.shape().num_elements();
-    t.dtype() == T::dtype()
-        && t.is_contiguous()
-        && t.layout().start_offset() == 0
-        && t.bytes().len() == std::mem::size_of::<T>() * n
-}
-
 /// `f(x)` and the branch bits. The output is written over `x`'s own buffer when the op holds
 /// its only reference (the product of the layer before, which nothing else keeps: in a
 /// forward without autodiff, and under autodiff when the producer keeps only its input), so
@@ -152,12 +142,7 @@ fn inverted_forward<T: Real>(
     x: FloatTensor<Flex>,
     func: ActFn,
 ) -> (FloatTensor<Flex>, Option<IntTensor<Flex>>) {
-    // `to_contiguous` borrows: a contiguous tensor is kept as it is (and as held).
-    let mut x = if x.is_contiguous() {
-        x
-    } else {
-        x.to_contiguous()
-    };
+    let mut x = crate::flex_contiguous(x);
     let device = x.device();
     let x_min = func.argmin().map(T::from_f64);
     let n = x.shape().num_elements();
@@ -169,7 +154,7 @@ fn inverted_forward<T: Real>(
             Flex::int_from_data(TensorData::new(packed, [len]), &device)
         })
     };
-    if whole::<T>(&x)
+    if crate::flex_whole(&x, T::dtype())
         && let Some(v) = x.try_storage_mut::<T>()
     {
         match x_min {

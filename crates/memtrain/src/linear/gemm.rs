@@ -39,7 +39,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use rayon::prelude::*;
 
-use crate::{on_flex, rows_and_width};
+use crate::{flex_contiguous, on_flex, rows_and_width};
 
 /// The float types the kernels run in: f32 in training, f64 in the gradient checks.
 trait Real: Copy + Send + Sync + 'static + std::ops::AddAssign {
@@ -169,17 +169,9 @@ pub trait GemmLinearKernel: Backend {
 
 type Prim = FloatTensor<Flex>;
 
-/// The tensor itself when contiguous, otherwise a contiguous copy.
-fn ready(t: Prim) -> Prim {
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 fn slice<T: bytemuck::Pod + burn::tensor::Element>(t: &Prim) -> &[T] {
-    t.as_slice::<T>().expect("made contiguous by `ready`")
+    t.as_slice::<T>()
+        .expect("made contiguous by `flex_contiguous`")
 }
 
 fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
@@ -258,7 +250,11 @@ fn forward_in<T>(x: Prim, weight: Prim, bias: Prim) -> Prim
 where
     T: Real + bytemuck::Pod + burn::tensor::Element,
 {
-    let (x, weight, bias) = (ready(x), ready(weight), ready(bias));
+    let (x, weight, bias) = (
+        flex_contiguous(x),
+        flex_contiguous(weight),
+        flex_contiguous(bias),
+    );
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = weight.shape()[1];
     let _profile = crate::profile::matmul(label("x·W", "x·W bf16"), n, d_in, d_out);
@@ -284,7 +280,7 @@ fn dx_in<T>(weight: Prim, dy: Prim) -> Prim
 where
     T: Real + bytemuck::Pod + burn::tensor::Element,
 {
-    let (weight, dy) = (ready(weight), ready(dy));
+    let (weight, dy) = (flex_contiguous(weight), flex_contiguous(dy));
     let (n, d_out) = rows_and_width(&dy.shape());
     let d_in = weight.shape()[0];
     let _profile = crate::profile::matmul(label("dY·Wᵀ", "dY·Wᵀ bf16"), n, d_out, d_in);
@@ -306,7 +302,7 @@ fn dw_in<T>(x: Prim, dy: Prim) -> Prim
 where
     T: Real + bytemuck::Pod + burn::tensor::Element,
 {
-    let (x, dy) = (ready(x), ready(dy));
+    let (x, dy) = (flex_contiguous(x), flex_contiguous(dy));
     let (n, d_in) = rows_and_width(&x.shape());
     let d_out = rows_and_width(&dy.shape()).1;
     let _profile = crate::profile::matmul(label("Xᵀ·dY", "Xᵀ·dY bf16"), d_in, n, d_out);
@@ -328,7 +324,7 @@ fn db_in<T>(dy: Prim) -> Prim
 where
     T: Real + bytemuck::Pod + burn::tensor::Element,
 {
-    let dy = ready(dy);
+    let dy = flex_contiguous(dy);
     let (rows, d_out) = rows_and_width(&dy.shape());
     let _profile = crate::profile::scope("bias grad", String::new, || (rows * d_out) as f64);
     let g = slice::<T>(&dy);
@@ -379,7 +375,7 @@ impl GemmLinearKernel for Flex {
         by_dtype!(dy, db_in(dy))
     }
     fn gemm_linear_grad_layout(dy: Prim) -> Prim {
-        ready(dy)
+        flex_contiguous(dy)
     }
 }
 

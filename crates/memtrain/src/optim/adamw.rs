@@ -40,8 +40,6 @@ use burn::optim::{AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, Learnin
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::device::{Kernels, kernels};
-
 type Prim = FloatTensor<Flex>;
 
 /// Elements per parallel task.
@@ -153,7 +151,7 @@ impl Optimizer for FusedAdamW {
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let fusable = |s: &AdaptiveMomentumState<D>| {
             s.max_moment_2.is_none()
-                && kernels(&tensor.device()) == Kernels::Flex
+                && crate::on_flex(&tensor.device())
                 && [&tensor, &grad, &s.moment_1, &s.moment_2]
                     .iter()
                     .all(|t| t.dtype() == DType::F32 && t.dims() == tensor.dims())
@@ -220,7 +218,7 @@ impl FusedAdamWBackend for Flex {
     ) -> (Prim, Prim, Prim) {
         let c = Constants::from_array(constants);
         let _profile = crate::profile::scope("optimizer", || "AdamW fused".into(), || 0.0);
-        let grad = contiguous(grad);
+        let grad = crate::flex_contiguous(grad);
         let g = grad.as_slice::<f32>().expect("contiguous f32");
         let (mut theta, mut m1, mut m2) = (owned(theta), owned(m1), owned(m2));
         let p = theta.try_storage_mut::<f32>().expect("owned");
@@ -235,24 +233,13 @@ impl FusedAdamWBackend for Flex {
     }
 }
 
-/// `t` itself when it is contiguous, a contiguous copy otherwise.
-fn contiguous(t: Prim) -> Prim {
-    if t.is_contiguous() {
-        t
-    } else {
-        t.to_contiguous()
-    }
-}
-
 /// `t` itself when the step holds its only reference and its buffer is exactly its elements
 /// in order (then it is written in place), a fresh copy otherwise.
 fn owned(mut t: Prim) -> Prim {
-    let n = t.shape().num_elements();
-    let whole = t.is_contiguous() && t.layout().start_offset() == 0 && t.bytes().len() == 4 * n;
-    if whole && t.try_storage_mut::<f32>().is_some() {
+    if crate::flex_whole(&t, DType::F32) && t.try_storage_mut::<f32>().is_some() {
         return t;
     }
-    let t = contiguous(t);
+    let t = crate::flex_contiguous(t);
     let data = t.as_slice::<f32>().expect("contiguous f32").to_vec();
     Flex::float_from_data(TensorData::new(data, t.shape()), &t.device())
 }
