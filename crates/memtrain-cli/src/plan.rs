@@ -41,11 +41,11 @@ pub struct PlanArgs {
 }
 
 /// How to read a schedule (also in `memtrain plan --help` and the README).
-pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; S i/n: run stage i forward and backward back to back in n slices of the batch, one slice's graph at a time, skipping its last product (its output is not needed; the sliced columns give 1 slice / one sequence a slice); F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
+pub const SCHEDULE_LEGEND: &str = "notation: stages are the block halves (attention, MLP) in order, then the head; K i: run stage i keeping what its backward needs; S i/n: run stage i forward and backward back to back in n slices of the batch, one slice's graph at a time, skipping its last product (its output is not needed; the sliced columns give 1 / 2 / 4 slices / one sequence a slice, as the batch allows); F a..b>C b (X) (Y): run stages a..b forward keeping nothing but b's output, then X (the stages after b, forward and backward), then Y (a..b again, recomputed from their input, and their backward)";
 
 fn print_plan(plan: &Plan) {
     println!(
-        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>12} {:>12}",
+        "{:<8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>9} {:>23} {:>20}",
         "stage",
         "fwd ms",
         "bwd ms",
@@ -65,7 +65,8 @@ fn print_plan(plan: &Plan) {
         } else {
             format!("b{}.{}", i / 2, if i % 2 == 0 { "attn" } else { "mlp" })
         };
-        // Back to back in each slicing measured: the whole batch, then one sequence a slice.
+        // Back to back in each slicing measured: the whole batch, halves, quarters, then one
+        // sequence a slice (`memtrain::remat::slicings`).
         let join = |f: &dyn Fn(&SlicedCost) -> String| match c.sliced.is_empty() {
             true => "-".to_string(),
             false => c.sliced.iter().map(f).collect::<Vec<_>>().join("/"),
@@ -73,7 +74,7 @@ fn print_plan(plan: &Plan) {
         let sliced_ms = join(&|s| format!("{:.1}", 1e3 * s.time));
         let sliced_mib = join(&|s| format!("{:.1}", mib_usize(s.peak)));
         println!(
-            "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {sliced_ms:>12} {sliced_mib:>12}",
+            "{name:<8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {sliced_ms:>23} {sliced_mib:>20}",
             1e3 * c.forward,
             1e3 * c.backward,
             mib_usize(c.output),

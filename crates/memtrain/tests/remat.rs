@@ -91,7 +91,7 @@ fn chain_strategy() -> impl Strategy<Value = Vec<StageCost>> {
             0usize..12,
             (
                 0usize..6,
-                prop::collection::vec((1usize..30, 1usize..12), 0..3),
+                prop::collection::vec((1usize..30, 1usize..12), 0..4),
             ),
         ),
         2..6,
@@ -110,7 +110,7 @@ fn chain_strategy() -> impl Strategy<Value = Vec<StageCost>> {
                     grad,
                     sliced: sliced
                         .into_iter()
-                        .zip([1, 4])
+                        .zip([1, 2, 4])
                         .map(|((time, peak), slices)| SlicedCost {
                             slices,
                             time: time as f64 * 0.5,

@@ -55,7 +55,8 @@ fn plan_fits(
 /// measurements `lo` at `x1` and `hi` at `x2 > x1`, each size extended along the line through
 /// the two (every tensor a stage holds is the batch's, linear in its size, or its parameters'
 /// gradients, constant; with fused attention nothing grows with the square of the sequence).
-/// The slices of the one-sequence-a-slice cost follow the batch. Times are only scaled by `x / x1`: the
+/// A slicing measured at both sizes stays (its slices grow with the batch); the
+/// one-sequence-a-slice cost follows the batch. Times are only scaled by `x / x1`: the
 /// capacity search asks feasibility, not time. `tests/memory.rs` checks the sizes at batch 16,
 /// from 4 and 8, against a profile at 16: within 15% (the head's backward peak is 12% low).
 /// Peaks are maxima over a stage's run, not quite lines, so [`capacity`] only takes the
@@ -77,14 +78,24 @@ pub fn extrapolate(lo: &StageCost, hi: &StageCost, x1: usize, x2: usize, x: usiz
         backward_peak: line(lo.backward_peak, hi.backward_peak),
         forward_peak: line(lo.forward_peak, hi.forward_peak),
         grad: line(lo.grad, hi.grad),
-        sliced: lo
+        // The same number of slices at both sizes is one line (its slices' rows grow with
+        // the batch, or their length with the sequence). One sequence a slice at `x2` (its
+        // slices are the batch, absent at `x1`) pairs with one sequence a slice at `x1`,
+        // `lo`'s last.
+        sliced: hi
             .sliced
             .iter()
-            .zip(&hi.sliced)
-            .map(|(a, b)| SlicedCost {
-                slices: if a.slices == b.slices { a.slices } else { x },
-                time: a.time * scale,
-                peak: line(a.peak, b.peak),
+            .filter_map(|b| {
+                let same = lo.sliced.iter().find(|a| a.slices == b.slices);
+                let (a, slices) = match same {
+                    Some(a) => (a, b.slices),
+                    None => (lo.sliced.last()?, x),
+                };
+                Some(SlicedCost {
+                    slices,
+                    time: a.time * scale,
+                    peak: line(a.peak, b.peak),
+                })
             })
             .collect(),
     }

@@ -32,7 +32,8 @@
 //! the next is built, and the stage holds one slice's internals instead of the batch's (the
 //! Mini-Sequence Transformer's idea, over the batch). The dynamic program chooses it for the
 //! last stage of a segment when that is what fits or is faster; [`profile`] measures each
-//! block half whole (`S i/1`) and in slices of one sequence.
+//! block half whole (`S i/1`), in two and four slices, and one sequence a slice
+//! ([`slicings`]).
 //!
 //! A stage run back to back like this never needs its output, only its gradients, so the
 //! executor stops its forward before the half's last linear (`attn.proj`, `mlp.proj`) and
@@ -454,6 +455,27 @@ fn execute<'a>(
     (exec, stats)
 }
 
+/// The slicings [`profile`] measures a block half in for a batch of `batch` sequences: the
+/// whole batch (`S i/1`), halves and quarters of it, and one sequence a slice, each once and
+/// in that order. Halves and quarters are often as fast as the whole batch (products of 1,024
+/// and 512 rows) for a little over half and a third of its peak.
+///
+/// ```
+/// use memtrain::remat::slicings;
+///
+/// assert_eq!(slicings(8), [1, 2, 4, 8]);
+/// assert_eq!(slicings(3), [1, 2, 3]);
+/// assert_eq!(slicings(1), [1]);
+/// ```
+pub fn slicings(batch: usize) -> Vec<usize> {
+    let mut v = vec![1];
+    v.extend([2, 4].into_iter().filter(|&k| k < batch));
+    if batch > 1 {
+        v.push(batch);
+    }
+    v
+}
+
 /// Measures, for each stage of `model` on `batch` (block halves, then the head), the forward and
 /// backward times (medians of `reps`) and the sizes a [`Schedule`] needs, with the memory
 /// meter. The counting allocator must be installed.
@@ -465,11 +487,10 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     let n = model.n_stages();
     let mut chain = Vec::with_capacity(n + 1);
     for stage in 0..=n {
-        // Back to back: the whole batch (`S i/1`), and one sequence at a time.
-        let slicings: Vec<usize> = match (stage < n, batch_size > 1) {
-            (false, _) => Vec::new(),
-            (true, false) => vec![1],
-            (true, true) => vec![1, batch_size],
+        let slicings = if stage < n {
+            slicings(batch_size)
+        } else {
+            Vec::new()
         };
         let (mut fwd, mut bwd) = (Vec::new(), Vec::new());
         let mut sliced_time = vec![Vec::new(); slicings.len()];

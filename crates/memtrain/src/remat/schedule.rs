@@ -36,8 +36,8 @@ pub struct StageCost {
     /// updated after the embedding's backward).
     pub grad: usize,
     /// The stage run forward and backward back to back ([`Schedule::Sliced`]), in each number
-    /// of batch slices [`super::profile`] measured (the whole batch, `S i/1`, and one
-    /// sequence at a time); empty for the head.
+    /// of batch slices [`super::profile`] measured ([`super::slicings`]: the whole batch,
+    /// `S i/1`, halves, quarters, and one sequence at a time); empty for the head.
     pub sliced: Vec<SlicedCost>,
 }
 
