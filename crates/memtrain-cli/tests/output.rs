@@ -181,8 +181,17 @@ fn should_show_defaults_and_the_schedule_legend_in_help() {
     ] {
         assert!(help.contains(want), "{want:?} not in train --help");
     }
+    // clap wraps the legend to the terminal's width: compare with the lines joined.
     let plan = run_ok(&["plan", "--help"]);
-    assert!(String::from_utf8_lossy(&plan.stdout).contains("F a..b>C b (X) (Y)"));
+    let help = String::from_utf8_lossy(&plan.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(help.contains("F a..b>C b (X) (Y)"), "{help}");
+    assert!(
+        help.contains("1 / 2 / 4 slices / one sequence a slice"),
+        "{help}"
+    );
 }
 
 #[test]
