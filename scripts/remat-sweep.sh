@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The rematerialization measurements of docs/BENCHMARKS.md ("Operator-level remat ... issue 23"):
 # the savers with per-stage updates at 40 MiB and below, plain burn's operations at 1/4, and
-# the planner's time prediction over five repetitions of 1/2, 1/4, 1/8 and 1/16.
+# the planner's time prediction over five repetitions of 1/2, 1/4, 1/8 and 1/16 (each run
+# measures the plan next to its keep-everything schedule, alternately, for the ratio's error).
 #
 #   bash scripts/remat-sweep.sh [bench] [plain] [predict] [capacity]   # default: all four
 #
@@ -45,7 +46,7 @@ for part in "${parts[@]}"; do
             for b in 1/2 1/4 1/8 1/16; do
                 f="$OUT/predict-${b/\//of}-$rep.txt"
                 "$BIN" plan "${COMMON[@]}" --budget "$b" --measure 3 > "$f" 2>/dev/null
-                echo "rep $rep budget $b: $(grep -E '^  plan:' "$f")"
+                echo "rep $rep budget $b: $(grep -E '^  (plan|keep-everything):' "$f")"
             done
         done
         ;;

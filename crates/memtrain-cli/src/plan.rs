@@ -231,32 +231,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     if args.measure > 0 {
         let m = measure_plan(&report, &config, &data, args.measure, &device)?;
-        println!(
-            "measured over {} steps{} (medians; peaks the largest):",
-            args.measure,
-            match m.uniform {
-                None => "; the plan is the best uniform policy",
-                Some(_) =>
-                    " in each of two runs per policy, in the order plan, uniform, uniform, plan",
-            }
-        );
-        let mut rows = vec![("plan", &report.plan, m.plan)];
-        if let Some(u) = m.uniform {
-            rows.push(("best uniform", &report.uniform, u));
-        }
-        for (name, plan, measured) in rows {
-            println!(
-                "  {name}: peak {:.1} MiB (predicted {:.1}, {:+.1}%; activations alone {:.1}), step peak {:.1} MiB, {:.3} s a step (predicted {:.3}, {:+.1}%)",
-                mib(measured.chain_bytes),
-                mib_usize(plan.peak),
-                100.0 * (measured.chain_bytes as f64 / plan.peak as f64 - 1.0),
-                mib(measured.activation_bytes),
-                mib(measured.peak_bytes),
-                measured.step_seconds,
-                plan.time,
-                100.0 * (measured.step_seconds / plan.time - 1.0)
-            );
-        }
+        crate::output::print_plan_measurement(&report, &m, args.measure);
     }
     if args.capacity {
         let tell = |line: &str| eprintln!("capacity: {line}");

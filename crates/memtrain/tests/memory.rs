@@ -342,6 +342,54 @@ fn should_keep_remat_within_its_prediction() {
     }
 }
 
+/// `measure_plan` runs the plan and its keep-everything reference (the plan's policy and chain,
+/// nothing recomputed) through the same executor: each measured chain peak is its simulated
+/// one, the reference holds more, and the ratio of their times is what the report prints.
+fn should_measure_a_plan_next_to_its_keep_everything_schedule() {
+    use memtrain::plan::{make_plan, measure_plan, plain_activation_bytes, predicted_keep_all};
+    let device = Device::flex().autodiff();
+    let mut cfg = TrainConfig::new(Preset::Tiny);
+    cfg.batch = 8;
+    let data = data_for(cfg.seq);
+    let budget = plain_activation_bytes(&cfg) as u64 / 4;
+    let report = make_plan(&cfg, budget, false, &data, &device).unwrap();
+    let m = measure_plan(&report, &cfg, &data, 1, &device).unwrap();
+    let keep_all = report.plan.remat_plan().keep_all;
+    for (name, measured, predicted) in [
+        ("plan", m.plan.chain_bytes as usize, report.plan.peak),
+        (
+            "keep-everything",
+            m.keep_all.chain_bytes as usize,
+            keep_all.peak,
+        ),
+    ] {
+        eprintln!("tiny 1/4 {name}: chain peak measured {measured}, predicted {predicted}");
+        assert!(
+            measured <= predicted + predicted / 50 + (256 << 10)
+                && measured + predicted / 10 >= predicted,
+            "{name}: measured {measured}, predicted {predicted}"
+        );
+    }
+    assert!(
+        m.keep_all.chain_bytes > m.plan.chain_bytes,
+        "the reference keeps no more than the plan: {} against {}",
+        m.keep_all.chain_bytes,
+        m.plan.chain_bytes
+    );
+    assert!(
+        m.ratio().is_finite() && m.ratio() > 0.0,
+        "ratio {}",
+        m.ratio()
+    );
+    let predicted = predicted_keep_all(&report);
+    // The plan's per-step constant (embedding, loss, optimizer) is added to the reference too.
+    assert!(
+        predicted.is_finite() && predicted >= keep_all.time,
+        "keep-everything predicted {predicted} s, below its chain's {} s",
+        keep_all.time
+    );
+}
+
 fn should_match_the_activation_estimate_output_layernorm() {
     check_activation_estimate("norm=output");
 }
@@ -541,6 +589,7 @@ fn should_agree_with_every_formula() {
     should_match_the_activation_estimate_gemm_linear();
     should_keep_only_the_input_in_a_tt_linear();
     should_keep_remat_within_its_prediction();
+    should_measure_a_plan_next_to_its_keep_everything_schedule();
     should_write_each_linear_product_once();
     should_scale_the_activation_gradient_in_place();
     should_write_the_inverted_activation_over_its_input();

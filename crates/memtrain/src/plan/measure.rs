@@ -8,7 +8,7 @@ use crate::data::Dataset;
 use crate::error::Result;
 use crate::model::model_saved;
 use crate::policy::RematPolicy;
-use crate::remat::{self, plan_with, profile};
+use crate::remat::{self, Schedule, plan_with, profile};
 use crate::stats::median;
 use crate::train::{TrainConfig, Trainer};
 
@@ -171,27 +171,52 @@ pub fn measure_remat(
     })
 }
 
-/// A plan and the best uniform policy, measured.
+/// A plan, the best uniform policy and the plan's keep-everything reference, measured.
 #[derive(Debug, Clone, Copy)]
 pub struct PlanMeasurement {
     /// The plan.
     pub plan: Measured,
     /// The best uniform policy; `None` when it is the plan.
     pub uniform: Option<Measured>,
+    /// The plan's policy and chain with the keep-everything schedule (no recomputation, run by
+    /// the same executor): the reference the plan's time is a ratio of, measured in
+    /// alternation with the plan so that a drift in the machine's speed cancels in the ratio.
+    pub keep_all: Measured,
 }
 
-/// Trains `steps` steps of the plan and of the best uniform policy of `report`, each running
-/// the planner's own schedule ([`super::MemoryPlan::remat_plan`]), in the order plan,
-/// uniform, uniform, plan so that a drift in the machine's speed weighs on both alike (once
-/// when they are the same policy); times are medians over both runs of a policy, peaks the
-/// largest.
+impl PlanMeasurement {
+    /// The plan's measured step time as a ratio of its keep-everything reference's.
+    pub fn ratio(&self) -> f64 {
+        self.plan.step_seconds / self.keep_all.step_seconds
+    }
+}
+
+/// The predicted step seconds of `report`'s plan keeping everything (its policy and chain,
+/// no recomputation, plus the per-step constant the plan's own time adds): the reference of
+/// [`PlanMeasurement::keep_all`].
+pub fn predicted_keep_all(report: &PlanReport) -> f64 {
+    let remat = report.plan.remat_plan();
+    let constant = report.plan.time - remat.prediction.time;
+    remat.keep_all.time + constant
+}
+
+/// Trains `steps` steps of the plan, of its keep-everything reference and of the best uniform
+/// policy of `report`, each running the planner's own schedule
+/// ([`super::MemoryPlan::remat_plan`]), in the order plan, keep-everything, uniform, uniform,
+/// keep-everything, plan (the uniform runs left out when it is the plan), so that a drift in
+/// the machine's speed weighs on all alike; times are medians over both runs of each, peaks
+/// the largest.
+///
+/// Two errors follow: the plan's predicted step time against its measured one, and (the one
+/// machine drift between planning and measuring does not reach) its predicted ratio to the
+/// keep-everything step against the measured ratio ([`PlanMeasurement::ratio`]).
 ///
 /// ```no_run
 /// # use burn::tensor::Device;
 /// # use memtrain::data::{Dataset, Tokenizer, load_text};
 /// # use memtrain::model::Preset;
 /// # use memtrain::train::TrainConfig;
-/// use memtrain::plan::{make_plan, measure_plan};
+/// use memtrain::plan::{make_plan, measure_plan, predicted_keep_all};
 /// # fn main() -> memtrain::Result<()> {
 /// # let config = TrainConfig::new(Preset::Small);
 /// # let (text, _) = load_text(None)?;
@@ -200,6 +225,8 @@ pub struct PlanMeasurement {
 /// let report = make_plan(&config, 64 << 20, false, &data, &device)?;
 /// let measured = measure_plan(&report, &config, &data, 5, &device)?;
 /// println!("predicted {} bytes, measured {}", report.plan.peak, measured.plan.chain_bytes);
+/// let predicted = report.plan.time / predicted_keep_all(&report);
+/// println!("{:.3}x keep-everything, predicted {predicted:.3}x", measured.ratio());
 /// # Ok(())
 /// # }
 /// ```
@@ -214,23 +241,39 @@ pub fn measure_plan(
     steps: usize,
     device: &Device,
 ) -> Result<PlanMeasurement> {
+    #[derive(Clone, Copy)]
+    enum Run {
+        Plan,
+        KeepAll,
+        Uniform,
+    }
     let same = report.plan.policy == report.uniform.policy;
-    let order: &[bool] = if same {
-        &[true]
+    let order: &[Run] = if same {
+        &[Run::Plan, Run::KeepAll, Run::KeepAll, Run::Plan]
     } else {
-        &[true, false, false, true]
+        &[
+            Run::Plan,
+            Run::KeepAll,
+            Run::Uniform,
+            Run::Uniform,
+            Run::KeepAll,
+            Run::Plan,
+        ]
     };
-    let mut pooled = [(Vec::new(), 0, 0, 0), (Vec::new(), 0, 0, 0)];
-    for &is_plan in order {
-        let plan = if is_plan {
-            &report.plan
-        } else {
-            &report.uniform
+    let mut keep_all = report.plan.remat_plan();
+    keep_all.schedule = Schedule::keep_all(0, keep_all.chain.len() - 1);
+    keep_all.prediction = keep_all.keep_all;
+    let mut pooled = [(); 3].map(|_| (Vec::new(), 0, 0, 0));
+    for &run in order {
+        let (policy, remat) = match run {
+            Run::Plan => (&report.plan.policy, report.plan.remat_plan()),
+            Run::KeepAll => (&report.plan.policy, keep_all.clone()),
+            Run::Uniform => (&report.uniform.policy, report.uniform.remat_plan()),
         };
         let mut c = config.clone();
-        c.policy = plan.policy.clone();
-        let (times, a, p, ch, _) = run_steps(c, Some(plan.remat_plan()), data, steps, device)?;
-        let slot = &mut pooled[usize::from(!is_plan)];
+        c.policy = policy.clone();
+        let (times, a, p, ch, _) = run_steps(c, Some(remat), data, steps, device)?;
+        let slot = &mut pooled[run as usize];
         slot.0.extend(times);
         slot.1 = slot.1.max(a);
         slot.2 = slot.2.max(p);
@@ -244,6 +287,7 @@ pub fn measure_plan(
     };
     Ok(PlanMeasurement {
         plan: measured(&pooled[0]),
-        uniform: (!same).then(|| measured(&pooled[1])),
+        keep_all: measured(&pooled[1]),
+        uniform: (!same).then(|| measured(&pooled[2])),
     })
 }

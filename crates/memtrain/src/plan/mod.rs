@@ -33,7 +33,7 @@ mod measure;
 pub use capacity::{Capacity, SEQ_STEP, capacity, capacity_with, extrapolate};
 pub use measure::{
     Measured, PlanMeasurement, RematMeasurement, measure_plan, measure_remat, plan_remat,
-    policy_activation_bytes,
+    policy_activation_bytes, predicted_keep_all,
 };
 
 use burn::tensor::Device;
