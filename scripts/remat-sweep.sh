@@ -46,7 +46,7 @@ for part in "${parts[@]}"; do
             for b in 1/2 1/4 1/8 1/16; do
                 f="$OUT/predict-${b/\//of}-$rep.txt"
                 "$BIN" plan "${COMMON[@]}" --budget "$b" --measure 3 > "$f" 2>/dev/null
-                echo "rep $rep budget $b: $(grep -E '^  (plan|keep-everything):' "$f")"
+                echo "rep $rep budget $b: $(grep -E '^  (plan:|keep-everything)' "$f")"
             done
         done
         ;;

@@ -187,13 +187,7 @@ fn profile_variants_with(
     }
     let mut out = Vec::with_capacity(candidates.len());
     for ((name, _), (runs, c)) in models.into_iter().zip(rounds.into_iter().zip(candidates)) {
-        let mut chain = runs[runs.len() - 1].clone();
-        for (s, stage) in chain.iter_mut().enumerate() {
-            stage.forward =
-                crate::stats::median(&runs.iter().map(|r| r[s].forward).collect::<Vec<_>>());
-            stage.backward =
-                crate::stats::median(&runs.iter().map(|r| r[s].backward).collect::<Vec<_>>());
-        }
+        let mut chain = crate::remat::median_profile(&runs);
         let head = chain.pop().expect("the head is the last stage");
         out.push(Variant {
             policy: name,
@@ -579,17 +573,19 @@ pub fn make_plan_with_progress(
     })
 }
 
-/// Profiling rounds of [`in_situ`].
-const IN_SITU_REPS: usize = 3;
+/// Profiling rounds of [`in_situ`], each followed by a timed calibration step.
+const IN_SITU_REPS: usize = 5;
 
 /// `plan` re-timed inside the whole model: its stages profiled on the planned model itself at
-/// `batch` (medians of [`IN_SITU_REPS`] rounds), its schedule solved again on that chain for
-/// the same budget and updates, and the per-step constant (embedding, loss, optimizer update,
-/// the executor's bookkeeping) calibrated on training steps of a different schedule of the
-/// same model, keeping every block input (`remat=every:1`), so that the prediction of the
-/// plan's own schedule is not a measurement of it. When the planned model's chain does not fit
-/// the budget (its stages measured a little larger than the one-block profile's), the plan
-/// stays as the search found it.
+/// `batch`, its schedule solved again on that chain for the same budget and updates, and the
+/// per-step constant (embedding, loss, optimizer update, the executor's bookkeeping)
+/// calibrated on training steps of a different schedule of the same model, keeping every
+/// block input (`remat=every:1`), so that the prediction of the plan's own schedule is not a
+/// measurement of it. Profiling rounds and calibration steps alternate ([`IN_SITU_REPS`] of
+/// each, medians): the constant is the difference of the two, and a slow spell of the machine
+/// between them would land in it whole. When the planned model's chain does not fit the budget
+/// (its stages measured a little larger than the one-block profile's), the plan stays as the
+/// search found it.
 fn in_situ(
     plan: MemoryPlan,
     config: &crate::train::TrainConfig,
@@ -601,6 +597,7 @@ fn in_situ(
     let mut c = config.clone();
     c.policy = plan.policy.clone();
     c.policy.remat = RematPolicy::Every(1);
+    let update = plan.policy.update;
     let mut trainer = crate::train::Trainer::new(c, device)?;
     drop(
         trainer
@@ -608,24 +605,30 @@ fn in_situ(
             .loss(batch.inputs.clone(), batch.targets.clone())
             .backward(),
     );
-    let raw = crate::remat::profile(trainer.model(), batch, IN_SITU_REPS);
-    let update = plan.policy.update;
+    let (mut rounds, mut steps) = (Vec::new(), Vec::new());
+    for round in 0..IN_SITU_REPS {
+        rounds.push(crate::remat::profile(trainer.model(), batch, 1));
+        if round == 0 {
+            // The executor runs the schedule it is given; this chain only sizes it. The first
+            // step allocates the optimizer state and is not timed.
+            let first = crate::remat::plan_with(rounds[0].clone(), RematPolicy::Every(1), update)?;
+            trainer.use_remat_plan(first)?;
+            let b = trainer.next_batch(data);
+            trainer.try_step(&b)?;
+        }
+        let b = trainer.next_batch(data);
+        steps.push(trainer.try_step(&b)?.seconds);
+    }
+    let raw = crate::remat::median_profile(&rounds);
     let chain = held_as(raw.clone(), update);
     let input = chain[0].output;
     let quantum = (budget as usize / 512).max(4096);
     let Ok(schedule) = optimal(&chain, input, budget as usize, quantum) else {
         return Ok(plan);
     };
-    let calibration = crate::remat::plan_with(raw, RematPolicy::Every(1), update)?;
-    let every_time = calibration.prediction.time;
-    trainer.use_remat_plan(calibration)?;
-    let mut steps = Vec::new();
-    // The first step allocates the optimizer state and is not timed.
-    for _ in 0..=IN_SITU_REPS {
-        let b = trainer.next_batch(data);
-        steps.push(trainer.try_step(&b)?.seconds);
-    }
-    steps.remove(0);
+    let every_time = crate::remat::plan_with(raw, RematPolicy::Every(1), update)?
+        .prediction
+        .time;
     let constant = (crate::stats::median(&steps) - every_time).max(0.0);
     let (peak, time) = simulate(&chain, &schedule, input);
     Ok(MemoryPlan {

@@ -583,6 +583,28 @@ pub fn profile(model: &Gpt, batch: &Batch, reps: usize) -> Vec<StageCost> {
     chain
 }
 
+/// Profiles of the same chain taken in several rounds ([`profile`] with one rep each,
+/// interleaved with other work so that a slow spell of the machine weighs on both alike)
+/// combined into one: every time (forward, backward, each slicing's) is the median over the
+/// rounds, sizes are the last round's.
+///
+/// # Panics
+///
+/// When `rounds` is empty or its chains differ in length or slicings.
+pub fn median_profile(rounds: &[Vec<StageCost>]) -> Vec<StageCost> {
+    let mut chain = rounds.last().expect("at least one round").clone();
+    let times =
+        |f: &dyn Fn(&[StageCost]) -> f64| median(&rounds.iter().map(|r| f(r)).collect::<Vec<_>>());
+    for (s, stage) in chain.iter_mut().enumerate() {
+        stage.forward = times(&|r| r[s].forward);
+        stage.backward = times(&|r| r[s].backward);
+        for (k, sliced) in stage.sliced.iter_mut().enumerate() {
+            sliced.time = times(&|r| r[s].sliced[k].time);
+        }
+    }
+    chain
+}
+
 /// A schedule for the whole chain, its prediction, and the chain it was made for.
 #[derive(Debug, Clone)]
 pub struct Plan {
