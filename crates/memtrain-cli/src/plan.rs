@@ -34,8 +34,9 @@ pub struct PlanArgs {
     /// remat (plain burn's; with --policy, that policy's) (1/4, 0.25).
     #[arg(long)]
     budget: String,
-    /// Also train this many steps with the schedule and without remat, and print the
-    /// measured peak and step time next to the prediction.
+    /// Also train this many steps with the schedule and without remat (which holds the
+    /// activations the plan avoids), and print the measured peaks and step times, and their
+    /// ratio, next to the prediction.
     #[arg(long, default_value_t = 0)]
     measure: usize,
 }
