@@ -2,6 +2,8 @@
 //! only the remat schedule of a fixed policy ([`memtrain::plan::plan_remat`]); predictions,
 //! and optionally measurements and the capacity search.
 
+mod measure;
+
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use memtrain::data::{Dataset, Tokenizer, load_text};
@@ -232,7 +234,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     );
     if args.measure > 0 {
         let m = measure_plan(&report, &config, &data, args.measure, &device)?;
-        crate::output::print_plan_measurement(&report, &m, args.measure);
+        measure::print_plan_measurement(&report, &m, args.measure);
     }
     if args.capacity {
         let tell = |line: &str| eprintln!("capacity: {line}");
