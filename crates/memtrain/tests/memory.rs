@@ -353,6 +353,8 @@ fn should_measure_a_plan_next_to_its_keep_everything_schedule() {
     let data = data_for(cfg.seq);
     let budget = plain_activation_bytes(&cfg) as u64 / 4;
     let report = make_plan(&cfg, budget, false, &data, &device).unwrap();
+    let zero = measure_plan(&report, &cfg, &data, 0, &device).unwrap_err();
+    assert!(zero.to_string().contains("at least 1"), "{zero}");
     let m = measure_plan(&report, &cfg, &data, 1, &device).unwrap();
     let keep_all = report.plan.remat_plan().keep_all;
     for (name, measured, predicted) in [

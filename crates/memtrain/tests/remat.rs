@@ -10,7 +10,8 @@ use memtrain::data::{Dataset, Tokenizer, synthetic_corpus};
 use memtrain::model::{Gpt, Preset};
 use memtrain::policy::MemoryPolicy;
 use memtrain::remat::{
-    Schedule, SlicedCost, StageCost, all_schedules, all_schedules_with, optimal, simulate, step,
+    Schedule, SlicedCost, StageCost, all_schedules, all_schedules_with, median_profile, optimal,
+    simulate, step,
 };
 use memtrain::train::{TrainConfig, Trainer};
 use proptest::prelude::*;
@@ -149,6 +150,41 @@ proptest! {
             }
         }
     }
+}
+
+/// Profiles taken in rounds combine time by time: each forward, backward and sliced time is
+/// its median over the rounds (one slow round moves none of them), sizes are the last round's.
+#[test]
+fn should_take_the_median_of_every_time_across_profile_rounds() {
+    let round = |t: f64, kept: usize| {
+        vec![StageCost {
+            forward: t,
+            backward: 2.0 * t,
+            output: 1,
+            kept,
+            keep_peak: kept,
+            backward_peak: 1,
+            forward_peak: 1,
+            grad: 0,
+            sliced: vec![
+                SlicedCost {
+                    slices: 1,
+                    time: 3.0 * t,
+                    peak: 2,
+                },
+                SlicedCost {
+                    slices: 2,
+                    time: 4.0 * t,
+                    peak: 2,
+                },
+            ],
+        }]
+    };
+    let chain = median_profile(&[round(1.0, 5), round(9.0, 6), round(2.0, 7)]);
+    let c = &chain[0];
+    assert_eq!((c.forward, c.backward), (2.0, 4.0));
+    assert_eq!((c.sliced[0].time, c.sliced[1].time), (6.0, 8.0));
+    assert_eq!(c.kept, 7, "sizes come from the last round");
 }
 
 #[test]

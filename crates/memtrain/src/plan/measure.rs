@@ -122,6 +122,14 @@ pub fn policy_activation_bytes(config: &TrainConfig) -> usize {
     ))
 }
 
+/// A measurement times at least one step (its times are medians).
+fn at_least_one(steps: usize) -> Result<()> {
+    if steps == 0 {
+        return Err(crate::Error::config("measured steps", steps, "at least 1"));
+    }
+    Ok(())
+}
+
 /// A fixed policy's remat schedule measured: `steps` steps under `remat=budget:B` (the
 /// trainer plans on its first step) and `steps` without remat.
 #[derive(Debug, Clone)]
@@ -139,7 +147,7 @@ pub struct RematMeasurement {
 ///
 /// # Errors
 ///
-/// As [`plan_remat`].
+/// As [`plan_remat`]; [`crate::Error::Config`] for `steps` 0.
 pub fn measure_remat(
     config: &TrainConfig,
     budget: u64,
@@ -147,6 +155,7 @@ pub fn measure_remat(
     steps: usize,
     device: &Device,
 ) -> Result<RematMeasurement> {
+    at_least_one(steps)?;
     let mut plain = config.clone();
     plain.policy.remat = RematPolicy::None;
     let mut remat = plain.clone();
@@ -233,7 +242,7 @@ pub fn predicted_keep_all(report: &PlanReport) -> f64 {
 ///
 /// # Errors
 ///
-/// As [`Trainer::new`] for the planned policies.
+/// As [`Trainer::new`] for the planned policies; [`crate::Error::Config`] for `steps` 0.
 pub fn measure_plan(
     report: &PlanReport,
     config: &TrainConfig,
@@ -241,6 +250,7 @@ pub fn measure_plan(
     steps: usize,
     device: &Device,
 ) -> Result<PlanMeasurement> {
+    at_least_one(steps)?;
     #[derive(Clone, Copy)]
     enum Run {
         Plan,
